@@ -1,0 +1,211 @@
+//! Micro-kernels: one contract, one portable body, per-architecture siblings.
+//!
+//! The flash loop needs three tile operations, and a [`MicroKernel`] supplies
+//! all of them:
+//! - [`gemm`](MicroKernel::gemm): `C ← A·B` or `C ← A·B + C` on whole
+//!   `MR × NR` blocks. It is the QKᵀ block (`A` = scaled Q, `B` = Kᵀ) and the
+//!   P·V block (`A` = P, `B` = V). It never reads `C` when not accumulating.
+//! - [`softmax_row`](MicroKernel::softmax_row): the online-softmax step of one
+//!   score row: row max, `exp(s - m)`, row sum and the rescale factor.
+//! - [`scale_row`](MicroKernel::scale_row): `o ← α·o`.
+//!
+//! Kernels see only full tiles: the flash loop pads ragged edges with zeros
+//! (scores of padding keys are `-inf`), so architecture code has no edge
+//! cases.
+//!
+//! Kernels: [`Portable`] (autovectorises; the only one on Cortex-M and
+//! RISC-V), [`Avx2Fma`] on x86-64 and [`Neon`] on aarch64. A `no_std` caller
+//! names its kernel; with the `std` feature, [`detect`] picks the best one at
+//! run time.
+
+mod generic;
+pub use generic::Portable;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub use self::x86_64::avx2::Avx2Fma;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub use self::aarch64::neon::Neon;
+
+/// The result of one online-softmax step on a score row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowUpdate {
+    /// The new running max.
+    pub max: f32,
+    /// `exp(m_old - m_new)`: the factor for the old sum and accumulator.
+    pub alpha: f32,
+    /// `Σ exp(s - m_new)` over this row block.
+    pub sum: f32,
+}
+
+/// The micro-kernel contract.
+///
+/// `MR` and `NR` are the register block: every `m` passed to
+/// [`gemm`](Self::gemm) is a multiple of `MR` and every `n` a multiple of
+/// `NR`. Implementations may assume nothing about alignment.
+pub trait MicroKernel: Copy + Send + Sync + core::fmt::Debug {
+    /// Rows of the register block.
+    const MR: usize;
+    /// Columns of the register block; also the padding of `Dv`.
+    const NR: usize;
+    /// A short name for reports.
+    const NAME: &'static str;
+
+    /// `C[m×n] ← A[m×k]·B[k×n]`, or `+ C` when `accumulate`. Row-major with
+    /// leading dimensions `lda`, `ldb`, `ldc`. When `accumulate` is false, `C`
+    /// is never read.
+    ///
+    /// # Safety
+    /// - `m % MR == 0` and `n % NR == 0`;
+    /// - `a[i*lda + p]` for `i < m, p < k`, `b[p*ldb + j]` for `p < k, j < n`
+    ///   and `c[i*ldc + j]` for `i < m, j < n` are in bounds of their slices;
+    /// - the CPU has the features the kernel was built for (guaranteed when
+    ///   the kernel value was obtained from a safe constructor).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(self, m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool);
+
+    /// One online-softmax step: with running max `m_old`, overwrite `s` by
+    /// `exp(s - m_new)` and return the new max, `alpha` and the row sum. A row
+    /// of only `-inf` (with `m_old = -inf`) becomes zeros with `max = -inf`,
+    /// `alpha = 1`, `sum = 0`. `s.len()` is a multiple of 8.
+    fn softmax_row(self, s: &mut [f32], m_old: f32) -> RowUpdate;
+
+    /// `o ← alpha · o`.
+    fn scale_row(self, o: &mut [f32], alpha: f32);
+}
+
+/// The best kernel for this CPU, chosen once at run time.
+#[cfg(feature = "std")]
+#[derive(Clone, Copy, Debug)]
+pub enum Detected {
+    /// x86-64 with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma(Avx2Fma),
+    /// aarch64 with NEON.
+    #[cfg(target_arch = "aarch64")]
+    Neon(Neon),
+    /// Anything else.
+    Portable(Portable),
+}
+
+/// Detect the best kernel for this CPU (`std` only).
+#[cfg(feature = "std")]
+pub fn detect() -> Detected {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = Avx2Fma::detect() {
+        return Detected::Avx2Fma(k);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(k) = Neon::detect() {
+        return Detected::Neon(k);
+    }
+    Detected::Portable(Portable)
+}
+
+#[cfg(feature = "std")]
+impl Detected {
+    /// The kernel's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Detected::Avx2Fma(_) => Avx2Fma::NAME,
+            #[cfg(target_arch = "aarch64")]
+            Detected::Neon(_) => Neon::NAME,
+            Detected::Portable(_) => Portable::NAME,
+        }
+    }
+}
+
+/// Shared bodies. Each architecture kernel instantiates these inside its own
+/// `#[target_feature]` wrapper, so the same source vectorises per target.
+pub(crate) mod body {
+    use super::RowUpdate;
+
+    const LN2_HI: f32 = core::f32::consts::LN_2;
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    /// Below this, `exp` underflows to 0 for softmax purposes.
+    const EXP_MIN: f32 = -87.0;
+
+    /// `e^x` for `x <= 0` to ~2 ulp, branch-free so that it vectorises;
+    /// `x < -87` (including `-inf`) gives exactly 0.
+    #[inline(always)]
+    pub fn exp_neg(x: f32) -> f32 {
+        let xc = if x < EXP_MIN { EXP_MIN } else { x };
+        let t = xc * LOG2E;
+        // Round to nearest by the 1.5·2^23 trick (|t| < 2^22 here).
+        const MAGIC: f32 = 12_582_912.0;
+        let n = (t + MAGIC) - MAGIC;
+        let f = (t - n) * LN2_HI; // |f| <= ln2/2
+        // e^f, degree-6 Taylor/Horner: error < 2e-8 on [-0.35, 0.35].
+        let p = 1.0
+            + f * (1.0
+                + f * (0.5
+                    + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+        let bits = ((n as i32 + 127) << 23) as u32;
+        let r = p * f32::from_bits(bits);
+        if x < EXP_MIN {
+            0.0
+        } else {
+            r
+        }
+    }
+
+    #[inline(always)]
+    pub fn softmax_row(s: &mut [f32], m_old: f32) -> RowUpdate {
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        for chunk in s.chunks_exact(8) {
+            for (l, &x) in lanes.iter_mut().zip(chunk) {
+                *l = if x > *l { x } else { *l };
+            }
+        }
+        let mut m_new = m_old;
+        for l in lanes {
+            m_new = if l > m_new { l } else { m_new };
+        }
+        if m_new == f32::NEG_INFINITY {
+            s.iter_mut().for_each(|x| *x = 0.0);
+            return RowUpdate { max: m_new, alpha: 1.0, sum: 0.0 };
+        }
+        let mut sums = [0.0f32; 8];
+        for chunk in s.chunks_exact_mut(8) {
+            for (acc, x) in sums.iter_mut().zip(chunk.iter_mut()) {
+                *x = exp_neg(*x - m_new);
+                *acc += *x;
+            }
+        }
+        let sum = sums.iter().sum();
+        let alpha = exp_neg(m_old - m_new);
+        RowUpdate { max: m_new, alpha, sum }
+    }
+
+    #[inline(always)]
+    pub fn scale_row(o: &mut [f32], alpha: f32) {
+        o.iter_mut().for_each(|x| *x *= alpha);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body::exp_neg;
+
+    #[test]
+    fn exp_neg_matches_libm() {
+        let mut x = -90.0f32;
+        while x <= 0.0 {
+            let want = libm::exp(x as f64);
+            let got = exp_neg(x) as f64;
+            if x >= -87.0 {
+                assert!((got - want).abs() <= 3e-7 * want, "x={x} got={got} want={want}");
+            } else {
+                assert_eq!(got, 0.0);
+            }
+            x += 0.001_3;
+        }
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_neg(0.0), 1.0);
+    }
+}

@@ -1,0 +1,2 @@
+//! x86-64 kernels.
+pub mod avx2;

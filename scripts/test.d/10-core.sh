@@ -1,0 +1,15 @@
+# tessera-core: unit and property tests against the f64 reference, the no_std
+# builds for Cortex-M and RISC-V, and Miri on the portable path.
+source "$(dirname "$0")/../lib.sh"
+cd "$TESSERA_ROOT"
+cargo test -p tessera-core --all-targets
+cargo test -p tessera-core --doc
+need_target thumbv7em-none-eabihf riscv32imac-unknown-none-elf
+cargo build -p tessera-core --target thumbv7em-none-eabihf --release
+cargo build -p tessera-core --target riscv32imac-unknown-none-elf --release
+if need_component nightly miri rust-src; then
+    MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test -p tessera-core --test miri_small
+else
+    echo "miri: nightly toolchain unavailable" >&2
+    exit 1
+fi
