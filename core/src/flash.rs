@@ -199,6 +199,44 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         scratch: &'s mut [f32],
         stats: &mut Stats,
     ) -> Result<TileOut<'s>, SpecError> {
+        self.tile_impl(att, b, h, q_tile, kv, None, scratch, stats)
+    }
+
+    /// Like [`tile`](Self::tile), but visit only the key tiles listed in
+    /// `kv_tiles` (indices of `BK`-key blocks, each at most once, in any
+    /// order), intersected with what the mask allows. This is the block-sparse
+    /// entry point: a block selector picks the tiles, the same loop runs them.
+    /// Tiles the mask classifies as Empty are still skipped.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tile_selected<'s, T: Element>(
+        &self,
+        att: &Attention<'_, T>,
+        b: usize,
+        h: usize,
+        q_tile: usize,
+        kv_tiles: &[usize],
+        scratch: &'s mut [f32],
+        stats: &mut Stats,
+    ) -> Result<TileOut<'s>, SpecError> {
+        let kv = 0..att.spec.kv_len;
+        if kv_tiles.iter().any(|&t| t >= kv.end.div_ceil(BK)) {
+            return Err(SpecError::TileOutOfRange);
+        }
+        self.tile_impl(att, b, h, q_tile, kv, Some(kv_tiles), scratch, stats)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tile_impl<'s, T: Element>(
+        &self,
+        att: &Attention<'_, T>,
+        b: usize,
+        h: usize,
+        q_tile: usize,
+        kv: Range<usize>,
+        selected: Option<&[usize]>,
+        scratch: &'s mut [f32],
+        stats: &mut Stats,
+    ) -> Result<TileOut<'s>, SpecError> {
         let spec = &att.spec;
         let mask = &att.mask;
         let (d, dv) = (spec.head_dim, spec.v_head_dim);
@@ -268,7 +306,13 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         let mut visited = 0usize;
         let local_rest = local.start.max(global.end)..local.end;
         let local_head = local.start..local.end.min(global.start);
-        for t in global.clone().chain(local_rest).chain(local_head) {
+        let bounded = global.clone().chain(local_rest).chain(local_head);
+        let (mut sel, mut all) = (None, None);
+        match selected {
+            Some(list) => sel = Some(list.iter().copied()),
+            None => all = Some(bounded),
+        }
+        for t in sel.into_iter().flatten().chain(all.into_iter().flatten()) {
             let j0 = (t * BK).max(kv.start);
             let j1 = ((t + 1) * BK).min(kv.end);
             let class = mask.classify(spans, j0, j1);
