@@ -35,8 +35,10 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod dsa_error;
 pub mod element;
 pub mod flash;
+pub mod fp8;
 pub mod kernel;
 pub mod mask;
 pub mod merge;
@@ -44,8 +46,10 @@ pub mod reference;
 pub mod spec;
 pub mod stats;
 
+pub use dsa_error::DsaError;
 pub use element::Element;
 pub use flash::{Attention, Flash, TileOut, DV_ALIGN};
+pub use fp8::{Fp8, Scales, E4M3, E5M2};
 pub use half::{bf16, f16};
 pub use mask::{DenseMask, MaskSpec, MaskStrides, RowSpan, Segments, TileClass};
 pub use merge::{merge, merge_into};
