@@ -1,0 +1,174 @@
+// The FP8 (E4M3) lightning indexer of DeepSeek-V3.2 DSA:
+//   scores[b,t,s] = sum_j w[b,t,j] * relu(q[b,t,j,:] . k[b,s,:])
+// with f32 accumulation, and -inf where key s is not visible to query t
+// (s >= kv_lens[b], or causal and s > t + offset).
+//
+// One CTA holds a tile of BS keys in shared memory and WARPS queries, one
+// warp each. A warp multiplies its query's heads (16 at a time, the m of the
+// mma) by the key tile (8 keys per n) with the fp8 mma m16n8k32 on sm_89+;
+// below sm_89 each fp8 operand is widened exactly to f16 and the same product
+// runs as two m16n8k16 f16 mmas (see Fp8A). The weighted ReLU sum over heads is a shuffle
+// reduction over the 8 row groups of the accumulator.
+//
+// Cost: B*Sq*Skv*Hi*Di multiply-adds on the tensor cores; each key byte is
+// read from global memory once per WARPS queries. Key tiles past the last
+// visible key of every query in the CTA are written as -inf without any math.
+#include "common.cuh"
+
+template <int DI> struct IndexerTraits {
+    static constexpr int WARPS = 8;          // queries per CTA
+    static constexpr int THREADS = 32 * WARPS;
+    static constexpr int BS = 64;            // keys per CTA
+    static constexpr int ROW = DI + 16;      // shared row bytes, padded: conflict-free fragment loads
+    static constexpr int SMEM = BS * ROW;
+    static_assert(DI % 32 == 0, "index head dim must be a multiple of 32");
+    static_assert((BS * DI / 16) % THREADS == 0, "key tile load must split evenly");
+};
+
+// One e4m3 byte widened exactly to f16 bits (every e4m3 value is an f16 value).
+TESSERA_DEVICE u32 e4m3_to_f16_bits(u32 x) {
+    u32 sign = (x & 0x80u) << 8, e = (x >> 3) & 15u, m = x & 7u;
+    if (e == 15u && m == 7u) return sign | 0x7e00u;                                  // NaN stays NaN
+    if (e == 0u) return sign | Half::from_f32(float(m) * 0.001953125f);              // m * 2^-9, exact
+    return sign | ((e + 8u) << 10) | (m << 7);
+}
+
+// Two e4m3 bytes (the low 16 bits of x) -> f16x2, element order kept.
+TESSERA_DEVICE u32 e4m3x2_to_f16x2(u32 x) {
+    return e4m3_to_f16_bits(x & 0xffu) | (e4m3_to_f16_bits((x >> 8) & 0xffu) << 16);
+}
+
+// The A operand of a 16x8x32 e4m3 product, as the mma wants it. Fragments
+// (PTX ISA, m16n8k32 8-bit): a[0] = row g, cols 4c..4c+3; a[1] = row g+8,
+// same cols; a[2], a[3] = cols +16. b0 = k rows 4c..4c+3 of col g; b1 = +16.
+// Below sm_89 there is no fp8 mma: the operand is widened once, exactly, to
+// f16 and each product runs as two m16n8k16 f16 mmas. The f16 mma's k index
+// kk then stands for fp8 column 4c + (kk & 1) + 2 (kk >= 8); A and B use the
+// same permutation, so every dot product is unchanged.
+struct Fp8A {
+#if __CUDA_ARCH__ >= 890
+    u32 a[4];
+    TESSERA_DEVICE void set(const u32 (&x)[4]) {
+        for (int i = 0; i < 4; ++i) a[i] = x[i];
+    }
+    // d += A * b on the fp8 tensor cores.
+    TESSERA_DEVICE void mma(float (&d)[4], u32 b0, u32 b1) const {
+        asm volatile(
+            "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+#else
+    u32 lo[4], hi[4];
+    TESSERA_DEVICE void set(const u32 (&x)[4]) {
+        lo[0] = e4m3x2_to_f16x2(x[0]);
+        lo[1] = e4m3x2_to_f16x2(x[1]);
+        lo[2] = e4m3x2_to_f16x2(x[0] >> 16);
+        lo[3] = e4m3x2_to_f16x2(x[1] >> 16);
+        hi[0] = e4m3x2_to_f16x2(x[2]);
+        hi[1] = e4m3x2_to_f16x2(x[3]);
+        hi[2] = e4m3x2_to_f16x2(x[2] >> 16);
+        hi[3] = e4m3x2_to_f16x2(x[3] >> 16);
+    }
+    // d += A * b as two f16 mmas over the widened operands.
+    TESSERA_DEVICE void mma(float (&d)[4], u32 b0, u32 b1) const {
+        Half::mma(d, lo, e4m3x2_to_f16x2(b0), e4m3x2_to_f16x2(b0 >> 16));
+        Half::mma(d, hi, e4m3x2_to_f16x2(b1), e4m3x2_to_f16x2(b1 >> 16));
+    }
+#endif
+};
+
+template <int DI> TESSERA_DEVICE void lightning_indexer(const TesseraIndexerParams& p) {
+    using Tr = IndexerTraits<DI>;
+    constexpr int BS = Tr::BS, NB = BS / 8, KS = DI / 32;
+    extern __shared__ __align__(128) u8 sk[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
+    const int b = blockIdx.z, t = blockIdx.y * Tr::WARPS + warp;
+    const long long s0 = (long long)blockIdx.x * BS;
+
+    long long n_keys, offset;
+    batch_geometry((const long long*)p.kv_lens, b, p.kv_len, p.q_len, p.q_offset, p.offset_from_kv_lens, n_keys,
+                   offset);
+
+    // Key tile -> shared (zero-filled past kv_len).
+    const u8* k = (const u8*)p.k + ((long long)b * p.kv_len + s0) * DI;
+    for (int i = threadIdx.x; i < BS * DI / 16; i += Tr::THREADS) {
+        int r = i / (DI / 16), c = i % (DI / 16);
+        bool ok = s0 + r < p.kv_len;
+        cp_async_16(sk + r * Tr::ROW + c * 16, ok ? k + (long long)r * DI + c * 16 : k, ok);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    if (t >= p.q_len) return;
+
+    const long long last = p.causal ? min(n_keys - 1, t + offset) : n_keys - 1;  // last visible key
+    float* out = (float*)p.scores + ((long long)b * p.q_len + t) * p.kv_len;
+    if (s0 > last) {
+        for (long long s = s0 + lane; s < min(s0 + BS, (long long)p.kv_len); s += 32) out[s] = neg_inf();
+        return;
+    }
+
+    float acc[NB][2];
+#pragma unroll
+    for (int n = 0; n < NB; ++n) acc[n][0] = acc[n][1] = 0.f;
+    const u8* q = (const u8*)p.q + ((long long)b * p.q_len + t) * p.heads * DI;
+    const float* w = (const float*)p.w + ((long long)b * p.q_len + t) * p.heads;
+
+    for (int h0 = 0; h0 < p.heads; h0 += 16) {
+        const int ha = h0 + g, hb = h0 + g + 8;  // the two heads (rows) this lane holds
+        const float wa = ha < p.heads ? w[ha] : 0.f, wb = hb < p.heads ? w[hb] : 0.f;
+        Fp8A a[KS];
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            const int col = ks * 32 + c4 * 4;
+            const u32 x[4] = {ha < p.heads ? *(const u32*)(q + ha * DI + col) : 0u,
+                              hb < p.heads ? *(const u32*)(q + hb * DI + col) : 0u,
+                              ha < p.heads ? *(const u32*)(q + ha * DI + col + 16) : 0u,
+                              hb < p.heads ? *(const u32*)(q + hb * DI + col + 16) : 0u};
+            a[ks].set(x);
+        }
+#pragma unroll
+        for (int n = 0; n < NB; ++n) {
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            const u8* krow = sk + (n * 8 + g) * Tr::ROW + c4 * 4;
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks)
+                a[ks].mma(c, *(const u32*)(krow + ks * 32), *(const u32*)(krow + ks * 32 + 16));
+            acc[n][0] += wa * fmaxf(c[0], 0.f) + wb * fmaxf(c[2], 0.f);
+            acc[n][1] += wa * fmaxf(c[1], 0.f) + wb * fmaxf(c[3], 0.f);
+        }
+    }
+
+    // Sum over the 8 row groups (lanes with equal c4), then lanes 0-3 write.
+#pragma unroll
+    for (int n = 0; n < NB; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+#pragma unroll
+            for (int o = 4; o < 32; o *= 2) acc[n][e] += __shfl_xor_sync(0xffffffffu, acc[n][e], o);
+    if (g == 0) {
+#pragma unroll
+        for (int n = 0; n < NB; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                long long s = s0 + n * 8 + 2 * c4 + e;
+                if (s < p.kv_len) out[s] = s <= last ? acc[n][e] : neg_inf();
+            }
+    }
+}
+
+#define TESSERA_INDEXER_TABLE(X) X(64) X(128)
+
+#define TESSERA_INDEXER_INSTANCE(DI)                                                                \
+    extern "C" __constant__ int tessera_indexer_e4m3_d##DI##_geom[3] = {                            \
+        IndexerTraits<DI>::THREADS, IndexerTraits<DI>::WARPS, IndexerTraits<DI>::SMEM};             \
+    extern "C" __global__ void __launch_bounds__(IndexerTraits<DI>::THREADS)                        \
+        tessera_indexer_e4m3_d##DI(const TesseraIndexerParams p) {                                  \
+        lightning_indexer<DI>(p);                                                                   \
+    }
+
+TESSERA_INDEXER_TABLE(TESSERA_INDEXER_INSTANCE)
+
+extern "C" __constant__ int tessera_abi_indexer = sizeof(TesseraIndexerParams);

@@ -1,0 +1,86 @@
+// Kernel parameter blocks: the one contract between the kernels and every host
+// that launches them (the Rust driver-API launcher in cuda/src/params.rs and
+// the device-check harness in cuda/device/tessera.py mirror these layouts).
+//
+// Each kernel takes exactly one of these structs by value. Fields are ordered
+// by size (8-byte, then 4-byte) so that no host ABI can insert padding
+// differently; every module exports `tessera_abi_<kind>` = sizeof(struct) and
+// a host refuses to launch when its mirror disagrees.
+//
+// Conventions: strides are in elements; the innermost (dim) stride is 1;
+// `kv_lens` and `mask` are optional device pointers (0 = absent); every size
+// is validated by the host before launch.
+#pragma once
+
+typedef unsigned long long tessera_ptr;  // a device address
+
+// Flash forward over dense Q/K/V with the structural mask (causal, window,
+// chunk, global, per-batch key lengths) and an optional dense mask.
+struct TesseraFlashParams {
+    tessera_ptr q, k, v, y;      // (B,H,S,D) views with the strides below; y has Q's dtype
+    tessera_ptr lse;             // f32 (B,Hq,Sq) contiguous, or 0
+    tessera_ptr kv_lens;         // i64 (B) valid keys per batch, or 0
+    tessera_ptr mask;            // dense mask broadcast to (B,Hq,Sq,Skv): f32 additive or u8 bool, or 0
+    long long q_batch, q_head, q_seq;
+    long long k_batch, k_head, k_seq;
+    long long v_batch, v_head, v_seq;
+    long long y_batch, y_head, y_seq;
+    long long m_batch, m_head, m_q, m_k;
+    long long q_offset;          // added to each query index to get its position
+    long long left_window;       // -1 = unbounded
+    long long right_window;      // -1 = unbounded
+    long long global_tokens;
+    long long chunk;             // 0 = off
+    int batch, q_heads, kv_heads, q_len, kv_len;
+    int causal;                  // 0/1
+    int offset_from_kv_lens;     // 0/1: add kv_lens[b] - q_len to the offset
+    int mask_is_bool;            // 0: f32 additive, 1: u8 (nonzero = attend)
+    float scale, softcap;        // softcap 0 = off
+};
+
+// The FP8 lightning indexer: scores[b,t,s] = sum_j w[b,t,j] * relu(q[b,t,j,:] . k[b,s,:]),
+// -inf where key s is not visible to query t. All tensors contiguous.
+struct TesseraIndexerParams {
+    tessera_ptr q;               // e4m3 (B,Sq,Hi,Di)
+    tessera_ptr k;               // e4m3 (B,Skv,Di)
+    tessera_ptr w;               // f32 (B,Sq,Hi)
+    tessera_ptr scores;          // f32 (B,Sq,Skv)
+    tessera_ptr kv_lens;         // i64 (B) or 0
+    long long q_offset;
+    int batch, q_len, kv_len, heads, dim;
+    int causal, offset_from_kv_lens;
+    int pad_;
+};
+
+// Radix top-k over rows of f32 scores: the k largest finite entries of each
+// row, ties broken by the lower index, written in ascending index order and
+// padded with -1.
+struct TesseraTopkParams {
+    tessera_ptr scores;          // f32 (rows, row_len) with row stride row_len
+    tessera_ptr indices;         // i64 (rows, k)
+    long long rows, row_len;
+    int k;
+    int pad_;
+};
+
+// Attention of each query over its own list of keys (the top-k indices, shared
+// by all heads). Indices outside [0, kv_len) (e.g. -1 padding) are skipped.
+struct TesseraSparseParams {
+    tessera_ptr q, k, v, y;      // as in TesseraFlashParams
+    tessera_ptr lse;             // f32 (B,Hq,Sq) or 0
+    tessera_ptr indices;         // i64 (B,Sq,topk) contiguous
+    long long q_batch, q_head, q_seq;
+    long long k_batch, k_head, k_seq;
+    long long v_batch, v_head, v_seq;
+    long long y_batch, y_head, y_seq;
+    int batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_head_dim, topk;
+    float scale, softcap;
+};
+
+// Exact merge of two partial results over disjoint key sets through their LSE.
+struct TesseraMergeParams {
+    tessera_ptr y_a, lse_a, y_b, lse_b, y, lse;  // y*: (rows, dv) contiguous; lse*: f32 (rows)
+    long long rows;
+    int dv;
+    int pad_;
+};
