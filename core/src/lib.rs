@@ -45,6 +45,7 @@ pub mod merge;
 pub mod reference;
 pub mod spec;
 pub mod stats;
+pub mod topk;
 
 pub use dsa_error::DsaError;
 pub use element::Element;
@@ -55,3 +56,4 @@ pub use mask::{DenseMask, MaskSpec, MaskStrides, RowSpan, Segments, TileClass};
 pub use merge::{merge, merge_into};
 pub use spec::{default_scale, AttentionSpec, SpecError, Strides, Tensor};
 pub use stats::Stats;
+pub use topk::{top_k, KeyIndex};
