@@ -1,0 +1,477 @@
+//! Attention over a per-query list of key indices (the exact half of
+//! DeepSeek-V3.2's sparse attention): gather the listed K and V rows, run
+//! the online softmax over them, and return `Y` and the lse.
+//!
+//! The result equals dense attention whose mask is the given [`MaskSpec`]
+//! **and** "key is in the list": `-1` entries are padding, every other entry
+//! must lie in `[0, Skv)` and appear at most once per list (checked, with an
+//! error naming the row). Keys in the list that the mask hides are skipped,
+//! so an index list can never widen what a query may see.
+//!
+//! Heads that share a KV head share the gather: one list row serves the
+//! `Hq / Hkv` query heads of its KV head (all heads when the list has no
+//! head axis, as DSA's indexer produces), so K/V rows are loaded once per
+//! group and the score and P·V blocks are `group × BK` gemms on the
+//! [`MicroKernel`].
+//!
+//! # Cost
+//! Per (batch, KV head, query): `O(top_k)` to validate the list, and
+//! `4·D·group` flops plus `D + Dv` loads per listed key; no work grows with
+//! `Skv`. Memory: [`GatherAttention::scratch_len`] f32s and a zeroed bitmap
+//! of [`GatherAttention::seen_len`] words per worker (`Skv / 8` bytes).
+
+use crate::dsa_error::DsaError;
+use crate::element::Element;
+use crate::flash::{Attention, DV_ALIGN};
+use crate::kernel::MicroKernel;
+use crate::mask::MaskSpec;
+use crate::spec::{AttentionSpec, SpecError, Tensor};
+use crate::topk::KeyIndex;
+
+const fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to).saturating_mul(to)
+}
+
+/// Element strides of an index tensor whose rows hold `top_k` contiguous
+/// entries; a zero `kv_head` stride shares one list among all heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexStrides {
+    /// Between batches.
+    pub batch: usize,
+    /// Between KV heads (0 = shared by every head).
+    pub kv_head: usize,
+    /// Between queries.
+    pub q: usize,
+}
+
+/// Per-query key lists: row `(b, hk, i)` is
+/// `indices[b·batch + hk·kv_head + i·q ..][.. top_k]`.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexList<'a, I: KeyIndex> {
+    /// The entries.
+    pub indices: &'a [I],
+    /// Entries per row.
+    pub top_k: usize,
+    /// Row strides.
+    pub strides: IndexStrides,
+}
+
+impl<'a, I: KeyIndex> IndexList<'a, I> {
+    /// `(B, Sq, top_k)` contiguous, one list per query shared by all heads
+    /// (the indexer's output).
+    pub const fn shared(indices: &'a [I], q_len: usize, top_k: usize) -> Self {
+        Self {
+            indices,
+            top_k,
+            strides: IndexStrides {
+                batch: q_len * top_k,
+                kv_head: 0,
+                q: top_k,
+            },
+        }
+    }
+
+    /// `(B, Hkv, Sq, top_k)` contiguous, one list per KV head and query.
+    pub const fn per_kv_head(
+        indices: &'a [I],
+        kv_heads: usize,
+        q_len: usize,
+        top_k: usize,
+    ) -> Self {
+        Self {
+            indices,
+            top_k,
+            strides: IndexStrides {
+                batch: kv_heads * q_len * top_k,
+                kv_head: q_len * top_k,
+                q: top_k,
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn offset(&self, b: usize, hk: usize, i: usize) -> usize {
+        b * self.strides.batch + hk * self.strides.kv_head + i * self.strides.q
+    }
+
+    /// The list of query `i` of (batch `b`, KV head `hk`); in range after
+    /// [`SparseAttention::new`].
+    #[inline]
+    pub fn row(&self, b: usize, hk: usize, i: usize) -> &'a [I] {
+        &self.indices[self.offset(b, hk, i)..][..self.top_k]
+    }
+}
+
+/// A validated sparse problem: an [`Attention`] problem and its index lists.
+#[derive(Clone, Copy, Debug)]
+pub struct SparseAttention<'a, T: Element, I: KeyIndex> {
+    att: Attention<'a, T>,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    list: IndexList<'a, I>,
+}
+
+impl<'a, T: Element, I: KeyIndex> SparseAttention<'a, T, I> {
+    /// Validate the spec, the mask, Q/K/V (as [`Attention::new`]) and the
+    /// index tensor's size (`top_k >= 1`, every row in bounds). The entries
+    /// themselves are checked row by row as they are used.
+    pub fn new(
+        spec: &AttentionSpec,
+        mask: &MaskSpec<'a>,
+        q: &'a [T],
+        k: &'a [T],
+        v: &'a [T],
+        list: IndexList<'a, I>,
+    ) -> Result<Self, DsaError> {
+        let att = Attention::new(spec, mask, q, k, v)?;
+        if list.top_k == 0 {
+            return Err(DsaError::Zero { what: "top_k" });
+        }
+        let (b, hk, sq) = (spec.batch, spec.kv_heads, spec.q_len);
+        if b > 0 && sq > 0 {
+            let s = list.strides;
+            let last = (|| {
+                (b - 1)
+                    .checked_mul(s.batch)?
+                    .checked_add((hk - 1).checked_mul(s.kv_head)?)?
+                    .checked_add((sq - 1).checked_mul(s.q)?)?
+                    .checked_add(list.top_k)
+            })()
+            .ok_or(DsaError::Overflow { buffer: "indices" })?;
+            if list.indices.len() < last {
+                return Err(DsaError::TooShort {
+                    buffer: "indices",
+                    need: last,
+                    got: list.indices.len(),
+                });
+            }
+        }
+        Ok(Self { att, q, k, v, list })
+    }
+
+    /// The attention problem.
+    pub const fn attention(&self) -> &Attention<'a, T> {
+        &self.att
+    }
+
+    /// The index lists.
+    pub const fn list(&self) -> &IndexList<'a, I> {
+        &self.list
+    }
+}
+
+/// The outputs of one query for every head of one KV group, in scratch.
+#[derive(Debug)]
+pub struct GroupOut<'s> {
+    /// First query head of the group.
+    pub head0: usize,
+    /// Heads in the group.
+    pub heads: usize,
+    o: &'s [f32],
+    o_stride: usize,
+    dv: usize,
+    lse: &'s [f32],
+}
+
+impl GroupOut<'_> {
+    /// Output row of head `head0 + g` (`Dv` values).
+    #[inline]
+    pub fn row(&self, g: usize) -> &[f32] {
+        &self.o[g * self.o_stride..][..self.dv]
+    }
+
+    /// lse of head `head0 + g` (`-inf` when it saw no key).
+    #[inline]
+    pub fn lse(&self, g: usize) -> f32 {
+        self.lse[g]
+    }
+}
+
+/// The gather kernel over micro-kernel `K`, gathering `BK` keys at a time
+/// (`BK` a multiple of `K::NR` and of 8, checked at compile time).
+#[derive(Clone, Copy, Debug)]
+pub struct GatherAttention<K: MicroKernel, const BK: usize> {
+    kernel: K,
+}
+
+impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
+    const FITS: () = assert!(
+        BK > 0 && BK % K::NR == 0 && BK % 8 == 0 && DV_ALIGN % K::NR == 0,
+        "BK must be a multiple of K::NR and 8"
+    );
+
+    /// A gather kernel over micro-kernel `kernel`.
+    pub const fn new(kernel: K) -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::FITS;
+        Self { kernel }
+    }
+
+    /// f32s of scratch per worker, with `G = Hq / Hkv` rounded up to `K::MR`
+    /// as `Gp` and `Dv` rounded up to 16 as `Dvp`:
+    /// `Gp·D + D·BK + BK·Dvp + Gp·BK + Gp·Dvp + 2·Gp` (saturating).
+    pub const fn scratch_len(group: usize, head_dim: usize, v_head_dim: usize) -> usize {
+        let gp = round_up(group, K::MR);
+        let dvp = round_up(v_head_dim, DV_ALIGN);
+        gp.saturating_mul(head_dim)
+            .saturating_add(head_dim.saturating_mul(BK))
+            .saturating_add(BK.saturating_mul(dvp))
+            .saturating_add(gp.saturating_mul(BK))
+            .saturating_add(gp.saturating_mul(dvp))
+            .saturating_add(gp.saturating_mul(2))
+    }
+
+    /// u64 words of the `seen` bitmap: `ceil(Skv / 64)`.
+    pub const fn seen_len(kv_len: usize) -> usize {
+        kv_len.div_ceil(64)
+    }
+
+    /// Check row `(b, hk, i)`'s list and mark its keys in `seen`; on error
+    /// the marks made so far are cleared again.
+    fn mark_row<I: KeyIndex>(
+        list: &[I],
+        row: usize,
+        kv_len: usize,
+        seen: &mut [u64],
+    ) -> Result<(), DsaError> {
+        for (n, &x) in list.iter().enumerate() {
+            let err = match x.get() {
+                Ok(None) => continue,
+                Ok(Some(j)) if j < kv_len => {
+                    let (w, bit) = (j / 64, 1u64 << (j % 64));
+                    if seen[w] & bit == 0 {
+                        seen[w] |= bit;
+                        continue;
+                    }
+                    DsaError::DuplicateIndex {
+                        row,
+                        index: j as i64,
+                    }
+                }
+                Ok(Some(j)) => DsaError::IndexOutOfRange {
+                    row,
+                    index: j as i64,
+                    kv_len,
+                },
+                Err(v) => DsaError::IndexOutOfRange {
+                    row,
+                    index: v,
+                    kv_len,
+                },
+            };
+            Self::unmark(&list[..n], seen);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn unmark<I: KeyIndex>(list: &[I], seen: &mut [u64]) {
+        for &x in list {
+            if let Ok(Some(j)) = x.get() {
+                if let Some(w) = seen.get_mut(j / 64) {
+                    *w &= !(1u64 << (j % 64));
+                }
+            }
+        }
+    }
+
+    /// Attention of query `i` of batch `b` for every query head of KV head
+    /// `hk`, over the keys of its list. `seen` must be all zero (it is left
+    /// all zero, also on error).
+    #[allow(clippy::too_many_arguments)]
+    pub fn query<'s, T: Element, I: KeyIndex>(
+        &self,
+        p: &SparseAttention<'_, T, I>,
+        b: usize,
+        hk: usize,
+        i: usize,
+        scratch: &'s mut [f32],
+        seen: &mut [u64],
+    ) -> Result<GroupOut<'s>, DsaError> {
+        let spec = p.att.spec();
+        let mask = p.att.mask();
+        let (d, dv, g) = (spec.head_dim, spec.v_head_dim, spec.group());
+        let (gp, dvp) = (round_up(g, K::MR), round_up(dv, DV_ALIGN));
+        let need = Self::scratch_len(g, d, dv);
+        if scratch.len() < need {
+            return Err(DsaError::TooShort {
+                buffer: "scratch",
+                need,
+                got: scratch.len(),
+            });
+        }
+        let need = Self::seen_len(spec.kv_len);
+        if seen.len() < need {
+            return Err(DsaError::TooShort {
+                buffer: "seen",
+                need,
+                got: seen.len(),
+            });
+        }
+        if b >= spec.batch || hk >= spec.kv_heads || i >= spec.q_len {
+            return Err(DsaError::Spec(SpecError::TileOutOfRange));
+        }
+        let list = p.list.row(b, hk, i);
+        let row_id = (b * spec.kv_heads + hk) * spec.q_len + i;
+        Self::mark_row(list, row_id, spec.kv_len, seen)?;
+
+        let (q_buf, rest) = scratch.split_at_mut(gp * d);
+        let (kt, rest) = rest.split_at_mut(d * BK);
+        let (vt, rest) = rest.split_at_mut(BK * dvp);
+        let (sc, rest) = rest.split_at_mut(gp * BK);
+        let (o, rest) = rest.split_at_mut(gp * dvp);
+        let (m_run, rest) = rest.split_at_mut(gp);
+        let l_run = &mut rest[..gp];
+
+        let h0 = hk * g;
+        for (r, dst) in q_buf.chunks_exact_mut(d).enumerate() {
+            if r < g {
+                let src = &p.q[spec.q.offset(b, h0 + r, i)..][..d];
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(x, &y)| *x = y.to_f32() * spec.scale);
+            } else {
+                dst.fill(0.0);
+            }
+        }
+        o.fill(0.0);
+        m_run.fill(f32::NEG_INFINITY);
+        l_run.fill(0.0);
+
+        let span = mask.row_span(
+            i as isize + mask.batch_offset(b, spec.q_len),
+            mask.batch_kv_len(b, spec.kv_len),
+        );
+        let structural = mask.is_structural();
+        let mut keys = [0usize; BK];
+        let mut entries = list
+            .iter()
+            .filter_map(|x| x.get().ok().flatten())
+            .filter(|&j| span.contains(j as isize));
+        loop {
+            let mut cols = 0;
+            for (slot, j) in keys.iter_mut().zip(entries.by_ref()) {
+                *slot = j;
+                cols += 1;
+            }
+            if cols == 0 {
+                break;
+            }
+            // Gather Kᵀ and V; padding keys are zero.
+            for (c, &j) in keys.iter().enumerate() {
+                if c < cols {
+                    let src = &p.k[spec.k.offset(b, hk, j)..][..d];
+                    src.iter()
+                        .enumerate()
+                        .for_each(|(dd, &x)| kt[dd * BK + c] = x.to_f32());
+                    let dst = &mut vt[c * dvp..][..dvp];
+                    let src = &p.v[spec.v.offset(b, hk, j)..][..dv];
+                    dst.iter_mut().zip(src).for_each(|(x, &y)| *x = y.to_f32());
+                    dst[dv..].fill(0.0);
+                } else {
+                    (0..d).for_each(|dd| kt[dd * BK + c] = 0.0);
+                    vt[c * dvp..][..dvp].fill(0.0);
+                }
+            }
+            // SAFETY: gp % MR == 0 and BK % NR == 0 (compile-time check);
+            // q_buf is gp×d, kt is d×BK and sc is gp×BK, all sized above.
+            unsafe { self.kernel.gemm(gp, BK, d, q_buf, d, kt, BK, sc, BK, false) };
+            for (r, row) in sc.chunks_exact_mut(BK).enumerate() {
+                if r >= g {
+                    row.fill(0.0);
+                    continue;
+                }
+                let (live, pad) = row.split_at_mut(cols);
+                if spec.softcap > 0.0 {
+                    let c = spec.softcap;
+                    live.iter_mut().for_each(|x| *x = c * libm::tanhf(*x / c));
+                }
+                if !structural {
+                    for (x, &j) in live.iter_mut().zip(&keys) {
+                        if mask.visible(&span, b, h0 + r, i, j, spec.q_len, spec.kv_len) {
+                            *x += mask.bias(b, h0 + r, i, j);
+                        } else {
+                            *x = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                pad.fill(f32::NEG_INFINITY);
+                let upd = self.kernel.softmax_row(row, m_run[r]);
+                if upd.alpha != 1.0 {
+                    self.kernel.scale_row(&mut o[r * dvp..][..dvp], upd.alpha);
+                }
+                l_run[r] = l_run[r] * upd.alpha + upd.sum;
+                m_run[r] = upd.max;
+            }
+            // SAFETY: gp % MR == 0 and dvp % NR == 0 (DV_ALIGN % NR == 0);
+            // sc is gp×BK, vt is BK×dvp and o is gp×dvp.
+            unsafe { self.kernel.gemm(gp, dvp, BK, sc, BK, vt, dvp, o, dvp, true) };
+        }
+        Self::unmark(list, seen);
+
+        for r in 0..g {
+            let row = &mut o[r * dvp..][..dvp];
+            if l_run[r] > 0.0 {
+                self.kernel.scale_row(row, 1.0 / l_run[r]);
+                m_run[r] += libm::logf(l_run[r]);
+            } else {
+                row.fill(0.0);
+                m_run[r] = f32::NEG_INFINITY;
+            }
+        }
+        Ok(GroupOut {
+            head0: h0,
+            heads: g,
+            o,
+            o_stride: dvp,
+            dv,
+            lse: m_run,
+        })
+    }
+
+    /// The whole problem on one thread: `Y` with `spec.out` strides and,
+    /// optionally, `lse (B, Hq, Sq)`. A parallel caller runs
+    /// [`query`](Self::query) per (b, hk, i) with scratch and `seen` per
+    /// worker. `seen` must be all zero.
+    pub fn run<T: Element, I: KeyIndex, O: Element>(
+        &self,
+        p: &SparseAttention<'_, T, I>,
+        y: &mut [O],
+        mut lse: Option<&mut [f32]>,
+        scratch: &mut [f32],
+        seen: &mut [u64],
+    ) -> Result<(), DsaError> {
+        let s = *p.att.spec();
+        s.check_len(Tensor::Y, y.len())?;
+        if let Some(l) = lse.as_deref() {
+            let need = s.required_len(Tensor::Lse)?;
+            if l.len() != need {
+                return Err(SpecError::WrongLength {
+                    tensor: Tensor::Lse,
+                    expected: need,
+                    got: l.len(),
+                }
+                .into());
+            }
+        }
+        for b in 0..s.batch {
+            for hk in 0..s.kv_heads {
+                for i in 0..s.q_len {
+                    let out = self.query(p, b, hk, i, scratch, seen)?;
+                    for g in 0..out.heads {
+                        let h = out.head0 + g;
+                        let dst = &mut y[s.out.offset(b, h, i)..][..s.v_head_dim];
+                        dst.iter_mut()
+                            .zip(out.row(g))
+                            .for_each(|(d, &x)| *d = O::from_f32(x));
+                        if let Some(l) = lse.as_deref_mut() {
+                            l[(b * s.q_heads + h) * s.q_len + i] = out.lse(g);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
