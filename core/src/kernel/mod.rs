@@ -20,6 +20,8 @@
 
 mod generic;
 pub use generic::Portable;
+mod scalar;
+pub use scalar::Scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -66,7 +68,19 @@ pub trait MicroKernel: Copy + Send + Sync + core::fmt::Debug {
     /// - the CPU has the features the kernel was built for (guaranteed when
     ///   the kernel value was obtained from a safe constructor).
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(self, m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool);
+    unsafe fn gemm(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    );
 
     /// One online-softmax step: with running max `m_old`, overwrite `s` by
     /// `exp(s - m_new)` and return the new max, `alpha` and the row sum. A row
@@ -140,7 +154,7 @@ pub(crate) mod body {
         const MAGIC: f32 = 12_582_912.0;
         let n = (t + MAGIC) - MAGIC;
         let f = (t - n) * LN2_HI; // |f| <= ln2/2
-        // e^f, degree-6 Taylor/Horner: error < 2e-8 on [-0.35, 0.35].
+                                  // e^f, degree-6 Taylor/Horner: error < 2e-8 on [-0.35, 0.35].
         let p = 1.0
             + f * (1.0
                 + f * (0.5
@@ -168,7 +182,11 @@ pub(crate) mod body {
         }
         if m_new == f32::NEG_INFINITY {
             s.iter_mut().for_each(|x| *x = 0.0);
-            return RowUpdate { max: m_new, alpha: 1.0, sum: 0.0 };
+            return RowUpdate {
+                max: m_new,
+                alpha: 1.0,
+                sum: 0.0,
+            };
         }
         let mut sums = [0.0f32; 8];
         for chunk in s.chunks_exact_mut(8) {
@@ -179,7 +197,11 @@ pub(crate) mod body {
         }
         let sum = sums.iter().sum();
         let alpha = exp_neg(m_old - m_new);
-        RowUpdate { max: m_new, alpha, sum }
+        RowUpdate {
+            max: m_new,
+            alpha,
+            sum,
+        }
     }
 
     #[inline(always)]
@@ -199,7 +221,10 @@ mod tests {
             let want = libm::exp(x as f64);
             let got = exp_neg(x) as f64;
             if x >= -87.0 {
-                assert!((got - want).abs() <= 3e-7 * want, "x={x} got={got} want={want}");
+                assert!(
+                    (got - want).abs() <= 3e-7 * want,
+                    "x={x} got={got} want={want}"
+                );
             } else {
                 assert_eq!(got, 0.0);
             }
