@@ -1,0 +1,148 @@
+"""ONNX Attention conformance for ai.tessera.Attention.
+
+Runs every node case that the `onnx` wheel generates for `Attention`
+(`onnx.backend.test.case.node.collect_testcases("Attention")`, the
+non-`_expanded` ones) through ONNX Runtime with libtessera_ort.so:
+
+- the node's domain becomes `ai.tessera` (opset import added);
+- ONNX output 3 (`qk_matmul_output`) moves to our output 4, leaving our
+  output 3 (`softmax_lse`) empty; nothing else changes;
+- each output is compared with the case's expected data at rtol 1e-3,
+  atol 1e-5 (NaN must match NaN).
+
+Prints one line per failure and `N passed, M failed`; exits 1 on failure.
+With `--builtin` it runs the unmodified models on ORT's own CPU kernel for
+comparison.
+
+    python python/conformance.py [--lib target/release/libtessera_ort.so] [--builtin] [-k substring]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import warnings
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+from onnx.backend.test.case.node import collect_testcases  # noqa: E402
+
+RTOL, ATOL = 1e-3, 1e-5
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_LIB = os.path.join(ROOT, "target", "release", "libtessera_ort.so")
+
+
+def to_tessera(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with its Attention node in domain ai.tessera."""
+    m = copy.deepcopy(model)
+    (node,) = [n for n in m.graph.node if n.op_type == "Attention"]
+    node.domain = "ai.tessera"
+    outs = list(node.output)
+    if len(outs) == 4:  # ONNX qk_matmul_output -> our slot 4, softmax_lse left out
+        outs = outs[:3] + ["", outs[3]]
+    del node.output[:]
+    node.output.extend(outs)
+    if not any(o.domain == "ai.tessera" for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid("ai.tessera", 1))
+    return m
+
+
+def as_numpy(x):
+    """Expected/input data as numpy (bf16 via ml_dtypes when the wheel gives raw)."""
+    return np.asarray(x)
+
+
+def ort_value(x: np.ndarray):
+    """An OrtValue sharing `x`'s memory; bfloat16 goes in as raw 16-bit words,
+    since onnxruntime's numpy bridge has no bfloat16."""
+    x = np.ascontiguousarray(x)
+    if x.dtype.name == "bfloat16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(x.view(np.uint16), onnx.TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(x)
+
+
+def run_bound(sess, model, inputs, outputs):
+    """Run with inputs and outputs bound to numpy buffers (output shapes and
+    dtypes from the expected data), so bfloat16 works end to end."""
+    binding = sess.io_binding()
+    for i, x in zip(model.graph.input, inputs):
+        binding.bind_ortvalue_input(i.name, ort_value(as_numpy(x)))
+    got = []
+    for o, w in zip(model.graph.output, outputs):
+        buf = np.full(np.shape(w), np.nan, dtype=np.asarray(w).dtype)  # poisoned: unwritten shows as NaN
+        binding.bind_ortvalue_output(o.name, ort_value(buf))
+        got.append(buf)
+    sess.run_with_iobinding(binding)
+    return got
+
+
+def compare(name: str, got: np.ndarray, want: np.ndarray) -> str | None:
+    if got.shape != want.shape:
+        return f"{name}: shape {got.shape} != expected {want.shape}"
+    g = np.asarray(got).astype(np.float64)
+    w = np.asarray(want).astype(np.float64)
+    nan_g, nan_w = np.isnan(g), np.isnan(w)
+    if (nan_g != nan_w).any():
+        return f"{name}: NaN pattern differs ({int(nan_g.sum())} NaN vs {int(nan_w.sum())} expected)"
+    ok = np.isclose(g, w, rtol=RTOL, atol=ATOL) | (nan_g & nan_w)
+    if not ok.all():
+        err = np.abs(g - w)[~ok]
+        i = int(np.argmax(np.abs(g - w) * ~ok))
+        return f"{name}: {int((~ok).sum())}/{ok.size} elements off, max abs err {err.max():.3g} (got {g.flat[i]:.6g}, want {w.flat[i]:.6g})"
+    return None
+
+
+def run_case(case, lib: str | None) -> str | None:
+    model = case.model if lib is None else to_tessera(case.model)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if lib is not None:
+        so.register_custom_ops_library(lib)
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        return f"session: {str(e).splitlines()[0][:300]}"
+    (inputs, outputs) = case.data_sets[0]
+    names = [o.name for o in model.graph.output]
+    try:
+        got = run_bound(sess, model, inputs, outputs)
+    except Exception as e:  # noqa: BLE001
+        return f"run: {str(e).splitlines()[0][:300]}"
+    for name, g, w in zip(names, got, outputs):
+        msg = compare(name, g, as_numpy(w))
+        if msg:
+            return msg
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lib", default=os.environ.get("TESSERA_ORT_LIB", DEFAULT_LIB))
+    ap.add_argument("--builtin", action="store_true", help="run ORT's own Attention kernel instead")
+    ap.add_argument("-k", default="", help="only cases whose name contains this")
+    args = ap.parse_args()
+    cases = [c for c in collect_testcases("Attention") if not c.name.endswith("_expanded") and args.k in c.name]
+    lib = None if args.builtin else args.lib
+    if lib is not None and not os.path.exists(lib):
+        print(f"missing {lib}: build it with cargo build --release -p tessera-ort", file=sys.stderr)
+        return 2
+    failures = []
+    for case in cases:
+        msg = run_case(case, lib)
+        if msg:
+            failures.append((case.name, msg))
+            print(f"FAIL {case.name}: {msg}")
+    who = "ORT built-in Attention" if lib is None else "ai.tessera.Attention"
+    print(f"{who}: {len(cases) - len(failures)} passed, {len(failures)} failed (rtol {RTOL}, atol {ATOL})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
