@@ -35,6 +35,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod blocksel;
 pub mod dsa_error;
 pub mod element;
 pub mod flash;
@@ -49,6 +50,7 @@ pub mod spec;
 pub mod stats;
 pub mod topk;
 
+pub use blocksel::{summarize, BlockSelector, BlockSummaries, BoundFormat, Keep};
 pub use dsa_error::DsaError;
 pub use element::Element;
 pub use flash::{Attention, Flash, TileOut, DV_ALIGN};

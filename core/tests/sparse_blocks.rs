@@ -1,0 +1,522 @@
+//! The training-free block selector: directed-rounding summaries, the upper
+//! bound, the selection rule, exact equality with dense attention when
+//! `top_k` covers the visible keys, and equality with dense attention masked
+//! to the selected tiles otherwise.
+
+use proptest::prelude::*;
+use tessera_core::blocksel::{
+    summarize, summary_len, BlockSelector, BlockSummaries, BoundFormat, Keep,
+};
+use tessera_core::kernel::{MicroKernel, Portable};
+use tessera_core::{
+    f16, reference, Attention, AttentionSpec, DenseMask, DsaError, Flash, MaskSpec, MaskStrides,
+    E4M3, E5M2,
+};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn check_directed<S: BoundFormat>(x: f32) -> Result<(), TestCaseError> {
+    if let Some(d) = S::round_down(x) {
+        prop_assert!(d.value() <= x, "down({x}) = {}", d.value());
+        // Tight: the rounded-to-nearest value is within one step.
+        if let Some(u) = S::round_up(x) {
+            prop_assert!(u.value() >= x);
+            prop_assert!(
+                d.value() == u.value()
+                    || S::round_up(d.value()).map(|z| z.value()) == Some(d.value())
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn directed_rounding_brackets(x in -70000.0f32..70000.0, tiny in -1e-3f32..1e-3) {
+        for v in [x, tiny, x * 1e-4] {
+            check_directed::<f16>(v)?;
+            check_directed::<E4M3>(v)?;
+            check_directed::<E5M2>(v)?;
+        }
+    }
+}
+
+#[test]
+fn directed_rounding_edges() {
+    assert!(E4M3::round_up(449.0).is_none() && E4M3::round_down(-449.0).is_none());
+    assert_eq!(E4M3::round_up(448.0).unwrap().value(), 448.0);
+    assert!(f16::round_up(65505.0).is_none());
+    assert!(E4M3::round_down(1e-9).unwrap().value() == 0.0);
+    assert!(E4M3::round_up(1e-9).unwrap().value() > 0.0);
+    assert!(E4M3::round_down(-1e-9).unwrap().value() < 0.0);
+    assert_eq!(<f32 as BoundFormat>::round_up(f32::NAN), None);
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    batch: usize,
+    kv_heads: usize,
+    group: usize,
+    q_len: usize,
+    kv_len: usize,
+    d: usize,
+    causal: Option<isize>,
+    window: isize,
+    globals: usize,
+    kv_lens: Option<Vec<usize>>,
+    top_k: usize,
+    keep: Keep,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..3,
+        1usize..3,
+        1usize..4,
+        1usize..40,
+        1usize..200,
+        1usize..24,
+        any::<u64>(),
+    )
+        .prop_flat_map(|(batch, kv_heads, group, q_len, kv_len, d, seed)| {
+            (
+                prop_oneof![Just(None), (-3isize..150).prop_map(Some)],
+                -1isize..80,
+                0usize..10,
+                proptest::option::of(proptest::collection::vec(0..=kv_len, batch)),
+                1usize..120,
+                (proptest::option::of(0usize..40), 0usize..20),
+            )
+                .prop_map(
+                    move |(causal, window, globals, kv_lens, top_k, (lw, gt))| Case {
+                        batch,
+                        kv_heads,
+                        group,
+                        q_len,
+                        kv_len,
+                        d,
+                        causal,
+                        window,
+                        globals,
+                        kv_lens,
+                        top_k,
+                        keep: Keep {
+                            local_window: lw,
+                            global_tokens: gt,
+                        },
+                        seed,
+                    },
+                )
+        })
+}
+
+const BQ: usize = 8;
+const BK: usize = 16;
+
+struct Problem {
+    spec: AttentionSpec,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn problem(c: &Case) -> Problem {
+    let hq = c.kv_heads * c.group;
+    let spec = AttentionSpec::bhsd(c.batch, hq, c.kv_heads, c.q_len, c.kv_len, c.d, c.d);
+    let mut rng = Rng(c.seed | 1);
+    // Keys with a per-block offset so that blocks really differ.
+    let q = (0..c.batch * hq * c.q_len * c.d)
+        .map(|_| rng.f32() * 2.0)
+        .collect();
+    let k = (0..c.batch * c.kv_heads * c.kv_len * c.d)
+        .map(|i| rng.f32() + ((i / c.d / BK) % 3) as f32 * 0.5)
+        .collect();
+    let v = (0..c.batch * c.kv_heads * c.kv_len * c.d)
+        .map(|_| rng.f32())
+        .collect();
+    Problem { spec, q, k, v }
+}
+
+fn mask_of(c: &Case) -> MaskSpec<'_> {
+    let mut m = MaskSpec::NONE.window(c.window, -1).globals(c.globals);
+    if let Some(off) = c.causal {
+        m = m.causal(off);
+    }
+    if let Some(l) = &c.kv_lens {
+        m = m.kv_lens(l, false);
+    }
+    m
+}
+
+fn run_case<K: MicroKernel>(c: &Case, kernel: K) -> Result<(), TestCaseError> {
+    let p = problem(c);
+    let s = p.spec;
+    let mask = mask_of(c);
+    let att = Attention::new(&s, &mask, &p.q, &p.k, &p.v).unwrap();
+    let mut sums = vec![f16::ZERO; summary_len(&s, BK).unwrap()];
+    summarize(&s, &p.k, BK, &mut sums).unwrap();
+    let view = BlockSummaries::new(&s, BK, &sums).unwrap();
+    type Sel<K> = BlockSelector<K, BQ, BK>;
+    let sel = Sel::<K>::new(kernel);
+    let nb = Sel::<K>::blocks(s.kv_len);
+    let mut scratch = vec![f32::NAN; Sel::<K>::scratch_len(c.group, c.d)];
+    let mut fscratch = vec![f32::NAN; Flash::<K, BQ, BK>::scratch_len(c.d, c.d)];
+    let mut scores = vec![f32::NAN; nb];
+    let mut tiles = vec![usize::MAX; nb];
+    let rows = s.batch * s.q_heads * s.q_len;
+
+    // 1. top_k >= every visible count: bit-identical to the dense flash run.
+    let mut y = vec![f32::NAN; rows * s.v_head_dim];
+    let mut lse = vec![f32::NAN; rows];
+    sel.run(
+        &att,
+        &p.q,
+        &view,
+        s.kv_len.max(1),
+        c.keep,
+        &mut y,
+        Some(&mut lse),
+        &mut scratch,
+        &mut fscratch,
+        &mut scores,
+        &mut tiles,
+    )
+    .unwrap();
+    let mut yd = vec![f32::NAN; y.len()];
+    let mut ld = vec![f32::NAN; lse.len()];
+    sel.flash()
+        .run(&att, &mut yd, Some(&mut ld), &mut fscratch)
+        .unwrap();
+    prop_assert!(
+        y.iter().zip(&yd).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "dense-budget output differs from dense flash"
+    );
+    prop_assert!(lse.iter().zip(&ld).all(|(a, b)| a.to_bits() == b.to_bits()));
+
+    // 2. A small budget: check the bound, the rule, and the output against
+    //    dense attention masked to the selected tiles.
+    let hq = s.q_heads;
+    let mut allowed = vec![false; rows * s.kv_len];
+    let mut qf = vec![0.0f64; c.d];
+    for b in 0..s.batch {
+        for hk in 0..s.kv_heads {
+            for t in 0..s.q_len.div_ceil(BQ) {
+                let budget = sel
+                    .score_tile(
+                        &att,
+                        &p.q,
+                        &view,
+                        b,
+                        hk,
+                        t,
+                        c.top_k,
+                        c.keep,
+                        &mut scores,
+                        &mut scratch,
+                    )
+                    .unwrap();
+                let n = Sel::<K>::select_tiles(&scores, budget, &mut tiles).unwrap();
+                prop_assert_eq!(
+                    n,
+                    budget
+                        .blocks
+                        .min(scores.iter().filter(|x| **x != f32::NEG_INFINITY).count())
+                );
+                let chosen = &tiles[..n];
+                prop_assert!(
+                    chosen.windows(2).all(|w| w[0] < w[1]),
+                    "ascending, distinct"
+                );
+                prop_assert!(
+                    chosen.iter().all(|&j| scores[j] != f32::NEG_INFINITY),
+                    "only non-Empty blocks"
+                );
+                // Every kept (+inf) block is chosen, and nothing left out beats what was chosen.
+                let min_chosen = chosen
+                    .iter()
+                    .map(|&j| scores[j])
+                    .fold(f32::INFINITY, f32::min);
+                for j in 0..nb {
+                    if !chosen.contains(&j) {
+                        prop_assert!(scores[j] != f32::INFINITY, "kept block {} not chosen", j);
+                        prop_assert!(
+                            scores[j] <= min_chosen,
+                            "block {} ({}) beats a chosen one ({})",
+                            j,
+                            scores[j],
+                            min_chosen
+                        );
+                    }
+                }
+                if !budget.dense {
+                    prop_assert_eq!(
+                        budget.blocks,
+                        c.top_k
+                            .div_ceil(BK)
+                            .max(scores.iter().filter(|x| **x == f32::INFINITY).count())
+                            .min(budget.non_empty)
+                    );
+                    // The bound holds for every key of every scored block.
+                    for (j, &sc) in scores.iter().enumerate().filter(|(_, x)| x.is_finite()) {
+                        for r in 0..BQ.min(s.q_len - t * BQ) {
+                            for h in hk * c.group..(hk + 1) * c.group {
+                                let qo = s.q.offset(b, h, t * BQ + r);
+                                qf.iter_mut()
+                                    .zip(&p.q[qo..qo + c.d])
+                                    .for_each(|(a, &x)| *a = x as f64);
+                                for key in j * BK..((j + 1) * BK).min(s.kv_len) {
+                                    let ko = s.k.offset(b, hk, key);
+                                    let dot: f64 = qf
+                                        .iter()
+                                        .zip(&p.k[ko..ko + c.d])
+                                        .map(|(a, &x)| a * x as f64)
+                                        .sum();
+                                    let mag: f64 = qf
+                                        .iter()
+                                        .zip(&p.k[ko..ko + c.d])
+                                        .map(|(a, &x)| (a * x as f64).abs())
+                                        .sum();
+                                    prop_assert!(
+                                        sc as f64 >= dot - 1e-5 * (mag + 1.0),
+                                        "bound {} < q·k {} (block {}, key {})",
+                                        sc,
+                                        dot,
+                                        j,
+                                        key
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+                for h in hk * c.group..(hk + 1) * c.group {
+                    for i in t * BQ..((t + 1) * BQ).min(s.q_len) {
+                        for &j in chosen {
+                            for key in j * BK..((j + 1) * BK).min(s.kv_len) {
+                                allowed[((b * hq + h) * s.q_len + i) * s.kv_len + key] = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    sel.run(
+        &att,
+        &p.q,
+        &view,
+        c.top_k,
+        c.keep,
+        &mut y,
+        Some(&mut lse),
+        &mut scratch,
+        &mut fscratch,
+        &mut scores,
+        &mut tiles,
+    )
+    .unwrap();
+    let full = mask.dense(DenseMask::Bool(
+        &allowed,
+        MaskStrides::broadcast(s.batch, hq, s.q_len, s.kv_len),
+    ));
+    let mut yr = vec![f64::NAN; y.len()];
+    let mut lr = vec![f64::NAN; lse.len()];
+    reference::attention(&s, &full, &p.q, &p.k, &p.v, &mut yr, &mut lr);
+    for r in 0..rows {
+        if lr[r] == f64::NEG_INFINITY {
+            prop_assert_eq!(lse[r], f32::NEG_INFINITY);
+        } else {
+            prop_assert!(
+                (lse[r] as f64 - lr[r]).abs() <= 1e-5 * lr[r].abs().max(1.0),
+                "lse {}: {} vs {}",
+                r,
+                lse[r],
+                lr[r]
+            );
+        }
+        for d in 0..s.v_head_dim {
+            prop_assert!((y[r * s.v_head_dim + d] as f64 - yr[r * s.v_head_dim + d]).abs() <= 1e-5);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn portable_selector(c in case()) {
+        run_case(&c, Portable)?;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_selector(c in case()) {
+        if let Some(k) = tessera_core::kernel::Avx2Fma::detect() {
+            run_case(&c, k)?;
+        }
+    }
+}
+
+#[test]
+fn strong_block_is_found() {
+    // One block of keys aligned with every query among noise: it must be
+    // selected with a one-block budget and no kept blocks.
+    let (sq, skv, d) = (16, 512, 16);
+    let spec = AttentionSpec::bhsd(1, 1, 1, sq, skv, d, d);
+    let mut rng = Rng(7);
+    let q: Vec<f32> = (0..sq * d)
+        .map(|i| if i % d == 0 { 1.0 } else { rng.f32() * 0.1 })
+        .collect();
+    let k: Vec<f32> = (0..skv * d)
+        .map(|i| {
+            if i / d / BK == 21 && i % d == 0 {
+                8.0
+            } else {
+                rng.f32() * 0.1
+            }
+        })
+        .collect();
+    let v = k.clone();
+    let m = MaskSpec::NONE;
+    let att = Attention::new(&spec, &m, &q, &k, &v).unwrap();
+    let mut sums = vec![0.0f32; summary_len(&spec, BK).unwrap()];
+    summarize(&spec, &k, BK, &mut sums).unwrap();
+    let view = BlockSummaries::new(&spec, BK, &sums).unwrap();
+    type Sel = BlockSelector<Portable, BQ, BK>;
+    let sel = Sel::new(Portable);
+    let mut scratch = vec![0.0; Sel::scratch_len(1, d)];
+    let mut scores = vec![0.0; Sel::blocks(skv)];
+    let mut tiles = vec![0usize; Sel::blocks(skv)];
+    for t in 0..2 {
+        let budget = sel
+            .score_tile(
+                &att,
+                &q,
+                &view,
+                0,
+                0,
+                t,
+                BK,
+                Keep::default(),
+                &mut scores,
+                &mut scratch,
+            )
+            .unwrap();
+        assert_eq!(budget.blocks, 1);
+        assert_eq!(Sel::select_tiles(&scores, budget, &mut tiles).unwrap(), 1);
+        assert_eq!(tiles[0], 21);
+    }
+}
+
+#[test]
+fn rejects_bad_input() {
+    let spec = AttentionSpec::bhsd(1, 1, 1, 4, 40, 4, 4);
+    let k = vec![1.0f32; 160];
+    let mut sums = vec![E4M3::default(); summary_len(&spec, BK).unwrap()];
+    assert!(summarize(&spec, &k, BK, &mut sums[1..]).is_err());
+    let mut big = k.clone();
+    big[5] = 1000.0;
+    assert_eq!(
+        summarize(&spec, &big, BK, &mut sums),
+        Err(DsaError::SummaryOverflow { at: 1 })
+    );
+    big[5] = f32::NAN;
+    assert_eq!(
+        summarize(&spec, &big, BK, &mut sums),
+        Err(DsaError::NonFinite { buffer: "K", at: 5 })
+    );
+    summarize(
+        &spec,
+        &k,
+        8,
+        &mut vec![E4M3::default(); summary_len(&spec, 8).unwrap()],
+    )
+    .unwrap();
+    let s8 = vec![0.0f32; summary_len(&spec, 8).unwrap()];
+    let view = BlockSummaries::new(&spec, 8, &s8).unwrap();
+    let (q, v) = (vec![1.0f32; 16], vec![1.0f32; 160]);
+    let m = MaskSpec::NONE;
+    let att = Attention::new(&spec, &m, &q, &k, &v).unwrap();
+    type Sel = BlockSelector<Portable, BQ, BK>;
+    let sel = Sel::new(Portable);
+    let mut scratch = vec![0.0; Sel::scratch_len(1, 4)];
+    let mut scores = vec![0.0; 3];
+    assert_eq!(
+        sel.score_tile(
+            &att,
+            &q,
+            &view,
+            0,
+            0,
+            0,
+            4,
+            Keep::default(),
+            &mut scores,
+            &mut scratch
+        ),
+        Err(DsaError::BlockMismatch {
+            summary: 8,
+            tile: BK
+        })
+    );
+    let s16 = vec![0.0f32; summary_len(&spec, BK).unwrap()];
+    let view = BlockSummaries::new(&spec, BK, &s16).unwrap();
+    assert_eq!(
+        sel.score_tile(
+            &att,
+            &q,
+            &view,
+            0,
+            0,
+            0,
+            0,
+            Keep::default(),
+            &mut scores,
+            &mut scratch
+        ),
+        Err(DsaError::Zero { what: "top_k" })
+    );
+    assert!(matches!(
+        sel.score_tile(
+            &att,
+            &q,
+            &view,
+            0,
+            0,
+            0,
+            4,
+            Keep::default(),
+            &mut scores[..2],
+            &mut scratch
+        ),
+        Err(DsaError::TooShort { .. })
+    ));
+    assert!(matches!(
+        sel.score_tile(
+            &att,
+            &q,
+            &view,
+            0,
+            0,
+            1,
+            4,
+            Keep::default(),
+            &mut scores,
+            &mut scratch
+        ),
+        Err(DsaError::Spec(_))
+    ));
+}
