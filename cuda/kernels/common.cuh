@@ -201,8 +201,9 @@ TESSERA_DEVICE void batch_geometry(const long long* kv_lens, int b, int kv_len, 
     offset = q_offset + ((kv_lens && offset_from_kv_lens) ? n - q_len : 0);
 }
 
-// Order-preserving map f32 -> u32 (larger float -> larger key).
+// Order-preserving map f32 -> u32 (larger float -> larger key; -0 ranks as
+// +0, as in tessera_core::topk::order_key).
 TESSERA_DEVICE u32 order_key(float x) {
-    u32 u = __float_as_uint(x);
+    u32 u = __float_as_uint(x == 0.f ? 0.f : x);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }

@@ -22,12 +22,13 @@
 
 // One traits struct per head dim: tile sizes and the launch geometry.
 template <int D> struct FlashTraits {
-    static constexpr int WARPS = 8;
+    // D=128: 8 warps share each K/V tile (1 CTA/SM at ~220 registers).
+    // D=64: 4 warps and 3 CTAs/SM (12 warps) at <= 170 registers, no spills.
+    static constexpr int WARPS = D <= 64 ? 4 : 8;
+    static constexpr int MIN_BLOCKS = D <= 64 ? 3 : 1;
     static constexpr int BQ = 16 * WARPS;  // query rows per CTA
     static constexpr int BK = 64;          // keys per tile
     static constexpr int THREADS = 32 * WARPS;
-    // CTAs per SM the register budget must allow (D=64: 2 x 8 warps).
-    static constexpr int MIN_BLOCKS = D <= 64 ? 2 : 1;
     static constexpr int CHUNKS = D / 8;   // 16-byte chunks per row
     // Q tile + two K tiles + two V tiles, 16-bit elements.
     static constexpr int SMEM = (BQ * D + 4 * BK * D) * 2;
@@ -268,7 +269,7 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
 // Entry points are extern "C" so the host finds them by name:
 //   tessera_flash_<dtype>_d<D>_sc<0|1>_dm<0|1>
 // and each exports its launch geometry as tessera_flash_<dtype>_d<D>_geom =
-// {threads, rows per CTA, dynamic shared bytes}.
+// {threads, query rows per CTA, keys per tile, dynamic shared bytes}.
 #define TESSERA_FLASH_TABLE(X) X(Half, f16, 64) X(Half, f16, 128) X(BFloat, bf16, 64) X(BFloat, bf16, 128)
 
 #define TESSERA_FLASH_ENTRY(T, NAME, D, SC, DM)                                                     \
@@ -278,8 +279,8 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     }
 
 #define TESSERA_FLASH_INSTANCE(T, NAME, D)                                                          \
-    extern "C" __constant__ int tessera_flash_##NAME##_d##D##_geom[3] = {                           \
-        FlashTraits<D>::THREADS, FlashTraits<D>::BQ, FlashTraits<D>::SMEM};                         \
+    extern "C" __constant__ int tessera_flash_##NAME##_d##D##_geom[4] = {                           \
+        FlashTraits<D>::THREADS, FlashTraits<D>::BQ, FlashTraits<D>::BK, FlashTraits<D>::SMEM};     \
     TESSERA_FLASH_ENTRY(T, NAME, D, 0, 0)                                                           \
     TESSERA_FLASH_ENTRY(T, NAME, D, 0, 1)                                                           \
     TESSERA_FLASH_ENTRY(T, NAME, D, 1, 0)                                                           \

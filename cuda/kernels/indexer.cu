@@ -162,8 +162,9 @@ template <int DI> TESSERA_DEVICE void lightning_indexer(const TesseraIndexerPara
 #define TESSERA_INDEXER_TABLE(X) X(64) X(128)
 
 #define TESSERA_INDEXER_INSTANCE(DI)                                                                \
-    extern "C" __constant__ int tessera_indexer_e4m3_d##DI##_geom[3] = {                            \
-        IndexerTraits<DI>::THREADS, IndexerTraits<DI>::WARPS, IndexerTraits<DI>::SMEM};             \
+    extern "C" __constant__ int tessera_indexer_e4m3_d##DI##_geom[4] = {                            \
+        IndexerTraits<DI>::THREADS, IndexerTraits<DI>::WARPS, IndexerTraits<DI>::BS,                \
+        IndexerTraits<DI>::SMEM};                                                                   \
     extern "C" __global__ void __launch_bounds__(IndexerTraits<DI>::THREADS)                        \
         tessera_indexer_e4m3_d##DI(const TesseraIndexerParams p) {                                  \
         lightning_indexer<DI>(p);                                                                   \

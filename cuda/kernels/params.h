@@ -7,6 +7,10 @@
 // differently; every module exports `tessera_abi_<kind>` = sizeof(struct) and
 // a host refuses to launch when its mirror disagrees.
 //
+// Every module also exports, per kernel family, `<family>_geom` = int[4]
+// {threads per CTA, tile A, tile B, dynamic shared bytes}: the host derives
+// the grid from it, so tile sizes live only in the kernels' traits.
+//
 // Conventions: strides are in elements; the innermost (dim) stride is 1;
 // `kv_lens` and `mask` are optional device pointers (0 = absent); every size
 // is validated by the host before launch.
@@ -63,16 +67,19 @@ struct TesseraTopkParams {
     int pad_;
 };
 
-// Attention of each query over its own list of keys (the top-k indices, shared
-// by all heads). Indices outside [0, kv_len) (e.g. -1 padding) are skipped.
+// Attention of each query over its own list of keys. The list of query t for
+// KV head hk is indices[b * idx_batch + hk * idx_head + t * idx_seq + 0..topk]
+// (idx_head = 0: one list shared by all heads, as the DSA indexer gives).
+// Entries outside [0, kv_len) (the -1 padding) are skipped.
 struct TesseraSparseParams {
     tessera_ptr q, k, v, y;      // as in TesseraFlashParams
     tessera_ptr lse;             // f32 (B,Hq,Sq) or 0
-    tessera_ptr indices;         // i64 (B,Sq,topk) contiguous
+    tessera_ptr indices;         // i64 lists, strides below
     long long q_batch, q_head, q_seq;
     long long k_batch, k_head, k_seq;
     long long v_batch, v_head, v_seq;
     long long y_batch, y_head, y_seq;
+    long long idx_batch, idx_head, idx_seq;
     int batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_head_dim, topk;
     float scale, softcap;
 };

@@ -1,5 +1,6 @@
-// Sparse gather attention: query t of batch b attends only to the keys listed
-// in indices[b, t, :] (shared by all heads, as the DSA indexer selects them),
+// Sparse gather attention: query t of batch b, head h attends only to the keys
+// listed for it (one list per KV head, or one shared by all heads as the DSA
+// indexer gives),
 // with the same scale, softcap and online softmax as the dense kernel, and an
 // LSE output. Entries outside [0, kv_len) -- the -1 padding of a short row --
 // are skipped; a row with no valid entry outputs 0 and lse = -inf.
@@ -18,16 +19,21 @@ constexpr int SPARSE_WARPS = 4;
 constexpr int SPARSE_MAX_DIM = 256;
 constexpr int SPARSE_PER_LANE = SPARSE_MAX_DIM / 32;
 
+// q[0] * x.lo + q[1] * x.hi for two packed 16-bit elements.
+template <class T> TESSERA_DEVICE float dot2(const float* q, u32 x) {
+    return q[0] * T::to_f32(u16(x & 0xffffu)) + q[1] * T::to_f32(u16(x >> 16));
+}
+
 template <class T, bool SOFTCAP> TESSERA_DEVICE void sparse_attention(const TesseraSparseParams& p) {
     __shared__ float sq[SPARSE_WARPS][SPARSE_MAX_DIM];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int t = blockIdx.x, b = blockIdx.y;
-    const long long* idx = (const long long*)p.indices + ((long long)b * p.q_len + t) * p.topk;
     const int group = p.q_heads / p.kv_heads;
     const float inv_cap = SOFTCAP ? 1.f / p.softcap : 0.f;
 
     for (int h = warp; h < p.q_heads; h += SPARSE_WARPS) {
         const int hk = h / group;
+        const long long* idx = (const long long*)p.indices + b * p.idx_batch + hk * p.idx_head + t * p.idx_seq;
         const u16* q = (const u16*)p.q + b * p.q_batch + h * p.q_head + t * p.q_seq;
         for (int d = lane; d < p.head_dim; d += 32) sq[warp][d] = T::to_f32(q[d]) * p.scale;
         __syncwarp();
@@ -39,18 +45,16 @@ template <class T, bool SOFTCAP> TESSERA_DEVICE void sparse_attention(const Tess
         for (int e = 0; e < SPARSE_PER_LANE; ++e) acc[e] = 0.f;
 
         for (int c0 = 0; c0 < p.topk; c0 += 32) {
-            const long long key = c0 + lane < p.topk ? idx[c0 + lane] : -1;
+            const long long listed = c0 + lane < p.topk ? idx[c0 + lane] : -1;
+            const int key = listed >= 0 && listed < p.kv_len ? int(listed) : -1;
             float s = neg_inf();
-            if (key >= 0 && key < p.kv_len) {
+            if (key >= 0) {
                 const u16* kr = k + key * p.k_seq;
                 float dot = 0.f;
                 for (int d = 0; d < p.head_dim; d += 8) {  // head_dim % 8 == 0, rows 16-byte aligned
                     const uint4 raw = *(const uint4*)(kr + d);
-                    const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        dot += sq[warp][d + 2 * e] * T::to_f32(u16(w[e] & 0xffffu)) +
-                               sq[warp][d + 2 * e + 1] * T::to_f32(u16(w[e] >> 16));
+                    dot += dot2<T>(&sq[warp][d], raw.x) + dot2<T>(&sq[warp][d + 2], raw.y) +
+                           dot2<T>(&sq[warp][d + 4], raw.z) + dot2<T>(&sq[warp][d + 6], raw.w);
                 }
                 s = SOFTCAP ? p.softcap * fast_tanh(dot * inv_cap) : dot;
                 s *= LOG2E;
@@ -65,7 +69,7 @@ template <class T, bool SOFTCAP> TESSERA_DEVICE void sparse_attention(const Tess
             for (int e = 0; e < SPARSE_PER_LANE; ++e) acc[e] *= alpha;
             for (int j = 0; j < 32; ++j) {
                 const float pj = __shfl_sync(0xffffffffu, pe, j);
-                const long long kj = __shfl_sync(0xffffffffu, key, j);
+                const int kj = __shfl_sync(0xffffffffu, key, j);
                 if (pj == 0.f) continue;  // invalid entry (uniform over the warp)
                 const u16* vr = v + kj * p.v_seq;
 #pragma unroll
@@ -104,6 +108,6 @@ template <class T, bool SOFTCAP> TESSERA_DEVICE void sparse_attention(const Tess
 
 TESSERA_SPARSE_TABLE(TESSERA_SPARSE_INSTANCE)
 
-extern "C" __constant__ int tessera_sparse_geom[3] = {32 * SPARSE_WARPS, 1, 0};
+extern "C" __constant__ int tessera_sparse_geom[4] = {32 * SPARSE_WARPS, 1, 1, 0};
 extern "C" __constant__ int tessera_sparse_max_dim = SPARSE_MAX_DIM;
 extern "C" __constant__ int tessera_abi_sparse = sizeof(TesseraSparseParams);

@@ -1,0 +1,160 @@
+//! With feature `cuda`: compile every `kernels/*.cu` with nvcc into a fatbin
+//! (the targets and options in `kernels/nvcc.flags`: SASS for sm_80 and sm_90
+//! plus compute_90 PTX), embed them, and keep the `-Xptxas -v` resource report
+//! (registers, shared memory, spills per kernel) in `OUT_DIR/ptxas-report.txt`,
+//! in the build output, in `TESSERA_PTXAS_REPORT` when that is set, and in the
+//! crate as `PTXAS_REPORT`. Without the feature nothing here runs nvcc.
+//!
+//! nvcc is found through `NVCC`, then `PATH`, then the `nvidia-cuda-nvcc` pip
+//! wheel (`site-packages/nvidia/cu13/bin/nvcc`) of `VIRTUAL_ENV`, of the
+//! workspace's `.venv`, and of `python3`'s own site-packages.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=TESSERA_PTXAS_REPORT");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let generated = out.join("kernels.rs");
+    if env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        let stub = "/// Empty: built without the `cuda` feature.\npub const FATBINS: &[(&str, &[u8])] = &[];\n\
+                    /// Empty: built without the `cuda` feature.\npub const PTXAS_REPORT: &str = \"\";\n";
+        fs::write(&generated, stub).expect("write kernels.rs");
+        return;
+    }
+
+    let nvcc = find_nvcc(&manifest).unwrap_or_else(|tried| {
+        panic!(
+            "tessera-cuda: feature `cuda` needs nvcc; set NVCC, put nvcc on PATH, or `pip install \
+             nvidia-cuda-nvcc==13.0.* nvidia-cuda-crt==13.0.* nvidia-cuda-runtime==13.0.* nvidia-nvvm==13.0.*` \
+             into ./.venv. Looked in: {tried}"
+        )
+    });
+    let kernels = manifest.join("kernels");
+    let flags: Vec<String> = fs::read_to_string(kernels.join("nvcc.flags"))
+        .expect("read kernels/nvcc.flags")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let mut sources: Vec<PathBuf> = fs::read_dir(&kernels)
+        .expect("read kernels/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .collect();
+    sources.sort();
+
+    // One nvcc per source, in parallel; each returns (stem, ptxas report).
+    let results: Vec<(String, String)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = sources
+            .iter()
+            .map(|src| {
+                let (nvcc, flags, out) = (&nvcc, &flags, &out);
+                s.spawn(move || compile(nvcc, flags, src, out))
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().expect("nvcc thread")).collect()
+    });
+
+    let mut report = String::new();
+    let mut table = String::from("/// Every kernel module: (name, fatbin).\npub const FATBINS: &[(&str, &[u8])] = &[\n");
+    for (stem, ptxas) in &results {
+        report.push_str(&format!("== {stem}.cu\n{ptxas}"));
+        table.push_str(&format!("    (\"{stem}\", include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.fatbin\"))),\n"));
+    }
+    table.push_str("];\n/// The `-Xptxas -v` report of the embedded kernels.\n");
+    table.push_str("pub const PTXAS_REPORT: &str = include_str!(concat!(env!(\"OUT_DIR\"), \"/ptxas-report.txt\"));\n");
+    fs::write(out.join("ptxas-report.txt"), &report).expect("write ptxas report");
+    if let Some(path) = env::var_os("TESSERA_PTXAS_REPORT") {
+        fs::write(&path, &report).expect("write TESSERA_PTXAS_REPORT");
+    }
+    for line in report.lines() {
+        println!("ptxas: {line}");
+    }
+    let spills: Vec<&str> = report.lines().filter(|l| l.contains("bytes spill") && !l.contains(" 0 bytes spill stores")).collect();
+    println!(
+        "cargo:warning=tessera-cuda: {} kernel entries compiled, {} with spills; report in {}",
+        report.matches("Compiling entry function").count(),
+        spills.len(),
+        out.join("ptxas-report.txt").display()
+    );
+    fs::write(&generated, table).expect("write kernels.rs");
+}
+
+/// Compile `src` to `OUT_DIR/<stem>.fatbin`; returns the ptxas lines.
+fn compile(nvcc: &Path, flags: &[String], src: &Path, out: &Path) -> (String, String) {
+    let stem = src.file_stem().and_then(|s| s.to_str()).expect("utf-8 kernel name").to_string();
+    let fatbin = out.join(format!("{stem}.fatbin"));
+    let result = Command::new(nvcc)
+        .args(flags)
+        .arg("-fatbin")
+        .arg("-o")
+        .arg(&fatbin)
+        .arg(src)
+        .output()
+        .unwrap_or_else(|e| panic!("tessera-cuda: cannot run {}: {e}", nvcc.display()));
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    if !result.status.success() {
+        panic!("tessera-cuda: nvcc failed on {} ({}):\n{stderr}", src.display(), result.status);
+    }
+    let ptxas = stderr
+        .lines()
+        .filter(|l| l.starts_with("ptxas") || l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|l| !l.contains("Compile time"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (stem, ptxas)
+}
+
+/// nvcc from `NVCC`, `PATH` or a pip wheel; on failure, the places tried.
+fn find_nvcc(manifest: &Path) -> Result<PathBuf, String> {
+    let mut tried = Vec::new();
+    if let Some(p) = env::var_os("NVCC") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(format!("NVCC={}", p.display()));
+    }
+    if let Some(path) = env::var_os("PATH") {
+        for dir in env::split_paths(&path) {
+            let p = dir.join("nvcc");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        tried.push("PATH".into());
+    }
+    let mut site_dirs = Vec::new();
+    let mut venvs: Vec<PathBuf> = env::var_os("VIRTUAL_ENV").map(PathBuf::from).into_iter().collect();
+    if let Some(root) = manifest.parent() {
+        venvs.push(root.join(".venv"));
+    }
+    for venv in venvs {
+        if let Ok(entries) = fs::read_dir(venv.join("lib")) {
+            for e in entries.flatten() {
+                site_dirs.push(e.path().join("site-packages"));
+            }
+        }
+    }
+    if let Ok(o) = Command::new("python3")
+        .args(["-c", "import site; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))"])
+        .output()
+    {
+        site_dirs.extend(String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from));
+    }
+    for dir in site_dirs {
+        let p = dir.join("nvidia/cu13/bin/nvcc");
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(p.display().to_string());
+    }
+    Err(tried.join(", "))
+}
