@@ -425,10 +425,12 @@ impl<'a> MaskData<'a> {
                 )),
                 strides,
             ),
-            other => return Err(Error::invalid(format!(
+            other => {
+                return Err(Error::invalid(format!(
                 "attn_mask: element type {} is not supported (bool, float, float16 or bfloat16)",
                 elem::name(other)
-            ))),
+            )))
+            }
         })
     }
 
