@@ -44,3 +44,6 @@ pub use plan::{
     AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Dtype, Geometry, IndexerBuffers, KeyLists, Launch,
     MergeBuffers,
 };
+
+#[cfg(test)]
+mod tests;
