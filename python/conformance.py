@@ -35,6 +35,24 @@ from onnx import helper, numpy_helper  # noqa: E402
 from onnx.backend.test.case.node import collect_testcases  # noqa: E402
 
 RTOL, ATOL = 1e-3, 1e-5
+
+# Cases whose expected data we do not reproduce, with the reason. Each is
+# still checked: against the f64 ONNX reference evaluated on the same
+# (bfloat16-valued) inputs, to half a bfloat16 ulp plus 2e-6, i.e. our output
+# must be the correctly rounded exact result. The wheel's bfloat16 data is
+# computed with bfloat16 rounding after every step (scale, QK, exp, sum,
+# divide, PV), which puts it up to ~1.1 ulp (4e-3) from the exact value;
+# rtol 1e-3 is four times finer than one bfloat16 ulp (2^-8), so only an
+# emulation of those roundings could match it. ORT's own kernel fails the
+# same cases.
+BF16_ROUNDING = "expected data carries bfloat16 rounding at every intermediate step (up to 1.1 ulp off the exact value); ours is the correctly rounded result"
+KNOWN = {
+    "test_attention_4d_causal_bf16": BF16_ROUNDING,
+    "test_attention_4d_padded_kv_bf16": BF16_ROUNDING,
+    "test_attention_4d_causal_padded_kv_bf16": BF16_ROUNDING,
+    "test_attention_4d_attn_mask_causal_bf16": BF16_ROUNDING,
+    "test_attention_3d_causal_bf16": BF16_ROUNDING,
+}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LIB = os.path.join(ROOT, "target", "release", "libtessera_ort.so")
 
@@ -122,6 +140,33 @@ def run_case(case, lib: str | None) -> str | None:
     return None
 
 
+def exact_check(case, lib: str) -> str | None:
+    """Compare our outputs with the f64 ONNX reference on the same inputs,
+    to within half an ulp of the output format (plus 2e-6)."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = to_tessera(case.model)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.register_custom_ops_library(lib)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    inputs, outputs = case.data_sets[0]
+    got = run_bound(sess, model, inputs, outputs)
+    m64 = copy.deepcopy(case.model)
+    for vi in list(m64.graph.input) + list(m64.graph.output):
+        if vi.type.tensor_type.elem_type in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT):
+            vi.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    widen = [np.asarray(x).astype(np.float64) if np.asarray(x).dtype.kind == "f" or np.asarray(x).dtype.name == "bfloat16" else np.asarray(x) for x in inputs]
+    truth = ReferenceEvaluator(m64).run(None, {i.name: x for i, x in zip(m64.graph.input, widen)})
+    for name, g, t in zip([o.name for o in model.graph.output], got, truth):
+        g64 = np.asarray(g).astype(np.float64)
+        ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(t), 1e-30))) - (7 if np.asarray(g).dtype.name == "bfloat16" else 23))
+        err = np.abs(g64 - t)
+        if not (err <= ulp / 2 + 2e-6).all():
+            return f"{name}: {(err > ulp / 2 + 2e-6).sum()} elements further than half an ulp from the exact result (max err {err.max():.3g})"
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", default=os.environ.get("TESSERA_ORT_LIB", DEFAULT_LIB))
@@ -133,15 +178,22 @@ def main() -> int:
     if lib is not None and not os.path.exists(lib):
         print(f"missing {lib}: build it with cargo build --release -p tessera-ort", file=sys.stderr)
         return 2
-    failures = []
+    failures, unexpected = [], 0
     for case in cases:
         msg = run_case(case, lib)
-        if msg:
-            failures.append((case.name, msg))
-            print(f"FAIL {case.name}: {msg}")
+        if not msg:
+            continue
+        failures.append(case.name)
+        known = lib is not None and case.name in KNOWN
+        exact = exact_check(case, lib) if known else None
+        if known and exact is None:
+            print(f"FAIL {case.name}: {msg}\n     known: {KNOWN[case.name]}; checked: within half an ulp of the f64 reference")
+        else:
+            unexpected += 1
+            print(f"FAIL {case.name}: {msg}" + (f"\n     and the exactness check failed: {exact}" if exact else ""))
     who = "ORT built-in Attention" if lib is None else "ai.tessera.Attention"
-    print(f"{who}: {len(cases) - len(failures)} passed, {len(failures)} failed (rtol {RTOL}, atol {ATOL})")
-    return 1 if failures else 0
+    print(f"{who}: {len(cases) - len(failures)} passed, {len(failures)} failed (rtol {RTOL}, atol {ATOL}); {unexpected} unexpected")
+    return 1 if unexpected else 0
 
 
 if __name__ == "__main__":
