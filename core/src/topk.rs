@@ -172,9 +172,7 @@ fn emit<I: KeyIndex>(
             continue;
         }
         let masked = key & mask;
-        let take = if mask == 0 {
-            true
-        } else if masked > prefix {
+        let take = if mask == 0 || masked > prefix {
             true
         } else if masked == prefix && ties > 0 {
             ties -= 1;

@@ -89,12 +89,15 @@ fn mask_of(c: &Case) -> MaskSpec<'_> {
     m
 }
 
+/// Turns f32 operands into the stored format (and scales, when grouped).
+type Quantiser<T> = fn(&[f32], usize, Option<usize>, &mut Vec<T>, &mut Vec<f32>);
+
 /// Quantise random f32 operands to `F` (with the case's scale groups) or
 /// keep them f32, then check the kernel against the reference.
 fn run_case<T: Element + Default, K: MicroKernel>(
     c: &Case,
     kernel: K,
-    quant: fn(&[f32], usize, Option<usize>, &mut Vec<T>, &mut Vec<f32>),
+    quant: Quantiser<T>,
 ) -> Result<(), TestCaseError> {
     let s = c.spec;
     let mut rng = Rng(c.seed | 1);

@@ -248,14 +248,14 @@ fn run_case<K: MicroKernel>(c: &Case, kernel: K) -> Result<(), TestCaseError> {
                     .iter()
                     .map(|&j| scores[j])
                     .fold(f32::INFINITY, f32::min);
-                for j in 0..nb {
+                for (j, &sj) in scores.iter().enumerate() {
                     if !chosen.contains(&j) {
-                        prop_assert!(scores[j] != f32::INFINITY, "kept block {} not chosen", j);
+                        prop_assert!(sj != f32::INFINITY, "kept block {} not chosen", j);
                         prop_assert!(
-                            scores[j] <= min_chosen,
+                            sj <= min_chosen,
                             "block {} ({}) beats a chosen one ({})",
                             j,
-                            scores[j],
+                            sj,
                             min_chosen
                         );
                     }
