@@ -8,6 +8,11 @@
 //! nvcc is found through `NVCC`, then `PATH`, then the `nvidia-cuda-nvcc` pip
 //! wheel (`site-packages/nvidia/cu13/bin/nvcc`) of `VIRTUAL_ENV`, of the
 //! workspace's `.venv`, and of `python3`'s own site-packages.
+//!
+//! nvcc takes minutes on a small machine, so the fatbins and the report are
+//! also kept in `<target>/tessera-cuda-kernels/<hash>/`, keyed by a hash of
+//! the kernel sources, the flags and `nvcc --version`: `cargo test`, `cargo
+//! clippy` and other profiles reuse one compilation.
 
 use std::env;
 use std::fs;
@@ -50,17 +55,30 @@ fn main() {
         .collect();
     sources.sort();
 
-    // One nvcc per source, in parallel; each returns (stem, ptxas report).
-    let results: Vec<(String, String)> = std::thread::scope(|s| {
-        let jobs: Vec<_> = sources
-            .iter()
-            .map(|src| {
-                let (nvcc, flags, out) = (&nvcc, &flags, &out);
-                s.spawn(move || compile(nvcc, flags, src, out))
-            })
-            .collect();
-        jobs.into_iter().map(|j| j.join().expect("nvcc thread")).collect()
-    });
+    let key = cache_key(&nvcc, &flags, &kernels);
+    let cache = cache_dir(&out).map(|d| d.join(format!("{key:016x}")));
+    let stems: Vec<String> =
+        sources.iter().map(|s| s.file_stem().and_then(|s| s.to_str()).expect("utf-8 kernel name").to_string()).collect();
+    let results: Vec<(String, String)> = match cache.as_ref().and_then(|c| from_cache(c, &stems, &out)) {
+        Some(r) => r,
+        None => {
+            // One nvcc per source, in parallel; each returns (stem, ptxas report).
+            let r: Vec<(String, String)> = std::thread::scope(|s| {
+                let jobs: Vec<_> = sources
+                    .iter()
+                    .map(|src| {
+                        let (nvcc, flags, out) = (&nvcc, &flags, &out);
+                        s.spawn(move || compile(nvcc, flags, src, out))
+                    })
+                    .collect();
+                jobs.into_iter().map(|j| j.join().expect("nvcc thread")).collect()
+            });
+            if let Some(c) = &cache {
+                to_cache(c, &r, &out);
+            }
+            r
+        }
+    };
 
     let mut report = String::new();
     let mut table = String::from("/// Every kernel module: (name, fatbin).\npub const FATBINS: &[(&str, &[u8])] = &[\n");
@@ -85,6 +103,62 @@ fn main() {
         out.join("ptxas-report.txt").display()
     );
     fs::write(&generated, table).expect("write kernels.rs");
+}
+
+/// FNV-1a over the kernel sources (names and bytes), the flags and nvcc's
+/// version: the identity of a compilation.
+fn cache_key(nvcc: &Path, flags: &[String], kernels: &Path) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+    };
+    let mut files: Vec<PathBuf> = fs::read_dir(kernels).expect("read kernels/").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for f in files {
+        eat(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        eat(&fs::read(&f).unwrap_or_default());
+    }
+    for f in flags {
+        eat(f.as_bytes());
+    }
+    eat(nvcc.as_os_str().as_encoded_bytes());
+    if let Ok(o) = Command::new(nvcc).arg("--version").output() {
+        eat(&o.stdout);
+    }
+    h
+}
+
+/// `<target>/tessera-cuda-kernels`, from `OUT_DIR` = `<target>/[<triple>/]<profile>/build/<pkg>/out`.
+fn cache_dir(out: &Path) -> Option<PathBuf> {
+    let build = out.ancestors().find(|p| p.file_name().is_some_and(|n| n == "build"))?;
+    Some(build.parent()?.parent()?.join("tessera-cuda-kernels"))
+}
+
+fn from_cache(dir: &Path, stems: &[String], out: &Path) -> Option<Vec<(String, String)>> {
+    stems
+        .iter()
+        .map(|stem| {
+            let report = fs::read_to_string(dir.join(format!("{stem}.ptxas"))).ok()?;
+            fs::copy(dir.join(format!("{stem}.fatbin")), out.join(format!("{stem}.fatbin"))).ok()?;
+            Some((stem.clone(), report))
+        })
+        .collect()
+}
+
+fn to_cache(dir: &Path, results: &[(String, String)], out: &Path) {
+    // Best effort: a failed cache write only costs a later recompilation.
+    if fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    for (stem, report) in results {
+        let tmp = dir.join(format!("{stem}.fatbin.tmp"));
+        if fs::copy(out.join(format!("{stem}.fatbin")), &tmp).is_ok() && fs::rename(&tmp, dir.join(format!("{stem}.fatbin"))).is_ok() {
+            let _ = fs::write(dir.join(format!("{stem}.ptxas")), report);
+        }
+    }
 }
 
 /// Compile `src` to `OUT_DIR/<stem>.fatbin`; returns the ptxas lines.

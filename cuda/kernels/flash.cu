@@ -97,7 +97,7 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     __syncthreads();
     const int g_tiles = (s_ghi + BK) / BK;  // s_ghi = -1 -> 0 tiles
     const int l_first = max(g_tiles, s_lo / BK);
-    const int l_last = s_hi / BK;           // s_hi = -1 -> -1
+    const int l_last = s_hi >= 0 ? s_hi / BK : -1;
     const int n_tiles = g_tiles + max(0, l_last - l_first + 1);
     auto tile_at = [&](int i) { return i < g_tiles ? i : l_first + (i - g_tiles); };
 

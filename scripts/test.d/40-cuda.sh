@@ -1,0 +1,29 @@
+# tessera-cuda: every kernel compiles with nvcc (CUDA 13 pip wheels, sm_80 +
+# sm_90 + PTX) on every run, the ptxas report (registers, shared memory,
+# spills) is kept in target/ptxas-report.txt, and the crate's tests run with
+# and without the `cuda` feature (none needs a GPU). The device check itself
+# (cuda/device-check.sh) needs a GPU machine; here only its scripts are
+# checked to parse.
+source "$(dirname "$0")/../lib.sh"
+cd "$TESSERA_ROOT"
+need_venv
+nvcc_wheels=(nvidia-cuda-nvcc==13.0.* nvidia-cuda-crt==13.0.* nvidia-cuda-runtime==13.0.* nvidia-nvvm==13.0.*)
+NVCC=$(ls "$VENV"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n1 || true)
+if [ -z "$NVCC" ]; then
+    log "installing the nvcc wheels into $VENV"
+    "$VENV/bin/pip" install --quiet "${nvcc_wheels[@]}"
+    NVCC=$(ls "$VENV"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc | head -n1)
+fi
+export NVCC
+"$NVCC" --version | tail -n1
+
+mkdir -p target
+export TESSERA_PTXAS_REPORT="$TESSERA_ROOT/target/ptxas-report.txt"
+log "cargo test -p tessera-cuda --features cuda (compiles every kernel)"
+cargo test -p tessera-cuda --features cuda
+grep -c "Compiling entry function" "$TESSERA_PTXAS_REPORT" | xargs -I{} echo "ptxas report: {} kernel entries in $TESSERA_PTXAS_REPORT"
+cargo clippy -p tessera-cuda --features cuda --all-targets -- -D warnings
+log "cargo test -p tessera-cuda (no feature: no nvcc, no kernels)"
+NVCC=/nonexistent PATH="/usr/bin:/bin:$(dirname "$(command -v cargo)")" cargo test -p tessera-cuda
+bash -n cuda/device-check.sh
+"$VENV/bin/python" -m py_compile cuda/device/tessera.py cuda/device/check.py
