@@ -120,19 +120,19 @@ directed!(
     E4M3,
     u8,
     0x80,
-    <E4M3 as Fp8>::from_f32,
+    <E4M3 as Element>::from_f32,
     E4M3::to_bits,
     E4M3::from_bits,
-    <E4M3 as Fp8>::to_f32
+    <E4M3 as Element>::to_f32
 );
 directed!(
     E5M2,
     u8,
     0x80,
-    <E5M2 as Fp8>::from_f32,
+    <E5M2 as Element>::from_f32,
     E5M2::to_bits,
     E5M2::from_bits,
-    <E5M2 as Fp8>::to_f32
+    <E5M2 as Element>::to_f32
 );
 
 /// Elements of the summaries of a spec's keys in blocks of `block`:

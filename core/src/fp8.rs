@@ -19,8 +19,10 @@
 use crate::dsa_error::DsaError;
 use crate::element::Element;
 
-/// An FP8 format: its bit layout and its exact conversions.
-pub trait Fp8: Copy + Default + PartialEq + core::fmt::Debug + Send + Sync + 'static {
+/// An FP8 format: its bit layout. The conversions are its [`Element`]
+/// methods: `from_f32` (round to nearest even, saturating; see the module
+/// docs) and `to_f32` (exact).
+pub trait Fp8: Element + Default + PartialEq + core::fmt::Debug {
     /// Exponent bits.
     const EXP_BITS: u32;
     /// Explicit mantissa bits.
@@ -34,29 +36,11 @@ pub trait Fp8: Copy + Default + PartialEq + core::fmt::Debug + Send + Sync + 'st
     /// The code written for a positive NaN (the sign bit is added for a
     /// negative one).
     const NAN_CODE: u8;
-    /// The format's name (`"e4m3"`, `"e5m2"`).
-    const NAME: &'static str;
 
     /// The value with these bits.
     fn from_bits(bits: u8) -> Self;
     /// The bits.
     fn to_bits(self) -> u8;
-
-    /// Round to nearest even with saturation (see the module docs).
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        Self::from_bits(encode(
-            x,
-            Self::MAN_BITS,
-            Self::BIAS,
-            Self::MAX_CODE,
-            Self::NAN_CODE,
-            Self::MAX.to_bits(),
-        ))
-    }
-
-    /// The exact f32 value.
-    fn to_f32(self) -> f32;
 }
 
 /// OCP FP8 E4M3, `fn` variant: 4 exponent bits, 3 mantissa bits, bias 7, no
@@ -158,7 +142,6 @@ impl Fp8 for E4M3 {
     const MAX: f32 = 448.0;
     const MAX_CODE: u8 = 0x7E;
     const NAN_CODE: u8 = 0x7F;
-    const NAME: &'static str = "e4m3";
 
     #[inline(always)]
     fn from_bits(bits: u8) -> Self {
@@ -167,10 +150,6 @@ impl Fp8 for E4M3 {
     #[inline(always)]
     fn to_bits(self) -> u8 {
         self.0
-    }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        E4M3_TABLE[self.0 as usize]
     }
 }
 
@@ -181,7 +160,6 @@ impl Fp8 for E5M2 {
     const MAX: f32 = 57344.0;
     const MAX_CODE: u8 = 0x7B;
     const NAN_CODE: u8 = 0x7E;
-    const NAME: &'static str = "e5m2";
 
     #[inline(always)]
     fn from_bits(bits: u8) -> Self {
@@ -191,29 +169,34 @@ impl Fp8 for E5M2 {
     fn to_bits(self) -> u8 {
         self.0
     }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        E5M2_TABLE[self.0 as usize]
-    }
 }
 
 macro_rules! element_for_fp8 {
-    ($t:ty) => {
+    ($t:ty, $name:literal, $table:ident) => {
         impl Element for $t {
-            const NAME: &'static str = <$t as Fp8>::NAME;
+            const NAME: &'static str = $name;
+            /// Exact: one table load.
             #[inline(always)]
             fn to_f32(self) -> f32 {
-                Fp8::to_f32(self)
+                $table[self.0 as usize]
             }
+            /// Round to nearest even, saturating; NaN stays NaN.
             #[inline(always)]
             fn from_f32(x: f32) -> Self {
-                <$t as Fp8>::from_f32(x)
+                Self(encode(
+                    x,
+                    Self::MAN_BITS,
+                    Self::BIAS,
+                    Self::MAX_CODE,
+                    Self::NAN_CODE,
+                    Self::MAX.to_bits(),
+                ))
             }
         }
     };
 }
-element_for_fp8!(E4M3);
-element_for_fp8!(E5M2);
+element_for_fp8!(E4M3, "e4m3", E4M3_TABLE);
+element_for_fp8!(E5M2, "e5m2", E5M2_TABLE);
 
 /// Scales of a quantised `(rows, row_len)` matrix: one f32 per group of
 /// `group` consecutive elements of a row (the last group of a row may be

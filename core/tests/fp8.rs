@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use tessera_core::fp8::{dequantize, quantize, Fp8, Scales, E4M3, E5M2};
-use tessera_core::DsaError;
+use tessera_core::{DsaError, Element};
 
 static VECTORS: &[u8] = include_bytes!("data/fp8_vectors.bin");
 static CODES: &[u8] = include_bytes!("data/fp8_codes.bin");
