@@ -24,7 +24,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=TESSERA_PTXAS_REPORT");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let generated = out.join("kernels.rs");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         let stub = "/// Empty: built without the `cuda` feature.\npub const FATBINS: &[(&str, &[u8])] = &[];\n\
@@ -57,34 +58,48 @@ fn main() {
 
     let key = cache_key(&nvcc, &flags, &kernels);
     let cache = cache_dir(&out).map(|d| d.join(format!("{key:016x}")));
-    let stems: Vec<String> =
-        sources.iter().map(|s| s.file_stem().and_then(|s| s.to_str()).expect("utf-8 kernel name").to_string()).collect();
-    let results: Vec<(String, String)> = match cache.as_ref().and_then(|c| from_cache(c, &stems, &out)) {
-        Some(r) => r,
-        None => {
-            // One nvcc per source, in parallel; each returns (stem, ptxas report).
-            let r: Vec<(String, String)> = std::thread::scope(|s| {
-                let jobs: Vec<_> = sources
-                    .iter()
-                    .map(|src| {
-                        let (nvcc, flags, out) = (&nvcc, &flags, &out);
-                        s.spawn(move || compile(nvcc, flags, src, out))
-                    })
-                    .collect();
-                jobs.into_iter().map(|j| j.join().expect("nvcc thread")).collect()
-            });
-            if let Some(c) = &cache {
-                to_cache(c, &r, &out);
+    let stems: Vec<String> = sources
+        .iter()
+        .map(|s| {
+            s.file_stem()
+                .and_then(|s| s.to_str())
+                .expect("utf-8 kernel name")
+                .to_string()
+        })
+        .collect();
+    let results: Vec<(String, String)> =
+        match cache.as_ref().and_then(|c| from_cache(c, &stems, &out)) {
+            Some(r) => r,
+            None => {
+                // One nvcc per source, in parallel; each returns (stem, ptxas report).
+                let r: Vec<(String, String)> = std::thread::scope(|s| {
+                    let jobs: Vec<_> = sources
+                        .iter()
+                        .map(|src| {
+                            let (nvcc, flags, out) = (&nvcc, &flags, &out);
+                            s.spawn(move || compile(nvcc, flags, src, out))
+                        })
+                        .collect();
+                    jobs.into_iter()
+                        .map(|j| j.join().expect("nvcc thread"))
+                        .collect()
+                });
+                if let Some(c) = &cache {
+                    to_cache(c, &r, &out);
+                }
+                r
             }
-            r
-        }
-    };
+        };
 
     let mut report = String::new();
-    let mut table = String::from("/// Every kernel module: (name, fatbin).\npub const FATBINS: &[(&str, &[u8])] = &[\n");
+    let mut table = String::from(
+        "/// Every kernel module: (name, fatbin).\npub const FATBINS: &[(&str, &[u8])] = &[\n",
+    );
     for (stem, ptxas) in &results {
         report.push_str(&format!("== {stem}.cu\n{ptxas}"));
-        table.push_str(&format!("    (\"{stem}\", include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.fatbin\"))),\n"));
+        table.push_str(&format!(
+            "    (\"{stem}\", include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.fatbin\"))),\n"
+        ));
     }
     table.push_str("];\n/// The `-Xptxas -v` report of the embedded kernels.\n");
     table.push_str("pub const PTXAS_REPORT: &str = include_str!(concat!(env!(\"OUT_DIR\"), \"/ptxas-report.txt\"));\n");
@@ -95,7 +110,10 @@ fn main() {
     for line in report.lines() {
         println!("ptxas: {line}");
     }
-    let spills: Vec<&str> = report.lines().filter(|l| l.contains("bytes spill") && !l.contains(" 0 bytes spill stores")).collect();
+    let spills: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("bytes spill") && !l.contains(" 0 bytes spill stores"))
+        .collect();
     println!(
         "cargo:warning=tessera-cuda: {} kernel entries compiled, {} with spills; report in {}",
         report.matches("Compiling entry function").count(),
@@ -115,10 +133,16 @@ fn cache_key(nvcc: &Path, flags: &[String], kernels: &Path) -> u64 {
         }
         h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
     };
-    let mut files: Vec<PathBuf> = fs::read_dir(kernels).expect("read kernels/").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<PathBuf> = fs::read_dir(kernels)
+        .expect("read kernels/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.sort();
     for f in files {
-        eat(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        eat(f
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or_default());
         eat(&fs::read(&f).unwrap_or_default());
     }
     for f in flags {
@@ -133,7 +157,9 @@ fn cache_key(nvcc: &Path, flags: &[String], kernels: &Path) -> u64 {
 
 /// `<target>/tessera-cuda-kernels`, from `OUT_DIR` = `<target>/[<triple>/]<profile>/build/<pkg>/out`.
 fn cache_dir(out: &Path) -> Option<PathBuf> {
-    let build = out.ancestors().find(|p| p.file_name().is_some_and(|n| n == "build"))?;
+    let build = out
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "build"))?;
     Some(build.parent()?.parent()?.join("tessera-cuda-kernels"))
 }
 
@@ -142,7 +168,11 @@ fn from_cache(dir: &Path, stems: &[String], out: &Path) -> Option<Vec<(String, S
         .iter()
         .map(|stem| {
             let report = fs::read_to_string(dir.join(format!("{stem}.ptxas"))).ok()?;
-            fs::copy(dir.join(format!("{stem}.fatbin")), out.join(format!("{stem}.fatbin"))).ok()?;
+            fs::copy(
+                dir.join(format!("{stem}.fatbin")),
+                out.join(format!("{stem}.fatbin")),
+            )
+            .ok()?;
             Some((stem.clone(), report))
         })
         .collect()
@@ -155,7 +185,9 @@ fn to_cache(dir: &Path, results: &[(String, String)], out: &Path) {
     }
     for (stem, report) in results {
         let tmp = dir.join(format!("{stem}.fatbin.tmp"));
-        if fs::copy(out.join(format!("{stem}.fatbin")), &tmp).is_ok() && fs::rename(&tmp, dir.join(format!("{stem}.fatbin"))).is_ok() {
+        if fs::copy(out.join(format!("{stem}.fatbin")), &tmp).is_ok()
+            && fs::rename(&tmp, dir.join(format!("{stem}.fatbin"))).is_ok()
+        {
             let _ = fs::write(dir.join(format!("{stem}.ptxas")), report);
         }
     }
@@ -163,7 +195,11 @@ fn to_cache(dir: &Path, results: &[(String, String)], out: &Path) {
 
 /// Compile `src` to `OUT_DIR/<stem>.fatbin`; returns the ptxas lines.
 fn compile(nvcc: &Path, flags: &[String], src: &Path, out: &Path) -> (String, String) {
-    let stem = src.file_stem().and_then(|s| s.to_str()).expect("utf-8 kernel name").to_string();
+    let stem = src
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("utf-8 kernel name")
+        .to_string();
     let fatbin = out.join(format!("{stem}.fatbin"));
     let result = Command::new(nvcc)
         .args(flags)
@@ -175,11 +211,17 @@ fn compile(nvcc: &Path, flags: &[String], src: &Path, out: &Path) -> (String, St
         .unwrap_or_else(|e| panic!("tessera-cuda: cannot run {}: {e}", nvcc.display()));
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     if !result.status.success() {
-        panic!("tessera-cuda: nvcc failed on {} ({}):\n{stderr}", src.display(), result.status);
+        panic!(
+            "tessera-cuda: nvcc failed on {} ({}):\n{stderr}",
+            src.display(),
+            result.status
+        );
     }
     let ptxas = stderr
         .lines()
-        .filter(|l| l.starts_with("ptxas") || l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|l| {
+            l.starts_with("ptxas") || l.trim_start().starts_with(|c: char| c.is_ascii_digit())
+        })
         .filter(|l| !l.contains("Compile time"))
         .map(|l| format!("{l}\n"))
         .collect();
@@ -206,7 +248,10 @@ fn find_nvcc(manifest: &Path) -> Result<PathBuf, String> {
         tried.push("PATH".into());
     }
     let mut site_dirs = Vec::new();
-    let mut venvs: Vec<PathBuf> = env::var_os("VIRTUAL_ENV").map(PathBuf::from).into_iter().collect();
+    let mut venvs: Vec<PathBuf> = env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
     if let Some(root) = manifest.parent() {
         venvs.push(root.join(".venv"));
     }
@@ -218,10 +263,17 @@ fn find_nvcc(manifest: &Path) -> Result<PathBuf, String> {
         }
     }
     if let Ok(o) = Command::new("python3")
-        .args(["-c", "import site; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))"])
+        .args([
+            "-c",
+            "import site; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))",
+        ])
         .output()
     {
-        site_dirs.extend(String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from));
+        site_dirs.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(PathBuf::from),
+        );
     }
     for dir in site_dirs {
         let p = dir.join("nvidia/cu13/bin/nvcc");

@@ -118,19 +118,33 @@ fn dl_error() -> String {
 }
 
 #[cfg(unix)]
-fn symbol(library: &str, handle: *mut c_void, name: &'static str) -> Result<*mut c_void, CudaError> {
+fn symbol(
+    library: &str,
+    handle: *mut c_void,
+    name: &'static str,
+) -> Result<*mut c_void, CudaError> {
     // SAFETY: `handle` came from a successful dlopen and is never closed;
     // `name` is NUL-terminated (every caller passes a literal ending in \0).
     let p = unsafe { dl::dlsym(handle, name.as_ptr().cast()) };
     if p.is_null() {
-        return Err(CudaError::MissingSymbol { library: library.into(), symbol: name.trim_end_matches('\0') });
+        return Err(CudaError::MissingSymbol {
+            library: library.into(),
+            symbol: name.trim_end_matches('\0'),
+        });
     }
     Ok(p)
 }
 
 #[cfg(not(unix))]
-fn symbol(library: &str, _handle: *mut c_void, name: &'static str) -> Result<*mut c_void, CudaError> {
-    Err(CudaError::MissingSymbol { library: library.into(), symbol: name.trim_end_matches('\0') })
+fn symbol(
+    library: &str,
+    _handle: *mut c_void,
+    name: &'static str,
+) -> Result<*mut c_void, CudaError> {
+    Err(CudaError::MissingSymbol {
+        library: library.into(),
+        symbol: name.trim_end_matches('\0'),
+    })
 }
 
 static DRIVER: OnceLock<Result<Driver, CudaError>> = OnceLock::new();
@@ -156,13 +170,18 @@ impl Driver {
     /// handle is never closed: function pointers stay valid for the process.
     #[cfg(unix)]
     pub fn load_from(library: &str) -> Result<Driver, CudaError> {
-        let name = CString::new(library)
-            .map_err(|_| CudaError::NoDriver { library: library.into(), reason: "name contains NUL".into() })?;
+        let name = CString::new(library).map_err(|_| CudaError::NoDriver {
+            library: library.into(),
+            reason: "name contains NUL".into(),
+        })?;
         // SAFETY: `name` is a valid NUL-terminated string; dlopen runs the
         // library's initialisers, which for libcuda have no preconditions.
         let handle = unsafe { dl::dlopen(name.as_ptr(), dl::RTLD_NOW) };
         if handle.is_null() {
-            return Err(CudaError::NoDriver { library: library.into(), reason: dl_error() });
+            return Err(CudaError::NoDriver {
+                library: library.into(),
+                reason: dl_error(),
+            });
         }
         Driver::resolve(library, handle)
     }
@@ -170,7 +189,10 @@ impl Driver {
     /// No dynamic loader on this platform.
     #[cfg(not(unix))]
     pub fn load_from(library: &str) -> Result<Driver, CudaError> {
-        Err(CudaError::NoDriver { library: library.into(), reason: "only Linux drivers are supported".into() })
+        Err(CudaError::NoDriver {
+            library: library.into(),
+            reason: "only Linux drivers are supported".into(),
+        })
     }
 
     /// The library this driver was loaded from.
@@ -196,14 +218,21 @@ impl Driver {
                 }
             }
         };
-        Err(CudaError::Driver { call, code, name: text(self.get_error_name), message: text(self.get_error_string) })
+        Err(CudaError::Driver {
+            call,
+            code,
+            name: text(self.get_error_name),
+            message: text(self.get_error_string),
+        })
     }
 
     /// The driver's CUDA version, e.g. 13000.
     pub fn version(&self) -> Result<i32, CudaError> {
         let mut v = 0;
         // SAFETY: writes one int.
-        self.check("cuDriverGetVersion", unsafe { (self.driver_get_version)(&mut v) })?;
+        self.check("cuDriverGetVersion", unsafe {
+            (self.driver_get_version)(&mut v)
+        })?;
         Ok(v)
     }
 
@@ -211,7 +240,9 @@ impl Driver {
     pub fn current_context(&self) -> Result<CuContext, CudaError> {
         let mut ctx: CuContext = core::ptr::null_mut();
         // SAFETY: writes one handle.
-        self.check("cuCtxGetCurrent", unsafe { (self.ctx_get_current)(&mut ctx) })?;
+        self.check("cuCtxGetCurrent", unsafe {
+            (self.ctx_get_current)(&mut ctx)
+        })?;
         if ctx.is_null() {
             return Err(CudaError::NoContext);
         }
@@ -224,7 +255,9 @@ impl Driver {
         // SAFETY: each call writes one int.
         self.check("cuCtxGetDevice", unsafe { (self.ctx_get_device)(&mut dev) })?;
         // SAFETY: as above; `dev` is the current context's device.
-        self.check("cuDeviceGetAttribute", unsafe { (self.device_get_attribute)(&mut v, attribute, dev) })?;
+        self.check("cuDeviceGetAttribute", unsafe {
+            (self.device_get_attribute)(&mut v, attribute, dev)
+        })?;
         Ok(v)
     }
 }
@@ -243,14 +276,23 @@ mod tests {
             }
             other => panic!("expected NoDriver, got {other:?}"),
         }
-        assert!(e.to_string().contains("libtessera-no-such-driver.so.1"), "{e}");
+        assert!(
+            e.to_string().contains("libtessera-no-such-driver.so.1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_library_without_the_driver_api_reports_the_missing_symbol() {
         // libc is always there and has no cuInit.
         let e = Driver::load_from("libc.so.6").unwrap_err();
-        assert_eq!(e, CudaError::MissingSymbol { library: "libc.so.6".into(), symbol: "cuInit" });
+        assert_eq!(
+            e,
+            CudaError::MissingSymbol {
+                library: "libc.so.6".into(),
+                symbol: "cuInit"
+            }
+        );
         assert!(e.to_string().contains("cuInit"));
     }
 

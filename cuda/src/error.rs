@@ -68,7 +68,10 @@ pub enum CudaError {
 
 impl CudaError {
     pub(crate) fn invalid(input: &'static str, rule: impl Into<String>) -> Self {
-        CudaError::Invalid { input, rule: rule.into() }
+        CudaError::Invalid {
+            input,
+            rule: rule.into(),
+        }
     }
 }
 

@@ -41,8 +41,8 @@ pub use driver::Driver;
 pub use error::CudaError;
 pub use module::{Module, Stream};
 pub use plan::{
-    AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Dtype, Geometry, IndexerBuffers, KeyLists, Launch,
-    MergeBuffers,
+    AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Dtype, Geometry, IndexerBuffers,
+    KeyLists, Launch, MergeBuffers,
 };
 
 #[cfg(test)]

@@ -13,7 +13,10 @@ use tessera_core::IndexerSpec;
 use crate::driver::{self, CuContext, CuFunction, CuModule, Driver};
 use crate::error::CudaError;
 use crate::params::KernelParams;
-use crate::plan::{self, AttentionBuffers, DeviceMask, DevicePtr, Dtype, Geometry, IndexerBuffers, KeyLists, Launch, MergeBuffers};
+use crate::plan::{
+    self, AttentionBuffers, DeviceMask, DevicePtr, Dtype, Geometry, IndexerBuffers, KeyLists,
+    Launch, MergeBuffers,
+};
 
 /// A CUDA stream (`CUstream` / `cudaStream_t`, e.g. from ORT's
 /// `KernelContext_GetGPUComputeStream`); null is the legacy default stream.
@@ -63,12 +66,24 @@ impl Module {
             return Err(CudaError::NotBuilt);
         }
         let context = driver.current_context()?;
-        let arch = (driver.device_attribute(driver::ATTR_CC_MAJOR)?, driver.device_attribute(driver::ATTR_CC_MINOR)?);
+        let arch = (
+            driver.device_attribute(driver::ATTR_CC_MAJOR)?,
+            driver.device_attribute(driver::ATTR_CC_MINOR)?,
+        );
         if arch.0 < 8 {
-            return Err(CudaError::Arch { major: arch.0, minor: arch.1 });
+            return Err(CudaError::Arch {
+                major: arch.0,
+                minor: arch.1,
+            });
         }
         let smem_optin = driver.device_attribute(driver::ATTR_SMEM_OPTIN)?;
-        let mut module = Module { driver, context, modules: Vec::new(), kernels: HashMap::new(), arch };
+        let mut module = Module {
+            driver,
+            context,
+            modules: Vec::new(),
+            kernels: HashMap::new(),
+            arch,
+        };
         let mut by_name = HashMap::new();
         for &(name, image) in crate::kernels::FATBINS {
             // The driver reads the image through a pointer; give it an
@@ -84,7 +99,9 @@ impl Module {
             let mut m: CuModule = core::ptr::null_mut();
             // SAFETY: `words` holds the whole fatbin image and outlives the
             // call (the driver copies what it keeps).
-            driver.check("cuModuleLoadData", unsafe { (driver.module_load_data)(&mut m, words.as_ptr().cast()) })?;
+            driver.check("cuModuleLoadData", unsafe {
+                (driver.module_load_data)(&mut m, words.as_ptr().cast())
+            })?;
             module.modules.push(m);
             by_name.insert(name, m);
         }
@@ -92,26 +109,57 @@ impl Module {
             let m = by_name[name];
             let [device] = module.read_global::<1>(m, symbol)?;
             if device as usize != host {
-                return Err(CudaError::AbiMismatch { params: name, host, device: device as usize });
+                return Err(CudaError::AbiMismatch {
+                    params: name,
+                    host,
+                    device: device as usize,
+                });
             }
             Ok(())
         };
         use crate::params::*;
-        abi("flash", core::mem::size_of::<FlashParams>(), FlashParams::ABI_SYMBOL)?;
-        abi("indexer", core::mem::size_of::<IndexerParams>(), IndexerParams::ABI_SYMBOL)?;
-        abi("topk", core::mem::size_of::<TopkParams>(), TopkParams::ABI_SYMBOL)?;
-        abi("sparse", core::mem::size_of::<SparseParams>(), SparseParams::ABI_SYMBOL)?;
-        abi("merge", core::mem::size_of::<MergeParams>(), MergeParams::ABI_SYMBOL)?;
+        abi(
+            "flash",
+            core::mem::size_of::<FlashParams>(),
+            FlashParams::ABI_SYMBOL,
+        )?;
+        abi(
+            "indexer",
+            core::mem::size_of::<IndexerParams>(),
+            IndexerParams::ABI_SYMBOL,
+        )?;
+        abi(
+            "topk",
+            core::mem::size_of::<TopkParams>(),
+            TopkParams::ABI_SYMBOL,
+        )?;
+        abi(
+            "sparse",
+            core::mem::size_of::<SparseParams>(),
+            SparseParams::ABI_SYMBOL,
+        )?;
+        abi(
+            "merge",
+            core::mem::size_of::<MergeParams>(),
+            MergeParams::ABI_SYMBOL,
+        )?;
         for (file, entry, geometry) in plan::all_kernels() {
-            let m = *by_name
-                .get(file)
-                .ok_or_else(|| CudaError::Unsupported(format!("kernel module {file} is not embedded")))?;
+            let m = *by_name.get(file).ok_or_else(|| {
+                CudaError::Unsupported(format!("kernel module {file} is not embedded"))
+            })?;
             let cname = CString::new(entry).expect("kernel names have no NUL");
             let mut func: CuFunction = core::ptr::null_mut();
             // SAFETY: `m` is a loaded module and `cname` a NUL-terminated name.
-            driver.check("cuModuleGetFunction", unsafe { (driver.module_get_function)(&mut func, m, cname.as_ptr()) })?;
+            driver.check("cuModuleGetFunction", unsafe {
+                (driver.module_get_function)(&mut func, m, cname.as_ptr())
+            })?;
             let [threads, tile_a, tile_b, smem] = module.read_global::<4>(m, geometry)?;
-            let geometry = Geometry { threads: threads as u32, tile_a: tile_a as u32, tile_b: tile_b as u32, smem: smem as u32 };
+            let geometry = Geometry {
+                threads: threads as u32,
+                tile_a: tile_a as u32,
+                tile_b: tile_b as u32,
+                smem: smem as u32,
+            };
             if smem > 48 * 1024 {
                 if smem > smem_optin {
                     return Err(CudaError::Unsupported(format!(
@@ -147,13 +195,18 @@ impl Module {
     pub fn unload(mut self) -> Result<(), CudaError> {
         for m in self.modules.drain(..) {
             // SAFETY: `m` was loaded by this Module and is unloaded once.
-            self.driver.check("cuModuleUnload", unsafe { (self.driver.module_unload)(m) })?;
+            let code = unsafe { (self.driver.module_unload)(m) };
+            self.driver.check("cuModuleUnload", code)?;
         }
         Ok(())
     }
 
     /// `N` ints of a `__constant__` array of module `m`.
-    fn read_global<const N: usize>(&self, m: CuModule, symbol: &str) -> Result<[i32; N], CudaError> {
+    fn read_global<const N: usize>(
+        &self,
+        m: CuModule,
+        symbol: &str,
+    ) -> Result<[i32; N], CudaError> {
         let name = CString::new(symbol).expect("symbol names have no NUL");
         let (mut ptr, mut bytes) = (0u64, 0usize);
         // SAFETY: `m` is loaded; the driver writes one address and one size.
@@ -161,12 +214,17 @@ impl Module {
             (self.driver.module_get_global)(&mut ptr, &mut bytes, m, name.as_ptr())
         })?;
         if bytes != 4 * N {
-            return Err(CudaError::Unsupported(format!("{symbol} holds {bytes} bytes, expected {}", 4 * N)));
+            return Err(CudaError::Unsupported(format!(
+                "{symbol} holds {bytes} bytes, expected {}",
+                4 * N
+            )));
         }
         let mut out = [0i32; N];
         // SAFETY: `out` has exactly `bytes` bytes and `ptr` is a device
         // symbol of that size.
-        self.driver.check("cuMemcpyDtoH", unsafe { (self.driver.memcpy_dtoh)(out.as_mut_ptr().cast(), ptr, bytes) })?;
+        self.driver.check("cuMemcpyDtoH", unsafe {
+            (self.driver.memcpy_dtoh)(out.as_mut_ptr().cast(), ptr, bytes)
+        })?;
         Ok(out)
     }
 
@@ -176,21 +234,30 @@ impl Module {
     }
 
     /// Launch a validated plan on `stream`, asynchronously.
-    pub fn launch<P: KernelParams>(&self, plan: &Launch<P>, stream: Stream) -> Result<(), CudaError> {
-        let kernel = self
-            .kernels
-            .get(plan.kernel)
-            .ok_or_else(|| CudaError::Unsupported(format!("kernel {} is not in the module", plan.kernel)))?;
+    pub fn launch<P: KernelParams>(
+        &self,
+        plan: &Launch<P>,
+        stream: Stream,
+    ) -> Result<(), CudaError> {
+        let kernel = self.kernels.get(plan.kernel).ok_or_else(|| {
+            CudaError::Unsupported(format!("kernel {} is not in the module", plan.kernel))
+        })?;
         let grid = (plan.grid)(&plan.params, &kernel.geometry);
         if grid.contains(&0) {
             return Ok(()); // nothing to compute
         }
         let limits = [i32::MAX as u64, 65535, 65535];
         if let Some(i) = (0..3).find(|&i| grid[i] > limits[i]) {
-            return Err(CudaError::invalid(P::C_NAME, format!("grid {:?} exceeds the CUDA limit on axis {i}", grid)));
+            return Err(CudaError::invalid(
+                P::C_NAME,
+                format!("grid {:?} exceeds the CUDA limit on axis {i}", grid),
+            ));
         }
         if self.driver.current_context()? != self.context {
-            return Err(CudaError::invalid("stream", "the current CUDA context is not the one this module was loaded into"));
+            return Err(CudaError::invalid(
+                "stream",
+                "the current CUDA context is not the one this module was loaded into",
+            ));
         }
         let mut params = plan.params;
         let mut args: [*mut c_void; 1] = [(&mut params as *mut P).cast()];
@@ -214,15 +281,22 @@ impl Module {
                 core::ptr::null_mut(),
             )
         };
-        self.driver.check("cuLaunchKernel", code).map_err(|e| match e {
-            CudaError::Driver { code, name, message, .. } => CudaError::Driver {
-                call: "cuLaunchKernel",
-                code,
-                name,
-                message: format!("{message} (kernel {})", plan.kernel),
-            },
-            e => e,
-        })
+        self.driver
+            .check("cuLaunchKernel", code)
+            .map_err(|e| match e {
+                CudaError::Driver {
+                    code,
+                    name,
+                    message,
+                    ..
+                } => CudaError::Driver {
+                    call: "cuLaunchKernel",
+                    code,
+                    name,
+                    message: format!("{message} (kernel {})", plan.kernel),
+                },
+                e => e,
+            })
     }
 
     /// Flash attention; see [`plan::attention`] for the rules.
@@ -235,7 +309,10 @@ impl Module {
         dtype: Dtype,
         bufs: &AttentionBuffers,
     ) -> Result<(), CudaError> {
-        self.launch(&plan::attention(spec, mask, device_mask, dtype, bufs)?, stream)
+        self.launch(
+            &plan::attention(spec, mask, device_mask, dtype, bufs)?,
+            stream,
+        )
     }
 
     /// FP8 indexer scores; see [`plan::indexer`].
@@ -251,7 +328,15 @@ impl Module {
     }
 
     /// Top-k per row; see [`plan::top_k`].
-    pub fn top_k(&self, stream: Stream, rows: usize, row_len: usize, k: usize, scores: DevicePtr, indices: DevicePtr) -> Result<(), CudaError> {
+    pub fn top_k(
+        &self,
+        stream: Stream,
+        rows: usize,
+        row_len: usize,
+        k: usize,
+        scores: DevicePtr,
+        indices: DevicePtr,
+    ) -> Result<(), CudaError> {
         self.launch(&plan::top_k(rows, row_len, k, scores, indices)?, stream)
     }
 
@@ -268,7 +353,14 @@ impl Module {
     }
 
     /// LSE merge; see [`plan::merge`].
-    pub fn merge(&self, stream: Stream, rows: usize, dv: usize, dtype: Dtype, bufs: &MergeBuffers) -> Result<(), CudaError> {
+    pub fn merge(
+        &self,
+        stream: Stream,
+        rows: usize,
+        dv: usize,
+        dtype: Dtype,
+        bufs: &MergeBuffers,
+    ) -> Result<(), CudaError> {
         self.launch(&plan::merge(rows, dv, dtype, bufs)?, stream)
     }
 }
@@ -278,4 +370,3 @@ pub fn reported_entry(line: &str) -> Option<&str> {
     let rest = line.split("Compiling entry function '").nth(1)?;
     rest.split('\'').next()
 }
-

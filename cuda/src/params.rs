@@ -166,16 +166,23 @@ params! {
 mod tests {
     /// The field names of a struct in params.h, in order.
     fn c_fields(header: &str, name: &str) -> Vec<String> {
-        let start = header.find(&format!("struct {name} {{")).unwrap_or_else(|| panic!("{name} not in params.h"));
+        let start = header
+            .find(&format!("struct {name} {{"))
+            .unwrap_or_else(|| panic!("{name} not in params.h"));
         let body = &header[start..];
         let body = &body[body.find('{').unwrap() + 1..body.find("};").unwrap()];
         let mut fields = Vec::new();
         for line in body.lines() {
             let code = line.split("//").next().unwrap().trim();
-            let Some(decl) = code.strip_suffix(';') else { continue };
+            let Some(decl) = code.strip_suffix(';') else {
+                continue;
+            };
             let mut words = decl.split_whitespace().collect::<Vec<_>>();
             // "long long a, b" / "int a, b" / "tessera_ptr a, b": drop the type words.
-            while words.first().is_some_and(|w| !w.ends_with(',') && words.len() > 1 && is_type(w)) {
+            while words
+                .first()
+                .is_some_and(|w| !w.ends_with(',') && words.len() > 1 && is_type(w))
+            {
                 words.remove(0);
             }
             fields.extend(words.join(" ").split(',').map(|f| f.trim().to_string()));
@@ -190,18 +197,37 @@ mod tests {
     /// The field names of a Rust mirror, from its Debug output.
     fn rust_fields(debug: &str) -> Vec<String> {
         let body = &debug[debug.find('{').unwrap() + 1..debug.rfind('}').unwrap()];
-        body.split(',').filter_map(|f| f.split(':').next()).map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect()
+        body.split(',')
+            .filter_map(|f| f.split(':').next())
+            .map(|f| f.trim().to_string())
+            .filter(|f| !f.is_empty())
+            .collect()
     }
 
     #[test]
     fn every_mirror_has_the_fields_of_params_h_in_the_same_order() {
         let header = include_str!("../kernels/params.h");
         let cases: [(&str, String); 5] = [
-            ("TesseraFlashParams", format!("{:?}", super::FlashParams::default())),
-            ("TesseraIndexerParams", format!("{:?}", super::IndexerParams::default())),
-            ("TesseraTopkParams", format!("{:?}", super::TopkParams::default())),
-            ("TesseraSparseParams", format!("{:?}", super::SparseParams::default())),
-            ("TesseraMergeParams", format!("{:?}", super::MergeParams::default())),
+            (
+                "TesseraFlashParams",
+                format!("{:?}", super::FlashParams::default()),
+            ),
+            (
+                "TesseraIndexerParams",
+                format!("{:?}", super::IndexerParams::default()),
+            ),
+            (
+                "TesseraTopkParams",
+                format!("{:?}", super::TopkParams::default()),
+            ),
+            (
+                "TesseraSparseParams",
+                format!("{:?}", super::SparseParams::default()),
+            ),
+            (
+                "TesseraMergeParams",
+                format!("{:?}", super::MergeParams::default()),
+            ),
         ];
         for (name, debug) in cases {
             assert_eq!(c_fields(header, name), rust_fields(&debug), "{name}");

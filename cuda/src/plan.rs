@@ -9,7 +9,9 @@ use tessera_core::spec::{AttentionSpec, Strides, Tensor};
 use tessera_core::IndexerSpec;
 
 use crate::error::CudaError;
-use crate::params::{FlashParams, IndexerParams, KernelParams, MergeParams, SparseParams, TopkParams};
+use crate::params::{
+    FlashParams, IndexerParams, KernelParams, MergeParams, SparseParams, TopkParams,
+};
 
 /// A device address (`CUdeviceptr`); 0 is null.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,7 +26,10 @@ impl DevicePtr {
             return Err(CudaError::invalid(input, "device pointer is null"));
         }
         if self.0 % align != 0 {
-            return Err(CudaError::invalid(input, format!("device pointer {:#x} is not {align}-byte aligned", self.0)));
+            return Err(CudaError::invalid(
+                input,
+                format!("device pointer {:#x} is not {align}-byte aligned", self.0),
+            ));
         }
         Ok(self.0)
     }
@@ -62,7 +67,9 @@ impl Dtype {
     fn half(self, what: &str) -> Result<(), CudaError> {
         match self {
             Dtype::F16 | Dtype::Bf16 => Ok(()),
-            Dtype::F32 => Err(CudaError::Unsupported(format!("{what} in f32 (use f16 or bf16, or the CPU kernels)"))),
+            Dtype::F32 => Err(CudaError::Unsupported(format!(
+                "{what} in f32 (use f16 or bf16, or the CPU kernels)"
+            ))),
         }
     }
 }
@@ -147,16 +154,25 @@ pub const HALF_DTYPES: [Dtype; 2] = [Dtype::F16, Dtype::Bf16];
 const MAX_GRID_YZ: usize = 65535;
 
 fn fits_i32(input: &'static str, what: &str, x: usize) -> Result<i32, CudaError> {
-    i32::try_from(x).map_err(|_| CudaError::invalid(input, format!("{what} {x} exceeds the CUDA kernels' limit {}", i32::MAX)))
+    i32::try_from(x).map_err(|_| {
+        CudaError::invalid(
+            input,
+            format!("{what} {x} exceeds the CUDA kernels' limit {}", i32::MAX),
+        )
+    })
 }
 
 fn fits_i64(input: &'static str, what: &str, x: usize) -> Result<i64, CudaError> {
-    i64::try_from(x).map_err(|_| CudaError::invalid(input, format!("{what} {x} does not fit in i64")))
+    i64::try_from(x)
+        .map_err(|_| CudaError::invalid(input, format!("{what} {x} does not fit in i64")))
 }
 
 fn grid_dim(input: &'static str, what: &str, x: usize) -> Result<i32, CudaError> {
     if x > MAX_GRID_YZ {
-        return Err(CudaError::invalid(input, format!("{what} {x} exceeds the CUDA grid limit {MAX_GRID_YZ}")));
+        return Err(CudaError::invalid(
+            input,
+            format!("{what} {x} exceeds the CUDA grid limit {MAX_GRID_YZ}"),
+        ));
     }
     Ok(x as i32)
 }
@@ -171,19 +187,29 @@ fn strides(input: &'static str, s: &Strides, align_elems: usize) -> Result<[i64;
             ));
         }
     }
-    Ok([fits_i64(input, "batch stride", s.batch)?, fits_i64(input, "head stride", s.head)?, fits_i64(input, "seq stride", s.seq)?])
+    Ok([
+        fits_i64(input, "batch stride", s.batch)?,
+        fits_i64(input, "head stride", s.head)?,
+        fits_i64(input, "seq stride", s.seq)?,
+    ])
 }
 
 /// Only the structural rules can run on the GPU; host slices cannot.
 fn structural_only(mask: &MaskSpec<'_>) -> Result<(), CudaError> {
     if mask.kv_lens.is_some() {
-        return Err(CudaError::invalid("nonpad_kv_seqlen", "host kv lengths cannot be read by the GPU; pass DeviceMask::kv_lens"));
+        return Err(CudaError::invalid(
+            "nonpad_kv_seqlen",
+            "host kv lengths cannot be read by the GPU; pass DeviceMask::kv_lens",
+        ));
     }
     if mask.segments.is_some() {
         return Err(CudaError::Unsupported("segment ids".into()));
     }
     if mask.dense.is_some() {
-        return Err(CudaError::invalid("attn_mask", "a host mask cannot be read by the GPU; pass DeviceMask::dense"));
+        return Err(CudaError::invalid(
+            "attn_mask",
+            "a host mask cannot be read by the GPU; pass DeviceMask::dense",
+        ));
     }
     Ok(())
 }
@@ -191,9 +217,10 @@ fn structural_only(mask: &MaskSpec<'_>) -> Result<(), CudaError> {
 fn kv_lens(dev: &DeviceMask) -> Result<(u64, i32), CudaError> {
     match dev.kv_lens {
         Some(p) => Ok((p.check("nonpad_kv_seqlen", 8)?, dev.align_to_kv_lens as i32)),
-        None if dev.align_to_kv_lens => {
-            Err(CudaError::invalid("nonpad_kv_seqlen", "align_to_kv_lens needs DeviceMask::kv_lens"))
-        }
+        None if dev.align_to_kv_lens => Err(CudaError::invalid(
+            "nonpad_kv_seqlen",
+            "align_to_kv_lens needs DeviceMask::kv_lens",
+        )),
         None => Ok((0, 0)),
     }
 }
@@ -230,7 +257,11 @@ pub fn attention(
     let [y_batch, y_head, y_seq] = strides("Y", &spec.out, 8)?;
     let (kv_lens, offset_from_kv_lens) = kv_lens(device)?;
     let (mask_ptr, is_bool, ms) = match device.dense {
-        Some(m) => (m.ptr.check("attn_mask", if m.is_bool { 1 } else { 4 })?, m.is_bool, m.strides),
+        Some(m) => (
+            m.ptr.check("attn_mask", if m.is_bool { 1 } else { 4 })?,
+            m.is_bool,
+            m.strides,
+        ),
         None => (0, false, MaskStrides::default()),
     };
     let params = FlashParams {
@@ -238,7 +269,11 @@ pub fn attention(
         k: bufs.k.check("K", 16)?,
         v: bufs.v.check("V", 16)?,
         y: bufs.y.check("Y", 16)?,
-        lse: bufs.lse.map(|p| p.check("softmax_lse", 4)).transpose()?.unwrap_or(0),
+        lse: bufs
+            .lse
+            .map(|p| p.check("softmax_lse", 4))
+            .transpose()?
+            .unwrap_or(0),
         kv_lens,
         mask: mask_ptr,
         q_batch,
@@ -278,7 +313,13 @@ pub fn attention(
         kernel: flash_kernel(dtype, d, spec.softcap > 0.0, device.dense.is_some()),
         geometry: flash_geometry(dtype, d),
         params,
-        grid: |p, g| [(p.q_len as u64).div_ceil(g.tile_a as u64), p.q_heads as u64, p.batch as u64],
+        grid: |p, g| {
+            [
+                (p.q_len as u64).div_ceil(g.tile_a as u64),
+                p.q_heads as u64,
+                p.batch as u64,
+            ]
+        },
     })
 }
 
@@ -305,7 +346,10 @@ pub fn indexer(
     bufs: &IndexerBuffers,
 ) -> Result<Launch<IndexerParams>, CudaError> {
     if spec.heads == 0 {
-        return Err(CudaError::invalid("index_q", "index heads must be at least 1"));
+        return Err(CudaError::invalid(
+            "index_q",
+            "index heads must be at least 1",
+        ));
     }
     if !INDEXER_HEAD_DIMS.contains(&spec.dim) {
         return Err(CudaError::Unsupported(format!(
@@ -315,8 +359,14 @@ pub fn indexer(
     }
     mask.validate(spec.batch, 1, spec.q_len, spec.kv_len)?;
     structural_only(mask)?;
-    if mask.left_window != -1 || mask.right_window != -1 || mask.global_tokens != 0 || mask.chunk != 0 {
-        return Err(CudaError::Unsupported("windows, global tokens or chunks in the indexer".into()));
+    if mask.left_window != -1
+        || mask.right_window != -1
+        || mask.global_tokens != 0
+        || mask.chunk != 0
+    {
+        return Err(CudaError::Unsupported(
+            "windows, global tokens or chunks in the indexer".into(),
+        ));
     }
     if device.dense.is_some() {
         return Err(CudaError::Unsupported("a dense mask in the indexer".into()));
@@ -358,22 +408,39 @@ pub fn indexer(
         geometry: indexer_geometry(spec.dim),
         params,
         grid: |p, g| {
-            [(p.kv_len as u64).div_ceil(g.tile_b as u64), (p.q_len as u64).div_ceil(g.tile_a as u64), p.batch as u64]
+            [
+                (p.kv_len as u64).div_ceil(g.tile_b as u64),
+                (p.q_len as u64).div_ceil(g.tile_a as u64),
+                p.batch as u64,
+            ]
         },
     })
 }
 
 /// Top-k of each row of `scores` (f32 `(rows, row_len)`) into `indices`
 /// (i64 `(rows, k)`): ties to the lower index, ascending order, `-1` padding.
-pub fn top_k(rows: usize, row_len: usize, k: usize, scores: DevicePtr, indices: DevicePtr) -> Result<Launch<TopkParams>, CudaError> {
+pub fn top_k(
+    rows: usize,
+    row_len: usize,
+    k: usize,
+    scores: DevicePtr,
+    indices: DevicePtr,
+) -> Result<Launch<TopkParams>, CudaError> {
     if k == 0 {
         return Err(CudaError::invalid("top_k", "top_k must be at least 1"));
     }
     if row_len == 0 {
-        return Err(CudaError::invalid("scores", "row length must be at least 1"));
+        return Err(CudaError::invalid(
+            "scores",
+            "row length must be at least 1",
+        ));
     }
-    for (input, n) in [("scores", rows.checked_mul(row_len)), ("indices", rows.checked_mul(k))] {
-        n.filter(|&n| n <= i64::MAX as usize).ok_or_else(|| CudaError::invalid(input, "size overflows the address space"))?;
+    for (input, n) in [
+        ("scores", rows.checked_mul(row_len)),
+        ("indices", rows.checked_mul(k)),
+    ] {
+        n.filter(|&n| n <= i64::MAX as usize)
+            .ok_or_else(|| CudaError::invalid(input, "size overflows the address space"))?;
     }
     let params = TopkParams {
         scores: scores.check("scores", 4)?,
@@ -412,7 +479,13 @@ pub struct KeyLists {
 impl KeyLists {
     /// The indexer's output `(B, Sq, top_k)`, shared by all heads.
     pub const fn shared(ptr: DevicePtr, q_len: usize, top_k: usize) -> Self {
-        Self { ptr, top_k, batch: q_len * top_k, head: 0, seq: top_k }
+        Self {
+            ptr,
+            top_k,
+            batch: q_len * top_k,
+            head: 0,
+            seq: top_k,
+        }
     }
 }
 
@@ -427,7 +500,8 @@ pub fn sparse_attention(
 ) -> Result<Launch<SparseParams>, CudaError> {
     spec.validate()?;
     dtype.half("sparse attention")?;
-    if spec.head_dim % 8 != 0 || spec.head_dim > SPARSE_MAX_DIM || spec.v_head_dim > SPARSE_MAX_DIM {
+    if spec.head_dim % 8 != 0 || spec.head_dim > SPARSE_MAX_DIM || spec.v_head_dim > SPARSE_MAX_DIM
+    {
         return Err(CudaError::Unsupported(format!(
             "head dims D={}, Dv={}: the sparse kernel needs D a multiple of 8 and D, Dv <= {SPARSE_MAX_DIM}",
             spec.head_dim, spec.v_head_dim
@@ -449,7 +523,11 @@ pub fn sparse_attention(
         k: bufs.k.check("K", 16)?,
         v: bufs.v.check("V", 2)?,
         y: bufs.y.check("Y", 2)?,
-        lse: bufs.lse.map(|p| p.check("softmax_lse", 4)).transpose()?.unwrap_or(0),
+        lse: bufs
+            .lse
+            .map(|p| p.check("softmax_lse", 4))
+            .transpose()?
+            .unwrap_or(0),
         indices: lists.ptr.check("indices", 8)?,
         q_batch,
         q_head,
@@ -505,7 +583,12 @@ pub struct MergeBuffers {
 }
 
 /// Exact LSE merge of two results over disjoint key sets.
-pub fn merge(rows: usize, dv: usize, dtype: Dtype, bufs: &MergeBuffers) -> Result<Launch<MergeParams>, CudaError> {
+pub fn merge(
+    rows: usize,
+    dv: usize,
+    dtype: Dtype,
+    bufs: &MergeBuffers,
+) -> Result<Launch<MergeParams>, CudaError> {
     if dv == 0 {
         return Err(CudaError::invalid("Y", "head dimension must be at least 1"));
     }
@@ -529,7 +612,13 @@ pub fn merge(rows: usize, dv: usize, dtype: Dtype, bufs: &MergeBuffers) -> Resul
         kernel: merge_kernel(dtype),
         geometry: "tessera_merge_geom",
         params,
-        grid: |p, g| [(p.rows as u64).div_ceil(g.tile_a as u64).clamp(1, 1 << 20), 1, 1],
+        grid: |p, g| {
+            [
+                (p.rows as u64).div_ceil(g.tile_a as u64).clamp(1, 1 << 20),
+                1,
+                1,
+            ]
+        },
     })
 }
 

@@ -22,7 +22,7 @@ export TESSERA_PTXAS_REPORT="$TESSERA_ROOT/target/ptxas-report.txt"
 log "cargo test -p tessera-cuda --features cuda (compiles every kernel)"
 cargo test -p tessera-cuda --features cuda
 grep -c "Compiling entry function" "$TESSERA_PTXAS_REPORT" | xargs -I{} echo "ptxas report: {} kernel entries in $TESSERA_PTXAS_REPORT"
-cargo clippy -p tessera-cuda --features cuda --all-targets -- -D warnings
+cargo clippy -p tessera-cuda --no-deps --features cuda --all-targets -- -D warnings
 log "cargo test -p tessera-cuda (no feature: no nvcc, no kernels)"
 NVCC=/nonexistent PATH="/usr/bin:/bin:$(dirname "$(command -v cargo)")" cargo test -p tessera-cuda
 bash -n cuda/device-check.sh
