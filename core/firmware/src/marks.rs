@@ -6,7 +6,7 @@
 //! few instructions of the begin marker and the call sequence (reported as
 //! the empty-call overhead by `measure`).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::AtomicU32;
 
 /// The last marker passed (1 = begin, 2 = end); the stores keep the two
 /// markers distinct so that they are never merged.
@@ -16,10 +16,13 @@ pub static MARK: AtomicU32 = AtomicU32::new(0);
 #[inline(never)]
 #[no_mangle]
 pub extern "C" fn tessera_count_begin() {
-    MARK.store(1, Ordering::Relaxed);
-    // SAFETY: an empty asm block; it only acts as a compiler barrier for
-    // memory, so no work moves across the marker.
-    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+    // SAFETY: a volatile store to a static atomic's own storage (so that it
+    // cannot be optimised out), then an empty asm block that acts as a
+    // compiler barrier for memory: no work moves across the marker.
+    unsafe {
+        MARK.as_ptr().write_volatile(1);
+        core::arch::asm!("", options(nostack, preserves_flags));
+    }
 }
 
 /// End of a counted region.
@@ -27,8 +30,10 @@ pub extern "C" fn tessera_count_begin() {
 #[no_mangle]
 pub extern "C" fn tessera_count_end() {
     // SAFETY: as in tessera_count_begin.
-    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
-    MARK.store(2, Ordering::Relaxed);
+    unsafe {
+        core::arch::asm!("", options(nostack, preserves_flags));
+        MARK.as_ptr().write_volatile(2);
+    }
 }
 
 /// Run `f` between the two markers.

@@ -13,7 +13,7 @@ use tessera_firmware::data::Rng;
 
 const S: usize = 64;
 const D: usize = 32;
-type F = Flash<Scalar, 24, 16>;
+type F = Flash<Scalar, 32, 32>;
 
 struct Buffers {
     q: [f32; S * D],
@@ -22,15 +22,24 @@ struct Buffers {
     y: [f32; S * D],
     lse: [f32; S],
     scratch: [f32; F::scratch_len(D, D)],
+    segments: [i32; S],
+    dense: [bool; S * S],
 }
 
-static mut BUFFERS: Buffers =
-    Buffers { q: [0.0; S * D], k: [0.0; S * D], v: [0.0; S * D], y: [0.0; S * D], lse: [0.0; S], scratch: [0.0; F::scratch_len(D, D)] };
+// In .bss, so that the mask data is not counted as code.
+static mut BUFFERS: Buffers = Buffers {
+    q: [0.0; S * D],
+    k: [0.0; S * D],
+    v: [0.0; S * D],
+    y: [0.0; S * D],
+    lse: [0.0; S],
+    scratch: [0.0; F::scratch_len(D, D)],
+    segments: [0; S],
+    dense: [false; S * S],
+};
 
 /// Mask knobs: causal, offset, left, right, globals, chunk, segments, dense.
 static KNOBS: [i32; 8] = [1, 0, 16, 0, 2, 0, 1, 1];
-static SEGMENTS: [i32; S] = [0; S];
-static DENSE: [bool; S * S] = [true; S * S];
 static KV_LENS: [usize; 1] = [S];
 
 fn knob(i: usize) -> i32 {
@@ -46,16 +55,17 @@ extern "C" fn tessera_main() -> i32 {
     rng.fill(&mut b.q);
     rng.fill(&mut b.k);
     rng.fill(&mut b.v);
+    b.dense.fill(true);
     let spec = AttentionSpec::bhsd(1, 1, 1, S, S, D, D).with_softcap(knob(1) as f32);
     let mut mask = MaskSpec::NONE.window(knob(2) as isize, knob(3) as isize).globals(knob(4) as usize).chunked(knob(5) as usize);
     if knob(0) != 0 {
         mask = mask.causal(knob(1) as isize);
     }
     if knob(6) != 0 {
-        mask = mask.segments(&SEGMENTS, &SEGMENTS).kv_lens(&KV_LENS, false);
+        mask = mask.segments(&b.segments, &b.segments).kv_lens(&KV_LENS, false);
     }
     if knob(7) != 0 {
-        mask = mask.dense(DenseMask::Bool(&DENSE, MaskStrides::broadcast(1, 1, S, S)));
+        mask = mask.dense(DenseMask::Bool(&b.dense, MaskStrides::broadcast(1, 1, S, S)));
     }
     let Ok(att) = Attention::new(&spec, &mask, &b.q, &b.k, &b.v) else { return 2 };
     match F::new(Scalar).run(&att, &mut b.y, Some(&mut b.lse), &mut b.scratch) {

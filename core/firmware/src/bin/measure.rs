@@ -19,7 +19,7 @@ use tessera_firmware::{print, print_u64};
 const S_MAX: usize = 4096;
 const D: usize = 32;
 const N: usize = S_MAX * D;
-const SCRATCH: usize = 8192;
+const SCRATCH: usize = 16384;
 
 struct Buffers {
     q: [f32; N],
@@ -95,11 +95,15 @@ extern "C" fn tessera_main() -> i32 {
     counted(|| ());
     print("measure empty-region\n");
     let mut ok = true;
-    ok &= measure::<_, 24, 16>(Scalar, "dense", 256, None, b);
-    ok &= measure::<_, 24, 32>(Scalar, "dense", 256, None, b);
-    ok &= measure::<_, 48, 32>(Scalar, "dense", 256, None, b);
+    ok &= measure::<_, 16, 16>(Scalar, "dense", 256, None, b);
+    ok &= measure::<_, 16, 32>(Scalar, "dense", 256, None, b);
+    ok &= measure::<_, 32, 16>(Scalar, "dense", 256, None, b);
+    ok &= measure::<_, 32, 32>(Scalar, "dense", 256, None, b);
+    ok &= measure::<_, 64, 32>(Scalar, "dense", 256, None, b);
     ok &= measure::<_, 16, 32>(Portable, "dense", 256, None, b);
-    ok &= measure::<_, 24, 16>(Scalar, "window64", 1024, Some(63), b);
-    ok &= measure::<_, 24, 16>(Scalar, "window64", 4096, Some(63), b);
+    ok &= measure::<_, 32, 32>(Scalar, "window64", 1024, Some(63), b);
+    ok &= measure::<_, 32, 32>(Scalar, "window64", 4096, Some(63), b);
+    ok &= measure::<_, 16, 16>(Scalar, "window64", 1024, Some(63), b);
+    ok &= measure::<_, 16, 16>(Scalar, "window64", 4096, Some(63), b);
     i32::from(!ok)
 }
