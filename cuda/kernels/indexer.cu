@@ -44,7 +44,9 @@ TESSERA_DEVICE u32 e4m3x2_to_f16x2(u32 x) {
 // Below sm_89 there is no fp8 mma: the operand is widened once, exactly, to
 // f16 and each product runs as two m16n8k16 f16 mmas. The f16 mma's k index
 // kk then stands for fp8 column 4c + (kk & 1) + 2 (kk >= 8); A and B use the
-// same permutation, so every dot product is unchanged.
+// same permutation, so every dot product is unchanged. (The kernel relies only
+// on A regs 0/2 and B regs 0/1 covering the same k sets for a lane, which also
+// holds for the other published reading of this layout, 8c + 0..3 / 8c + 4..7.)
 struct Fp8A {
 #if __CUDA_ARCH__ >= 890
     u32 a[4];

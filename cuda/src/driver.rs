@@ -83,6 +83,7 @@ driver_api! {
     module_get_function = "cuModuleGetFunction": fn(*mut CuFunction, CuModule, *const c_char);
     module_get_global = "cuModuleGetGlobal_v2": fn(*mut CuDevicePtr, *mut usize, CuModule, *const c_char);
     memcpy_dtoh = "cuMemcpyDtoH_v2": fn(*mut c_void, CuDevicePtr, usize);
+    memcpy_dtod_async = "cuMemcpyDtoDAsync_v2": fn(CuDevicePtr, CuDevicePtr, usize, *mut c_void);
     func_set_attribute = "cuFuncSetAttribute": fn(CuFunction, c_int, c_int);
     launch_kernel = "cuLaunchKernel": fn(
         CuFunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, *mut c_void, *mut *mut c_void, *mut *mut c_void
@@ -247,6 +248,25 @@ impl Driver {
             return Err(CudaError::NoContext);
         }
         Ok(ctx)
+    }
+
+    /// Copy `bytes` from device address `src` to `dst` on `stream`
+    /// (asynchronous; e.g. to append new keys to a `present_key` buffer).
+    ///
+    /// # Safety
+    /// Both ranges must be valid device memory of the current context for
+    /// `bytes` bytes, and `stream` a stream of that context (or null).
+    pub unsafe fn copy_async(
+        &self,
+        dst: u64,
+        src: u64,
+        bytes: usize,
+        stream: *mut c_void,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller guarantees both ranges and the stream.
+        self.check("cuMemcpyDtoDAsync", unsafe {
+            (self.memcpy_dtod_async)(dst, src, bytes, stream)
+        })
     }
 
     /// An attribute of the current context's device.

@@ -27,3 +27,15 @@ log "cargo test -p tessera-cuda (no feature: no nvcc, no kernels)"
 NVCC=/nonexistent PATH="/usr/bin:/bin:$(dirname "$(command -v cargo)")" cargo test -p tessera-cuda
 bash -n cuda/device-check.sh
 "$VENV/bin/python" -m py_compile cuda/device/tessera.py cuda/device/check.py
+# The harness builds its parameter blocks from params.h: same sizes as the Rust mirrors.
+"$VENV/bin/python" - <<'PY'
+import ctypes, sys, types
+sys.modules.setdefault("torch", types.ModuleType("torch"))  # the parser needs no torch
+sys.path.insert(0, "cuda/device")
+import tessera
+sizes = {k: ctypes.sizeof(v) for k, v in tessera.PARAMS.items()}
+want = {"TesseraFlashParams": 264, "TesseraIndexerParams": 80, "TesseraTopkParams": 40,
+        "TesseraSparseParams": 208, "TesseraMergeParams": 64}
+assert sizes == want, sizes
+print("device harness: parameter blocks match the Rust mirrors")
+PY
