@@ -126,8 +126,7 @@ fn run_tiled<K: MicroKernel, const BQ: usize, T: Element>(
     let kv_tiles = s.kv_len.div_ceil(BK);
     let splits = key_splits(triples, kv_tiles);
     let y_out = Shared::new(y);
-    let mut lse_buf = lse;
-    let lse_out = lse_buf.as_deref_mut().map(Shared::new);
+    let lse_out = lse.map(Shared::new);
     let triple = |item: usize| {
         let (bh, t) = (item / q_tiles, item % q_tiles);
         (bh / s.q_heads, bh % s.q_heads, t)

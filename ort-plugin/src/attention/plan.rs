@@ -566,8 +566,8 @@ mod tests {
                 &attrs(),
                 Shapes {
                     q: &[2, 3, 4],
-                    k: &[2, 3, 4, 8],
-                    v: &[2, 3, 4, 8],
+                    k: &[2, 3, 4],
+                    v: &[2, 3, 4],
                     ..Default::default()
                 },
                 "Q: 3-D inputs need",
@@ -638,10 +638,10 @@ mod tests {
                     q: &[2, 3, 4, 8],
                     k: &[2, 3, 5, 8],
                     v: &[2, 3, 5, 8],
-                    mask: Some(&[3, 4, 5]),
+                    mask: Some(&[2, 4, 5]),
                     ..Default::default()
                 },
-                "attn_mask: shape (3, 4, 5) does not broadcast",
+                "attn_mask: shape (2, 4, 5) does not broadcast",
             ),
             (
                 &attrs(),
