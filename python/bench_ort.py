@@ -50,19 +50,33 @@ def window_allowed(s: int, mode: str) -> np.ndarray:
     return ok
 
 
-def build(impl: str, s: int, mode: str):
-    """(model bytes, feeds) for one configuration."""
-    from onnx import TensorProto as TP
-    from onnx import helper
-
+def make_feeds(impl: str, s: int, mode: str) -> dict:
+    """The inputs of one configuration (numpy only, so the timed process
+    does not carry the onnx package)."""
     rng = np.random.default_rng(0)
     q = rng.standard_normal((B, H, s, D), dtype=np.float32)
     k = rng.standard_normal((B, H, s, D), dtype=np.float32)
     v = rng.standard_normal((B, H, s, D), dtype=np.float32)
+    feeds = {"Q": q, "K": k, "V": v}
+    if impl == "mha":
+        feeds = {n: np.ascontiguousarray(x.transpose(0, 2, 1, 3).reshape(B, s, H * D)) for n, x in feeds.items()}
+        if mode == "window":
+            feeds["bias"] = np.where(window_allowed(s, mode), 0.0, -np.inf).astype(np.float32).reshape(1, 1, s, s)
+    elif impl == "onnx" and mode == "window":
+        feeds["M"] = window_allowed(s, mode)
+    elif impl == "decomp" and mode != "dense":
+        feeds["M"] = np.where(window_allowed(s, mode), 0.0, -np.inf).astype(np.float32)
+    return feeds
+
+
+def build(impl: str, s: int, mode: str) -> bytes:
+    """The model of one configuration."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+
     f = TP.FLOAT
     vi = helper.make_tensor_value_info
     opsets = [helper.make_opsetid("", 23)]
-    feeds = {"Q": q, "K": k, "V": v}
     ins = [vi("Q", f, None), vi("K", f, None), vi("V", f, None)]
     nodes = []
     if impl == "tessera":
@@ -76,19 +90,15 @@ def build(impl: str, s: int, mode: str):
         node_in = ["Q", "K", "V"]
         attrs = {"is_causal": int(mode == "causal")}
         if mode == "window":
-            feeds["M"] = window_allowed(s, mode)
             ins.append(vi("M", TP.BOOL, None))
             node_in.append("M")
         nodes.append(helper.make_node("Attention", node_in, ["Y"], **attrs))
     elif impl == "mha":
-        for n, x in (("Q", q), ("K", k), ("V", v)):
-            feeds[n] = np.ascontiguousarray(x.transpose(0, 2, 1, 3).reshape(B, s, H * D))
         node_in = ["Q", "K", "V"]
         attrs = {"num_heads": H}
         if mode == "causal":
             attrs["unidirectional"] = 1
         if mode == "window":
-            feeds["bias"] = np.where(window_allowed(s, mode), 0.0, -np.inf).astype(np.float32).reshape(1, 1, s, s)
             ins.append(vi("bias", f, None))
             node_in += ["", "", "bias"]
         nodes.append(helper.make_node("MultiHeadAttention", node_in, ["Y"], domain="com.microsoft", **attrs))
@@ -102,7 +112,6 @@ def build(impl: str, s: int, mode: str):
         ]
         last = "S1"
         if mode != "dense":
-            feeds["M"] = np.where(window_allowed(s, mode), 0.0, -np.inf).astype(np.float32)
             ins.append(vi("M", f, None))
             nodes.append(helper.make_node("Add", ["S1", "M"], ["S2"]))
             last = "S2"
@@ -110,17 +119,19 @@ def build(impl: str, s: int, mode: str):
         graph = helper.make_graph(nodes, "bench", ins, [vi("Y", f, None)], initializer=[scale])
         m = helper.make_model(graph, opset_imports=opsets)
         m.ir_version = 9
-        return m.SerializeToString(), feeds
+        return m.SerializeToString()
     graph = helper.make_graph(nodes, "bench", ins, [vi("Y", f, None)])
     m = helper.make_model(graph, opset_imports=opsets)
     m.ir_version = 9
-    return m.SerializeToString(), feeds
+    return m.SerializeToString()
 
 
-def child(impl: str, s: int, mode: str, threads: int, reps: int) -> None:
+def child(impl: str, s: int, mode: str, threads: int, reps: int, model_path: str) -> None:
     import onnxruntime as ort
 
-    model, feeds = build(impl, s, mode)
+    with open(model_path, "rb") as fh:
+        model = fh.read()
+    feeds = make_feeds(impl, s, mode)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -146,24 +157,38 @@ def main() -> int:
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--reps", type=int, default=0, help="timed runs (default: 5 up to 4K, 3 up to 8K, else 1)")
+    ap.add_argument("--builtin-max", type=int, default=8192, help="largest S for onnx/decomp (they materialise S x S)")
+    ap.add_argument("--mask-max", type=int, default=8192, help="largest S for built-ins' dense window masks")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
-    ap.add_argument("--child", nargs=3, metavar=("IMPL", "S", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, metavar=("IMPL", "S", "MODE", "MODEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        impl, s, mode = args.child
-        child(impl, int(s), mode, args.threads, args.reps or 1)
+        impl, s, mode, path = args.child
+        child(impl, int(s), mode, args.threads, args.reps or 1, path)
         return 0
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="tessera-bench-")
     sizes = [int(x) for x in args.sizes.split(",")]
     impls = args.impls.split(",")
     rows = []
-    print(f"| S | mode | {' | '.join(impls)} | tessera / best built-in | peak RSS GB ({', '.join(impls)}) |")
-    print(f"| --- | --- | {' | '.join('---' for _ in impls)} | --- | --- |")
+    print(f"| S | mode | {' | '.join(impls)} | tessera / best built-in | peak RSS GB ({', '.join(impls)}) | Q+K+V+Y GB |")
+    print(f"| --- | --- | {' | '.join('---' for _ in impls)} | --- | --- | --- |")
     for s in sizes:
         reps = args.reps or (5 if s <= 4096 else 3 if s <= 8192 else 1)
         for mode in args.modes.split(","):
             res = {}
             for impl in impls:
-                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--reps", str(reps), "--child", impl, str(s), mode]
+                if s > args.builtin_max and impl in ("onnx", "decomp"):
+                    res[impl] = {"error": "skipped (S x S scores; 13 GB at 16K)"}
+                    continue
+                if s > args.mask_max and mode == "window" and impl != "tessera":
+                    res[impl] = {"error": "skipped (S x S window mask)"}
+                    continue
+                path = os.path.join(tmp, f"{impl}-{s}-{mode}.onnx")
+                with open(path, "wb") as fh:
+                    fh.write(build(impl, s, mode))
+                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--reps", str(reps), "--child", impl, str(s), mode, path]
                 try:
                     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
                     if out.returncode != 0:
@@ -178,7 +203,13 @@ def main() -> int:
             cell = lambda r: f"{r['median']:.4g} s" if "median" in r else r["error"]  # noqa: E731
             ratio = f"{res['tessera']['median'] / best:.3f}" if best and "median" in res.get("tessera", {}) else "n/a"
             rss = ", ".join(f"{res[i]['rss_gb']:.2f}" if "rss_gb" in res[i] else "-" for i in impls)
-            line = f"| {s} | {mode} | {' | '.join(cell(res[i]) for i in impls)} | {ratio} | {rss} |"
+            io_gb = 4 * B * H * s * D * 4 / 1e9
+            ref = res.get("tessera", {}).get("checksum")
+            for i in impls:
+                c = res[i].get("checksum")
+                if ref and c and abs(c - ref) > 1e-3 * abs(ref):
+                    res[i] = {"error": f"MISMATCH (sum|Y| {c:.6g} vs tessera {ref:.6g})"}
+            line = f"| {s} | {mode} | {' | '.join(cell(res[i]) for i in impls)} | {ratio} | {rss} | {io_gb:.2f} |"
             print(line, flush=True)
             rows.append(res)
     return 0
