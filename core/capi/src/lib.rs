@@ -1,0 +1,567 @@
+//! The C API of tessera-core: `include/tessera.h` declares every item here.
+//!
+//! Every entry point validates all of its input (null or misaligned
+//! pointers, overlapping buffers, the spec, the buffer lengths) and returns a
+//! status code; none can crash on input it refuses. On hosted targets each
+//! call also runs under `catch_unwind`, so no panic crosses the C boundary;
+//! on bare metal the library is built with `panic = "abort"` and tessera-core
+//! does not panic on validated input.
+//!
+//! The kernel is `Flash<K, 32, 32>`, with `K` the hand-written Arm FPU kernel
+//! ([`Scalar`]) on Arm hard-float targets and [`Portable`] elsewhere.
+#![cfg_attr(not(test), no_std)]
+
+#[cfg(all(not(test), not(target_os = "none")))]
+extern crate std;
+
+use core::mem::{align_of, size_of};
+use core::slice;
+
+#[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
+use tessera_core::kernel::Portable as Kernel;
+#[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
+use tessera_core::kernel::Scalar as Kernel;
+use tessera_core::{merge, Attention, AttentionSpec, Flash, MaskSpec, SpecError};
+
+/// Query rows per tile (`TESSERA_BQ` in the header).
+pub const BQ: usize = 32;
+/// Keys per tile (`TESSERA_BK` in the header).
+pub const BK: usize = 32;
+type F = Flash<Kernel, BQ, BK>;
+
+/// `tessera_spec` in `tessera.h`: 15 four-byte fields, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TesseraSpec {
+    /// Batch size `B`.
+    pub batch: u32,
+    /// Query heads `Hq`.
+    pub q_heads: u32,
+    /// Key/value heads `Hkv`; divides `Hq`.
+    pub kv_heads: u32,
+    /// Query length `Sq`.
+    pub q_len: u32,
+    /// Key/value length `Skv`.
+    pub kv_len: u32,
+    /// Q/K head size `D`.
+    pub head_dim: u32,
+    /// V/Y head size `Dv`.
+    pub v_head_dim: u32,
+    /// Score scale; 0 means `1/sqrt(D)`.
+    pub scale: f32,
+    /// Softcap; 0 means off.
+    pub softcap: f32,
+    /// `TESSERA_LAYOUT_BHSD` (0) or `TESSERA_LAYOUT_BSHD` (1).
+    pub layout: u32,
+    /// Non-zero: causal.
+    pub causal: u32,
+    /// Position offset of query 0 (causal and windows).
+    pub q_offset: i32,
+    /// Keys before `p - left_window` are masked; -1 = unbounded.
+    pub left_window: i32,
+    /// Keys after `p + right_window` are masked; -1 = unbounded.
+    pub right_window: i32,
+    /// Global / sink tokens at the start of the sequence.
+    pub global_tokens: u32,
+}
+
+const _: () = assert!(size_of::<TesseraSpec>() == 60);
+
+/// Success.
+pub const TESSERA_OK: i32 = 0;
+/// A required pointer is null.
+pub const TESSERA_ERR_NULL: i32 = -1;
+/// A pointer is not aligned for `float`.
+pub const TESSERA_ERR_ALIGN: i32 = -2;
+/// An output buffer overlaps another buffer.
+pub const TESSERA_ERR_OVERLAP: i32 = -3;
+/// `layout` is neither BHSD nor BSHD.
+pub const TESSERA_ERR_LAYOUT: i32 = -4;
+/// `head_dim` or `v_head_dim` is 0.
+pub const TESSERA_ERR_HEAD_DIM: i32 = -5;
+/// A head count is 0 or `q_heads` is not a multiple of `kv_heads`.
+pub const TESSERA_ERR_HEADS: i32 = -6;
+/// `scale` is negative or not finite.
+pub const TESSERA_ERR_SCALE: i32 = -7;
+/// `softcap` is negative or not finite.
+pub const TESSERA_ERR_SOFTCAP: i32 = -8;
+/// A window size is below -1.
+pub const TESSERA_ERR_WINDOW: i32 = -9;
+/// A size overflows the address space.
+pub const TESSERA_ERR_OVERFLOW: i32 = -10;
+/// A buffer is shorter than the spec needs.
+pub const TESSERA_ERR_TOO_SHORT: i32 = -11;
+/// A buffer has the wrong length (lse).
+pub const TESSERA_ERR_LENGTH: i32 = -12;
+/// Anything else (a bug: please report it).
+pub const TESSERA_ERR_INTERNAL: i32 = -13;
+
+fn status(e: SpecError) -> i32 {
+    match e {
+        SpecError::ZeroHeadDim => TESSERA_ERR_HEAD_DIM,
+        SpecError::HeadsNotDivisible { .. } => TESSERA_ERR_HEADS,
+        SpecError::BadScale(_) => TESSERA_ERR_SCALE,
+        SpecError::BadSoftcap(_) => TESSERA_ERR_SOFTCAP,
+        SpecError::WindowBelowMinusOne(_) => TESSERA_ERR_WINDOW,
+        SpecError::Overflow(_) => TESSERA_ERR_OVERFLOW,
+        SpecError::TooShort { .. } => TESSERA_ERR_TOO_SHORT,
+        SpecError::WrongLength { .. } => TESSERA_ERR_LENGTH,
+        _ => TESSERA_ERR_INTERNAL,
+    }
+}
+
+/// Run `f`, turning a panic into [`TESSERA_ERR_INTERNAL`] on hosted targets,
+/// so that no panic crosses the C boundary.
+#[cfg(not(target_os = "none"))]
+fn guarded(f: impl FnOnce() -> i32) -> i32 {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(TESSERA_ERR_INTERNAL)
+}
+
+/// On bare metal there is no unwinding (`panic = "abort"`): validated input
+/// never panics in tessera-core, and the panic handler below traps.
+#[cfg(target_os = "none")]
+fn guarded(f: impl FnOnce() -> i32) -> i32 {
+    f()
+}
+
+/// A borrowed `float` buffer from C: pointer and element count.
+#[derive(Clone, Copy)]
+struct Buf {
+    ptr: *const f32,
+    len: usize,
+}
+
+impl Buf {
+    fn check(self) -> Result<Self, i32> {
+        if self.ptr.is_null() {
+            return Err(TESSERA_ERR_NULL);
+        }
+        if (self.ptr as usize) % align_of::<f32>() != 0 {
+            return Err(TESSERA_ERR_ALIGN);
+        }
+        if self.len.checked_mul(size_of::<f32>()).is_none_or(|b| b > isize::MAX as usize) {
+            return Err(TESSERA_ERR_OVERFLOW);
+        }
+        Ok(self)
+    }
+
+    fn overlaps(self, other: Buf) -> bool {
+        let (a0, b0) = (self.ptr as usize, other.ptr as usize);
+        let (a1, b1) = (a0 + self.len * size_of::<f32>(), b0 + other.len * size_of::<f32>());
+        self.len != 0 && other.len != 0 && a0 < b1 && b0 < a1
+    }
+}
+
+/// No output buffer may overlap any other buffer.
+fn disjoint(outputs: &[Buf], inputs: &[Buf]) -> Result<(), i32> {
+    for (i, o) in outputs.iter().enumerate() {
+        if inputs.iter().chain(&outputs[i + 1..]).any(|b| o.overlaps(*b)) {
+            return Err(TESSERA_ERR_OVERLAP);
+        }
+    }
+    Ok(())
+}
+
+/// f32 elements of scratch one `tessera_attention_f32` call needs.
+#[no_mangle]
+pub extern "C" fn tessera_scratch_len(head_dim: u32, v_head_dim: u32) -> usize {
+    F::scratch_len(head_dim as usize, v_head_dim as usize)
+}
+
+fn spec_of(s: &TesseraSpec) -> Result<(AttentionSpec, MaskSpec<'static>), i32> {
+    let sizes = [s.batch, s.q_heads, s.kv_heads, s.q_len, s.kv_len, s.head_dim, s.v_head_dim].map(|x| x as usize);
+    let [b, hq, hk, sq, skv, d, dv] = sizes;
+    let mut spec = match s.layout {
+        0 => AttentionSpec::bhsd(b, hq, hk, sq, skv, d, dv),
+        1 => AttentionSpec::bshd(b, hq, hk, sq, skv, d, dv),
+        _ => return Err(TESSERA_ERR_LAYOUT),
+    };
+    if s.scale != 0.0 {
+        spec = spec.with_scale(s.scale);
+    }
+    spec = spec.with_softcap(s.softcap);
+    let mut mask = MaskSpec::NONE.offset(s.q_offset as isize).window(s.left_window as isize, s.right_window as isize);
+    mask = mask.globals(s.global_tokens as usize);
+    if s.causal != 0 {
+        mask = mask.causal(s.q_offset as isize);
+    }
+    Ok((spec, mask))
+}
+
+/// Attention in f32. See `tessera.h` for the contract.
+///
+/// # Safety
+/// Each non-null pointer must be valid for its stated number of `float`s
+/// (reads for `q`, `k`, `v`; reads and writes for `y`, `lse`, `scratch`) for
+/// the duration of the call, and `spec` must point to a `tessera_spec`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn tessera_attention_f32(
+    spec: *const TesseraSpec,
+    q: *const f32,
+    q_len: usize,
+    k: *const f32,
+    k_len: usize,
+    v: *const f32,
+    v_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    lse: *mut f32,
+    lse_len: usize,
+    scratch: *mut f32,
+    scratch_len: usize,
+) -> i32 {
+    guarded(|| {
+        let run = || -> Result<(), i32> {
+            if spec.is_null() {
+                return Err(TESSERA_ERR_NULL);
+            }
+            if (spec as usize) % align_of::<TesseraSpec>() != 0 {
+                return Err(TESSERA_ERR_ALIGN);
+            }
+            // SAFETY: non-null and aligned (checked); the caller guarantees it
+            // points to a tessera_spec. Copied out at once.
+            let s = unsafe { spec.read() };
+            let (spec, mask) = spec_of(&s)?;
+            let (q, k, v) = (Buf { ptr: q, len: q_len }.check()?, Buf { ptr: k, len: k_len }.check()?, Buf { ptr: v, len: v_len }.check()?);
+            let (yb, sb) = (Buf { ptr: y, len: y_len }.check()?, Buf { ptr: scratch, len: scratch_len }.check()?);
+            let lb = if lse.is_null() { None } else { Some(Buf { ptr: lse, len: lse_len }.check()?) };
+            match lb {
+                Some(l) => disjoint(&[yb, sb, l], &[q, k, v])?,
+                None => disjoint(&[yb, sb], &[q, k, v])?,
+            }
+            // SAFETY: each pointer is non-null and aligned (checked), valid
+            // for its length (the caller's contract), and no mutable buffer
+            // overlaps any other buffer (checked), so the shared and the
+            // exclusive slices do not alias.
+            let (q, k, v, y, scratch, lse) = unsafe {
+                (
+                    slice::from_raw_parts(q.ptr, q.len),
+                    slice::from_raw_parts(k.ptr, k.len),
+                    slice::from_raw_parts(v.ptr, v.len),
+                    slice::from_raw_parts_mut(yb.ptr as *mut f32, yb.len),
+                    slice::from_raw_parts_mut(sb.ptr as *mut f32, sb.len),
+                    lb.map(|l| slice::from_raw_parts_mut(l.ptr as *mut f32, l.len)),
+                )
+            };
+            let att = Attention::new(&spec, &mask, q, k, v).map_err(status)?;
+            F::new(Kernel).run(&att, y, lse, scratch).map_err(status)?;
+            Ok(())
+        };
+        match run() {
+            Ok(()) => TESSERA_OK,
+            Err(e) => e,
+        }
+    })
+}
+
+/// Merge two attention results over disjoint key sets. See `tessera.h`.
+///
+/// # Safety
+/// `y_a`, `y_b` and `y` must be valid for `rows · v_head_dim` floats and
+/// `lse_a`, `lse_b`, `lse` for `rows` floats (reads for the inputs, reads
+/// and writes for `y` and `lse`).
+#[no_mangle]
+pub unsafe extern "C" fn tessera_merge_f32(
+    y_a: *const f32,
+    lse_a: *const f32,
+    y_b: *const f32,
+    lse_b: *const f32,
+    y: *mut f32,
+    lse: *mut f32,
+    rows: usize,
+    v_head_dim: u32,
+) -> i32 {
+    guarded(|| {
+        let run = || -> Result<(), i32> {
+            let dv = v_head_dim as usize;
+            if dv == 0 {
+                return Err(TESSERA_ERR_HEAD_DIM);
+            }
+            let n = rows.checked_mul(dv).ok_or(TESSERA_ERR_OVERFLOW)?;
+            let [ya, yb, yo] = [y_a, y_b, y as *const f32].map(|p| Buf { ptr: p, len: n });
+            let [la, lb, lo] = [lse_a, lse_b, lse as *const f32].map(|p| Buf { ptr: p, len: rows });
+            for b in [ya, yb, yo, la, lb, lo] {
+                b.check()?;
+            }
+            disjoint(&[yo, lo], &[ya, yb, la, lb])?;
+            // SAFETY: non-null, aligned, in-range (checked and the caller's
+            // contract); the two outputs overlap nothing (checked).
+            let (ya, yb, la, lb, yo, lo) = unsafe {
+                (
+                    slice::from_raw_parts(ya.ptr, n),
+                    slice::from_raw_parts(yb.ptr, n),
+                    slice::from_raw_parts(la.ptr, rows),
+                    slice::from_raw_parts(lb.ptr, rows),
+                    slice::from_raw_parts_mut(yo.ptr as *mut f32, n),
+                    slice::from_raw_parts_mut(lo.ptr as *mut f32, rows),
+                )
+            };
+            merge(ya, la, yb, lb, yo, lo, dv).map_err(status)
+        };
+        match run() {
+            Ok(()) => TESSERA_OK,
+            Err(e) => e,
+        }
+    })
+}
+
+/// A static, NUL-terminated name for a status code.
+#[no_mangle]
+pub extern "C" fn tessera_status_name(status: i32) -> *const core::ffi::c_char {
+    let s: &'static core::ffi::CStr = match status {
+        TESSERA_OK => c"ok",
+        TESSERA_ERR_NULL => c"a required pointer is null",
+        TESSERA_ERR_ALIGN => c"a pointer is not aligned for float",
+        TESSERA_ERR_OVERLAP => c"an output buffer overlaps another buffer",
+        TESSERA_ERR_LAYOUT => c"layout must be TESSERA_LAYOUT_BHSD or TESSERA_LAYOUT_BSHD",
+        TESSERA_ERR_HEAD_DIM => c"head_dim and v_head_dim must be at least 1",
+        TESSERA_ERR_HEADS => c"q_heads must be a positive multiple of kv_heads",
+        TESSERA_ERR_SCALE => c"scale must be finite and >= 0 (0 = 1/sqrt(head_dim))",
+        TESSERA_ERR_SOFTCAP => c"softcap must be finite and >= 0 (0 = off)",
+        TESSERA_ERR_WINDOW => c"window sizes must be >= -1 (-1 = unbounded)",
+        TESSERA_ERR_OVERFLOW => c"a size overflows the address space",
+        TESSERA_ERR_TOO_SHORT => c"a buffer is shorter than the spec needs",
+        TESSERA_ERR_LENGTH => c"lse must hold exactly batch*q_heads*q_len floats",
+        TESSERA_ERR_INTERNAL => c"internal error",
+        _ => c"unknown status",
+    };
+    s.as_ptr()
+}
+
+/// On bare metal a panic (never expected: input is validated) traps, so
+/// the C firmware's fault handler sees it.
+#[cfg(all(not(test), target_os = "none"))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {
+        #[cfg(target_arch = "arm")]
+        // SAFETY: a permanently undefined instruction: it raises a fault.
+        unsafe {
+            core::arch::asm!("udf #0")
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::reference;
+
+    fn filled(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0 + 1.0 / 4096.0
+            })
+            .collect()
+    }
+
+    fn spec() -> TesseraSpec {
+        TesseraSpec {
+            batch: 2,
+            q_heads: 4,
+            kv_heads: 2,
+            q_len: 37,
+            kv_len: 45,
+            head_dim: 12,
+            v_head_dim: 20,
+            scale: 0.0,
+            softcap: 0.0,
+            layout: 0,
+            causal: 1,
+            q_offset: 8,
+            left_window: 9,
+            right_window: -1,
+            global_tokens: 2,
+        }
+    }
+
+    struct Bufs {
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+        y: Vec<f32>,
+        lse: Vec<f32>,
+        scratch: Vec<f32>,
+    }
+
+    fn bufs(s: &TesseraSpec) -> Bufs {
+        let (b, hq, hk, sq, skv, d, dv) =
+            (s.batch as usize, s.q_heads as usize, s.kv_heads as usize, s.q_len as usize, s.kv_len as usize, s.head_dim as usize, s.v_head_dim as usize);
+        Bufs {
+            q: filled(b * hq * sq * d, 3),
+            k: filled(b * hk * skv * d, 5),
+            v: filled(b * hk * skv * dv, 7),
+            y: vec![f32::NAN; b * hq * sq * dv],
+            lse: vec![f32::NAN; b * hq * sq],
+            scratch: vec![f32::NAN; tessera_scratch_len(s.head_dim, s.v_head_dim)],
+        }
+    }
+
+    fn call(s: &TesseraSpec, x: &mut Bufs) -> i32 {
+        // SAFETY: every pointer comes with its own vector's length.
+        unsafe {
+            tessera_attention_f32(
+                s,
+                x.q.as_ptr(),
+                x.q.len(),
+                x.k.as_ptr(),
+                x.k.len(),
+                x.v.as_ptr(),
+                x.v.len(),
+                x.y.as_mut_ptr(),
+                x.y.len(),
+                x.lse.as_mut_ptr(),
+                x.lse.len(),
+                x.scratch.as_mut_ptr(),
+                x.scratch.len(),
+            )
+        }
+    }
+
+    #[test]
+    fn attention_matches_the_f64_reference() {
+        for layout in [0, 1] {
+            let s = TesseraSpec { layout, softcap: 4.0, scale: 0.4, ..spec() };
+            let mut x = bufs(&s);
+            assert_eq!(call(&s, &mut x), TESSERA_OK);
+            let (spec, mask) = spec_of(&s).unwrap();
+            let mut y = vec![0.0f64; x.y.len()];
+            let mut lse = vec![0.0f64; x.lse.len()];
+            reference::attention(&spec, &mask, &x.q, &x.k, &x.v, &mut y, &mut lse);
+            let dv = s.v_head_dim as usize;
+            for bh in 0..(s.batch * s.q_heads) as usize {
+                let (b, h) = (bh / s.q_heads as usize, bh % s.q_heads as usize);
+                for i in 0..s.q_len as usize {
+                    let row = bh * s.q_len as usize + i;
+                    let got = &x.y[spec.out.offset(b, h, i)..][..dv];
+                    for (g, w) in got.iter().zip(&y[row * dv..][..dv]) {
+                        assert!((*g as f64 - w).abs() <= 2e-5, "layout {layout} y[{row}]: {g} vs {w}");
+                    }
+                    let (g, w) = (x.lse[row] as f64, lse[row]);
+                    assert!(g == w || (g - w).abs() <= 2e-5 * w.abs().max(1.0), "lse[{row}]: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_invalid_spec_is_refused_with_its_code() {
+        let cases: [(fn(&mut TesseraSpec), i32); 9] = [
+            (|s| s.head_dim = 0, TESSERA_ERR_HEAD_DIM),
+            (|s| s.v_head_dim = 0, TESSERA_ERR_HEAD_DIM),
+            (|s| s.kv_heads = 3, TESSERA_ERR_HEADS),
+            (|s| s.kv_heads = 0, TESSERA_ERR_HEADS),
+            (|s| s.scale = -1.0, TESSERA_ERR_SCALE),
+            (|s| s.scale = f32::NAN, TESSERA_ERR_SCALE),
+            (|s| s.softcap = f32::INFINITY, TESSERA_ERR_SOFTCAP),
+            (|s| s.left_window = -2, TESSERA_ERR_WINDOW),
+            (|s| s.layout = 2, TESSERA_ERR_LAYOUT),
+        ];
+        for (break_it, code) in cases {
+            let good = spec();
+            let mut x = bufs(&good);
+            let mut s = good;
+            break_it(&mut s);
+            assert_eq!(call(&s, &mut x), code, "{s:?}");
+            assert!(x.y.iter().all(|v| v.is_nan()), "nothing written on error");
+        }
+    }
+
+    #[test]
+    fn bad_buffers_are_refused() {
+        let s = spec();
+        let mut x = bufs(&s);
+        x.scratch.pop();
+        assert_eq!(call(&s, &mut x), TESSERA_ERR_TOO_SHORT);
+        let mut x = bufs(&s);
+        x.k.pop();
+        assert_eq!(call(&s, &mut x), TESSERA_ERR_TOO_SHORT);
+        let mut x = bufs(&s);
+        x.lse.push(0.0);
+        assert_eq!(call(&s, &mut x), TESSERA_ERR_LENGTH);
+        let mut x = bufs(&s);
+        // SAFETY: null pointers are what is being tested; nothing is read.
+        let r = unsafe {
+            tessera_attention_f32(&s, core::ptr::null(), 0, x.k.as_ptr(), x.k.len(), x.v.as_ptr(), x.v.len(), x.y.as_mut_ptr(), x.y.len(), core::ptr::null_mut(), 0, x.scratch.as_mut_ptr(), x.scratch.len())
+        };
+        assert_eq!(r, TESSERA_ERR_NULL);
+        // SAFETY: a null spec is refused before anything is read.
+        let r = unsafe {
+            tessera_attention_f32(core::ptr::null(), x.q.as_ptr(), x.q.len(), x.k.as_ptr(), x.k.len(), x.v.as_ptr(), x.v.len(), x.y.as_mut_ptr(), x.y.len(), core::ptr::null_mut(), 0, x.scratch.as_mut_ptr(), x.scratch.len())
+        };
+        assert_eq!(r, TESSERA_ERR_NULL);
+        // y inside q: refused as overlapping.
+        let q_ptr = x.q.as_mut_ptr();
+        // SAFETY: y aliases q on purpose; the overlap check refuses it first.
+        let r = unsafe {
+            tessera_attention_f32(&s, x.q.as_ptr(), x.q.len(), x.k.as_ptr(), x.k.len(), x.v.as_ptr(), x.v.len(), q_ptr, x.y.len(), core::ptr::null_mut(), 0, x.scratch.as_mut_ptr(), x.scratch.len())
+        };
+        assert_eq!(r, TESSERA_ERR_OVERLAP);
+        // A misaligned scratch pointer.
+        let bytes = x.scratch.as_mut_ptr() as *mut u8;
+        // SAFETY: the misaligned pointer is refused before it is used.
+        let r = unsafe {
+            tessera_attention_f32(&s, x.q.as_ptr(), x.q.len(), x.k.as_ptr(), x.k.len(), x.v.as_ptr(), x.v.len(), x.y.as_mut_ptr(), x.y.len(), core::ptr::null_mut(), 0, bytes.add(1) as *mut f32, x.scratch.len() - 1)
+        };
+        assert_eq!(r, TESSERA_ERR_ALIGN);
+    }
+
+    #[test]
+    fn merge_of_key_halves_equals_the_whole() {
+        // Dense, one KV head: keys 0..c and c..S are contiguous halves.
+        let whole = TesseraSpec { batch: 1, kv_heads: 1, causal: 0, left_window: -1, global_tokens: 0, ..spec() };
+        let mut x = bufs(&whole);
+        assert_eq!(call(&whole, &mut x), TESSERA_OK);
+        let (d, dv, c) = (whole.head_dim as usize, whole.v_head_dim as usize, 17usize);
+        let mut parts = Vec::new();
+        for (start, len) in [(0, c), (c, whole.kv_len as usize - c)] {
+            let s = TesseraSpec { kv_len: len as u32, ..whole };
+            let mut p = bufs(&s);
+            p.q.clone_from(&x.q);
+            p.k = x.k[start * d..(start + len) * d].to_vec();
+            p.v = x.v[start * dv..(start + len) * dv].to_vec();
+            assert_eq!(call(&s, &mut p), TESSERA_OK);
+            parts.push(p);
+        }
+        let rows = x.lse.len();
+        let (mut y, mut lse) = (vec![f32::NAN; x.y.len()], vec![f32::NAN; rows]);
+        // SAFETY: every buffer holds rows·dv or rows floats.
+        let r = unsafe {
+            tessera_merge_f32(parts[0].y.as_ptr(), parts[0].lse.as_ptr(), parts[1].y.as_ptr(), parts[1].lse.as_ptr(), y.as_mut_ptr(), lse.as_mut_ptr(), rows, dv as u32)
+        };
+        assert_eq!(r, TESSERA_OK);
+        for (a, b) in y.iter().zip(&x.y).chain(lse.iter().zip(&x.lse)) {
+            assert!((a - b).abs() <= 2e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        // SAFETY: v_head_dim 0 is refused before any pointer is read.
+        let r = unsafe { tessera_merge_f32(y.as_ptr(), lse.as_ptr(), y.as_ptr(), lse.as_ptr(), y.as_mut_ptr(), lse.as_mut_ptr(), rows, 0) };
+        assert_eq!(r, TESSERA_ERR_HEAD_DIM);
+    }
+
+    #[test]
+    fn header_constants_match() {
+        let h = include_str!("../include/tessera.h");
+        for (name, value) in [
+            ("TESSERA_BQ", BQ as i64),
+            ("TESSERA_BK", BK as i64),
+            ("TESSERA_DV_ALIGN", tessera_core::DV_ALIGN as i64),
+            ("TESSERA_ERR_NULL", TESSERA_ERR_NULL as i64),
+            ("TESSERA_ERR_INTERNAL", TESSERA_ERR_INTERNAL as i64),
+            ("TESSERA_ERR_LENGTH", TESSERA_ERR_LENGTH as i64),
+        ] {
+            let line = h.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("{name} missing"));
+            let text = line.split_whitespace().nth(2).unwrap().trim_matches(|c| c == '(' || c == ')');
+            assert_eq!(text.parse::<i64>().unwrap(), value, "{name}");
+        }
+        for code in TESSERA_ERR_INTERNAL..=TESSERA_OK {
+            // SAFETY: the returned pointer is a static C string.
+            let name = unsafe { core::ffi::CStr::from_ptr(tessera_status_name(code)) };
+            assert_ne!(name.to_str().unwrap(), "unknown status", "{code}");
+        }
+    }
+}
