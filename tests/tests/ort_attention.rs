@@ -551,6 +551,87 @@ fn matches_the_f64_onnx_oracle() {
     }
 }
 
+/// Random shapes and random rules: every combination of layout, GQA,
+/// causal, windows, globals, masks, cache, padding and element type that
+/// the generator draws must match the oracle.
+#[test]
+fn random_problems_match_the_oracle() {
+    let Some(env) = env() else { return };
+    let mut rng = Rng::new(2024);
+    for n in 0..40 {
+        let kv_heads = 1 + rng.below(3);
+        let q_heads = kv_heads * (1 + rng.below(3));
+        let d = [4, 8, 16, 64][rng.below(4)];
+        let dv = if rng.below(3) == 0 {
+            [8, 24][rng.below(2)]
+        } else {
+            d
+        };
+        let mut p = base(
+            1 + rng.below(2),
+            q_heads,
+            kv_heads,
+            1 + rng.below(90),
+            1 + rng.below(150),
+            d,
+            dv,
+        );
+        p.causal = rng.below(2) == 0;
+        p.left = [-1, -1, 0, 3, 17][rng.below(5)];
+        p.right = [-1, -1, 0, 5][rng.below(4)];
+        p.globals = [0, 0, 1, 4][rng.below(4)];
+        p.softcap = [0.0, 0.0, 2.0][rng.below(3)];
+        match rng.below(4) {
+            0 => p.past = 1 + rng.below(70),
+            1 => {
+                p.nonpad = Some(
+                    (0..p.batch)
+                        .map(|_| rng.below(p.kv_new + 1) as i64)
+                        .collect(),
+                )
+            }
+            _ => {}
+        }
+        let t = p.total();
+        p.mask = match rng.below(4) {
+            0 => {
+                let dims = [1, 1, p.q_len, t - rng.below(t.min(3))];
+                Some(Mask::Bool(
+                    (0..dims[2] * dims[3]).map(|_| rng.below(5) != 0).collect(),
+                    dims,
+                ))
+            }
+            1 => {
+                let dims = [
+                    p.batch,
+                    if rng.below(2) == 0 { 1 } else { q_heads },
+                    p.q_len,
+                    t,
+                ];
+                Some(Mask::Float(
+                    (0..dims.iter().product::<usize>())
+                        .map(|_| rng.uniform() * 3.0)
+                        .collect(),
+                    dims,
+                ))
+            }
+            _ => None,
+        };
+        let dt = [Dt::F32, Dt::F32, Dt::F16, Dt::Bf16][rng.below(4)];
+        let three_d = rng.below(3) == 0;
+        let c = Case {
+            name: "random",
+            p,
+            three_d,
+            dt,
+            presents: rng.below(2) == 0,
+            lse: true,
+        };
+        eprintln!("random case {n}: {:?} 3d={three_d} {:?}", c.dt, c.p);
+        run_case(env, &c, 1000 + n);
+    }
+}
+
 /// A bad-input case: the model, its feeds, and the text the error must hold.
 struct Bad {
     name: &'static str,
