@@ -27,6 +27,9 @@ fn main() {
     let manifest =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let generated = out.join("kernels.rs");
+    if env::var_os("CARGO_FEATURE_EMULATE").is_some() {
+        build_emulator(&manifest, &out);
+    }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         let stub = "/// Empty: built without the `cuda` feature.\npub const FATBINS: &[(&str, &[u8])] = &[];\n\
                     /// Empty: built without the `cuda` feature.\npub const PTXAS_REPORT: &str = \"\";\n";
@@ -121,6 +124,29 @@ fn main() {
         out.join("ptxas-report.txt").display()
     );
     fs::write(&generated, table).expect("write kernels.rs");
+}
+
+/// Feature `emulate`: the kernels as host C++ (`emu/launch.cpp`) in a static
+/// library `tessera_emu`, linked into the crate.
+fn build_emulator(manifest: &Path, out: &Path) {
+    println!("cargo:rerun-if-changed=emu");
+    println!("cargo:rerun-if-env-changed=CXX");
+    let cxx = env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let obj = out.join("tessera_emu.o");
+    let status = Command::new(&cxx)
+        .args(["-std=c++20", "-O2", "-fPIC", "-Wall", "-Wno-unknown-pragmas", "-c", "-o"])
+        .arg(&obj)
+        .arg(manifest.join("emu/launch.cpp"))
+        .status()
+        .unwrap_or_else(|e| panic!("tessera-cuda: feature `emulate` needs a C++20 compiler ({cxx}): {e}"));
+    assert!(status.success(), "tessera-cuda: {cxx} failed on emu/launch.cpp");
+    let lib = out.join("libtessera_emu.a");
+    let _ = fs::remove_file(&lib);
+    let status = Command::new("ar").arg("crs").arg(&lib).arg(&obj).status().expect("tessera-cuda: run ar");
+    assert!(status.success(), "tessera-cuda: ar failed");
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=tessera_emu");
+    println!("cargo:rustc-link-lib=dylib=stdc++");
 }
 
 /// FNV-1a over the kernel sources (names and bytes), the flags and nvcc's

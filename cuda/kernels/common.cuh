@@ -8,12 +8,20 @@
 // in regs 2-3.
 #pragma once
 #include "params.h"
+#ifdef TESSERA_EMULATE
+#include "../emu/emu.h"  // host C++ build for tests without a GPU
+#endif
 
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned char u8;
 
 #define TESSERA_DEVICE __device__ __forceinline__
+// A named __constant__ the host reads (geometry, ABI sizes), with C linkage.
+#define TESSERA_CONSTANT(...) \
+    extern "C" {              \
+    __constant__ __VA_ARGS__; \
+    }
 
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
@@ -25,6 +33,12 @@ TESSERA_DEVICE float neg_inf() { return __int_as_float(0xff800000u); }
 
 struct Half {
     static constexpr const char* name = "f16";
+#ifdef TESSERA_EMULATE
+    static float to_f32(u16 b) { return emu::half_to_f32(b); }
+    static u16 from_f32(float f) { return emu::f32_to_half(f); }
+    static u32 pack2(float lo, float hi) { return from_f32(lo) | u32(from_f32(hi)) << 16; }
+    static void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { emu::mma_m16n8k16(d, a, b0, b1, false); }
+#else
     TESSERA_DEVICE static float to_f32(u16 b) {
         float f;
         asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(b));
@@ -49,11 +63,17 @@ struct Half {
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
+#endif
 };
 
 struct BFloat {
     static constexpr const char* name = "bf16";
     TESSERA_DEVICE static float to_f32(u16 b) { return __int_as_float(u32(b) << 16); }
+#ifdef TESSERA_EMULATE
+    static u16 from_f32(float f) { return emu::f32_to_bf16(f); }
+    static u32 pack2(float lo, float hi) { return from_f32(lo) | u32(from_f32(hi)) << 16; }
+    static void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { emu::mma_m16n8k16(d, a, b0, b1, true); }
+#else
     TESSERA_DEVICE static u16 from_f32(float f) {
         u16 h;
         asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
@@ -71,6 +91,7 @@ struct BFloat {
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
+#endif
 };
 
 // f32 storage, used only by the merge kernel (no mma).
@@ -92,6 +113,11 @@ template <> struct Scalar<Float> {
 
 // ---- math -------------------------------------------------------------------
 
+#ifdef TESSERA_EMULATE
+inline float fast_exp2(float x) { return std::exp2(x); }
+inline float fast_log2(float x) { return std::log2(x); }
+inline float fast_tanh(float x) { return std::tanh(x); }
+#else
 TESSERA_DEVICE float fast_exp2(float x) {  // ex2.approx(-inf) = +0
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -109,6 +135,7 @@ TESSERA_DEVICE float fast_tanh(float x) {  // sm_75+, max rel error ~2^-11
     asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
+#endif
 
 TESSERA_DEVICE float warp_max(float x, unsigned width = 32) {
     for (unsigned o = width / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
@@ -121,6 +148,23 @@ TESSERA_DEVICE float warp_sum(float x, unsigned width = 32) {
 }
 
 // ---- shared memory and async copies ------------------------------------------
+
+#ifdef TESSERA_EMULATE
+template <class T> inline T* dynamic_smem() { return reinterpret_cast<T*>(emu::dynamic_smem()); }
+inline void cp_async_16(void* dst, const void* src, bool valid) {
+    if (valid) std::memcpy(dst, src, 16);
+    else std::memset(dst, 0, 16);
+}
+inline void cp_async_commit() {}
+template <int N> inline void cp_async_wait() {}
+inline void ldmatrix_x4(u32 (&r)[4], const void* row) { emu::ldmatrix(r, row, false); }
+inline void ldmatrix_x4_trans(u32 (&r)[4], const void* row) { emu::ldmatrix(r, row, true); }
+#else
+// The CTA's dynamic shared memory.
+template <class T> TESSERA_DEVICE T* dynamic_smem() {
+    extern __shared__ __align__(128) unsigned char tessera_smem[];
+    return reinterpret_cast<T*>(tessera_smem);
+}
 
 TESSERA_DEVICE u32 smem_addr(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
 
@@ -144,6 +188,7 @@ TESSERA_DEVICE void ldmatrix_x4_trans(u32 (&r)[4], const void* row) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(row)));
 }
+#endif
 
 // ---- the structural mask (the rules of tessera_core::mask) -------------------
 

@@ -58,8 +58,7 @@ template <class T, int D, bool SOFTCAP, bool DENSE>
 TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     using Tr = FlashTraits<D>;
     constexpr int BQ = Tr::BQ, BK = Tr::BK, NB = BK / 8, ND = D / 8;
-    extern __shared__ __align__(128) u16 smem[];
-    u16* sQ = smem;
+    u16* sQ = dynamic_smem<u16>();
     u16* sK = sQ + BQ * D;  // [2][BK][D]
     u16* sV = sK + 2 * BK * D;
     __shared__ int s_lo, s_hi, s_ghi;
@@ -279,8 +278,8 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     }
 
 #define TESSERA_FLASH_INSTANCE(T, NAME, D)                                                          \
-    extern "C" __constant__ int tessera_flash_##NAME##_d##D##_geom[4] = {                           \
-        FlashTraits<D>::THREADS, FlashTraits<D>::BQ, FlashTraits<D>::BK, FlashTraits<D>::SMEM};     \
+    TESSERA_CONSTANT(int tessera_flash_##NAME##_d##D##_geom[4] = {                           \
+        FlashTraits<D>::THREADS, FlashTraits<D>::BQ, FlashTraits<D>::BK, FlashTraits<D>::SMEM})     \
     TESSERA_FLASH_ENTRY(T, NAME, D, 0, 0)                                                           \
     TESSERA_FLASH_ENTRY(T, NAME, D, 0, 1)                                                           \
     TESSERA_FLASH_ENTRY(T, NAME, D, 1, 0)                                                           \
@@ -288,4 +287,4 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
 
 TESSERA_FLASH_TABLE(TESSERA_FLASH_INSTANCE)
 
-extern "C" __constant__ int tessera_abi_flash = sizeof(TesseraFlashParams);
+TESSERA_CONSTANT(int tessera_abi_flash = sizeof(TesseraFlashParams))

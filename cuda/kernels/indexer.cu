@@ -47,19 +47,27 @@ TESSERA_DEVICE u32 e4m3x2_to_f16x2(u32 x) {
 // same permutation, so every dot product is unchanged. (The kernel relies only
 // on A regs 0/2 and B regs 0/1 covering the same k sets for a lane, which also
 // holds for the other published reading of this layout, 8c + 0..3 / 8c + 4..7.)
+#if defined(TESSERA_EMULATE) || __CUDA_ARCH__ >= 890
+#define TESSERA_FP8_MMA 1
+#endif
+
 struct Fp8A {
-#if __CUDA_ARCH__ >= 890
+#ifdef TESSERA_FP8_MMA
     u32 a[4];
     TESSERA_DEVICE void set(const u32 (&x)[4]) {
         for (int i = 0; i < 4; ++i) a[i] = x[i];
     }
     // d += A * b on the fp8 tensor cores.
     TESSERA_DEVICE void mma(float (&d)[4], u32 b0, u32 b1) const {
+#ifdef TESSERA_EMULATE
+        emu::mma_m16n8k32_e4m3(d, a, b0, b1);
+#else
         asm volatile(
             "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
             "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
 #else
     u32 lo[4], hi[4];
@@ -84,7 +92,7 @@ struct Fp8A {
 template <int DI> TESSERA_DEVICE void lightning_indexer(const TesseraIndexerParams& p) {
     using Tr = IndexerTraits<DI>;
     constexpr int BS = Tr::BS, NB = BS / 8, KS = DI / 32;
-    extern __shared__ __align__(128) u8 sk[];
+    u8* sk = dynamic_smem<u8>();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
     const int b = blockIdx.z, t = blockIdx.y * Tr::WARPS + warp;
     const long long s0 = (long long)blockIdx.x * BS;
@@ -164,9 +172,9 @@ template <int DI> TESSERA_DEVICE void lightning_indexer(const TesseraIndexerPara
 #define TESSERA_INDEXER_TABLE(X) X(64) X(128)
 
 #define TESSERA_INDEXER_INSTANCE(DI)                                                                \
-    extern "C" __constant__ int tessera_indexer_e4m3_d##DI##_geom[4] = {                            \
+    TESSERA_CONSTANT(int tessera_indexer_e4m3_d##DI##_geom[4] = {                            \
         IndexerTraits<DI>::THREADS, IndexerTraits<DI>::WARPS, IndexerTraits<DI>::BS,                \
-        IndexerTraits<DI>::SMEM};                                                                   \
+        IndexerTraits<DI>::SMEM})                                                                   \
     extern "C" __global__ void __launch_bounds__(IndexerTraits<DI>::THREADS)                        \
         tessera_indexer_e4m3_d##DI(const TesseraIndexerParams p) {                                  \
         lightning_indexer<DI>(p);                                                                   \
@@ -174,4 +182,4 @@ template <int DI> TESSERA_DEVICE void lightning_indexer(const TesseraIndexerPara
 
 TESSERA_INDEXER_TABLE(TESSERA_INDEXER_INSTANCE)
 
-extern "C" __constant__ int tessera_abi_indexer = sizeof(TesseraIndexerParams);
+TESSERA_CONSTANT(int tessera_abi_indexer = sizeof(TesseraIndexerParams))

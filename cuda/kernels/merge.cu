@@ -48,5 +48,5 @@ template <class T> TESSERA_DEVICE void merge_rows(const TesseraMergeParams& p) {
 
 TESSERA_MERGE_TABLE(TESSERA_MERGE_INSTANCE)
 
-extern "C" __constant__ int tessera_merge_geom[4] = {32 * MERGE_WARPS, MERGE_WARPS, 1, 0};
-extern "C" __constant__ int tessera_abi_merge = sizeof(TesseraMergeParams);
+TESSERA_CONSTANT(int tessera_merge_geom[4] = {32 * MERGE_WARPS, MERGE_WARPS, 1, 0})
+TESSERA_CONSTANT(int tessera_abi_merge = sizeof(TesseraMergeParams))

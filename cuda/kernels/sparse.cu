@@ -108,6 +108,6 @@ template <class T, bool SOFTCAP> TESSERA_DEVICE void sparse_attention(const Tess
 
 TESSERA_SPARSE_TABLE(TESSERA_SPARSE_INSTANCE)
 
-extern "C" __constant__ int tessera_sparse_geom[4] = {32 * SPARSE_WARPS, 1, 1, 0};
-extern "C" __constant__ int tessera_sparse_max_dim = SPARSE_MAX_DIM;
-extern "C" __constant__ int tessera_abi_sparse = sizeof(TesseraSparseParams);
+TESSERA_CONSTANT(int tessera_sparse_geom[4] = {32 * SPARSE_WARPS, 1, 1, 0})
+TESSERA_CONSTANT(int tessera_sparse_max_dim = SPARSE_MAX_DIM)
+TESSERA_CONSTANT(int tessera_abi_sparse = sizeof(TesseraSparseParams))

@@ -118,5 +118,5 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) tessera_topk_f32(cons
     for (long long j = (long long)written + threadIdx.x; j < p.k; j += TOPK_THREADS) out[j] = -1;
 }
 
-extern "C" __constant__ int tessera_topk_f32_geom[4] = {TOPK_THREADS, 1, 1, 0};
-extern "C" __constant__ int tessera_abi_topk = sizeof(TesseraTopkParams);
+TESSERA_CONSTANT(int tessera_topk_f32_geom[4] = {TOPK_THREADS, 1, 1, 0})
+TESSERA_CONSTANT(int tessera_abi_topk = sizeof(TesseraTopkParams))

@@ -27,6 +27,8 @@
 //! ```
 
 pub mod driver;
+#[cfg(feature = "emulate")]
+pub mod emu;
 pub mod error;
 pub mod module;
 pub mod params;

@@ -1,0 +1,76 @@
+// The emulated kernels' C entry points for the Rust tests (feature
+// `emulate`): every kernel source compiled as host C++ in one unit, and a
+// registry from entry-point name to kernel and geometry, built from the same
+// instantiation tables as the CUDA build.
+#define TESSERA_EMULATE 1
+#include "../kernels/flash.cu"
+#include "../kernels/indexer.cu"
+#include "../kernels/merge.cu"
+#include "../kernels/sparse.cu"
+#include "../kernels/topk.cu"
+
+namespace {
+struct Entry {
+    void (*body)(const void*);
+    const int* geometry;
+};
+
+std::map<std::string, Entry>& registry() {
+    static std::map<std::string, Entry> r;
+    return r;
+}
+
+#define TESSERA_EMU_REG(FN, P, GEOM) \
+    registry()[#FN] = Entry{[](const void* p) { FN(*static_cast<const P*>(p)); }, GEOM};
+
+#define TESSERA_EMU_FLASH(T, NAME, D)                                                                              \
+    TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc0_dm0, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom) \
+    TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc0_dm1, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom) \
+    TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc1_dm0, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom) \
+    TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc1_dm1, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom)
+#define TESSERA_EMU_INDEXER(DI) \
+    TESSERA_EMU_REG(tessera_indexer_e4m3_d##DI, TesseraIndexerParams, tessera_indexer_e4m3_d##DI##_geom)
+#define TESSERA_EMU_SPARSE(T, NAME)                                                            \
+    TESSERA_EMU_REG(tessera_sparse_##NAME##_sc0, TesseraSparseParams, tessera_sparse_geom) \
+    TESSERA_EMU_REG(tessera_sparse_##NAME##_sc1, TesseraSparseParams, tessera_sparse_geom)
+#define TESSERA_EMU_MERGE(T, NAME) TESSERA_EMU_REG(tessera_merge_##NAME, TesseraMergeParams, tessera_merge_geom)
+
+void register_all() {
+    if (!registry().empty()) return;
+    TESSERA_FLASH_TABLE(TESSERA_EMU_FLASH)
+    TESSERA_INDEXER_TABLE(TESSERA_EMU_INDEXER)
+    TESSERA_SPARSE_TABLE(TESSERA_EMU_SPARSE)
+    TESSERA_MERGE_TABLE(TESSERA_EMU_MERGE)
+    TESSERA_EMU_REG(tessera_topk_f32, TesseraTopkParams, tessera_topk_f32_geom)
+}
+}  // namespace
+
+// The geometry {threads, tile A, tile B, smem} of `name`; -1 if unknown.
+extern "C" int tessera_emu_geometry(const char* name, int* out) {
+    register_all();
+    auto it = registry().find(name);
+    if (it == registry().end()) return -1;
+    std::memcpy(out, it->second.geometry, 4 * sizeof(int));
+    return 0;
+}
+
+// sizeof the parameter block of a module ("flash", ...), as the kernels see it.
+extern "C" int tessera_emu_abi(const char* module) {
+    std::string m = module;
+    if (m == "flash") return tessera_abi_flash;
+    if (m == "indexer") return tessera_abi_indexer;
+    if (m == "topk") return tessera_abi_topk;
+    if (m == "sparse") return tessera_abi_sparse;
+    if (m == "merge") return tessera_abi_merge;
+    return -1;
+}
+
+// Run kernel `name` over the grid, synchronously; -1 if unknown.
+extern "C" int tessera_emu_launch(const char* name, const void* params, unsigned gx, unsigned gy, unsigned gz) {
+    register_all();
+    auto it = registry().find(name);
+    if (it == registry().end()) return -1;
+    const int* g = it->second.geometry;
+    emu::run(it->second.body, params, dim3{gx, gy, gz}, g[0], size_t(g[3]));
+    return 0;
+}
