@@ -134,15 +134,33 @@ fn build_emulator(manifest: &Path, out: &Path) {
     let cxx = env::var("CXX").unwrap_or_else(|_| "c++".into());
     let obj = out.join("tessera_emu.o");
     let status = Command::new(&cxx)
-        .args(["-std=c++20", "-O2", "-fPIC", "-Wall", "-Wno-unknown-pragmas", "-c", "-o"])
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-fPIC",
+            "-Wall",
+            "-Wno-unknown-pragmas",
+            "-c",
+            "-o",
+        ])
         .arg(&obj)
         .arg(manifest.join("emu/launch.cpp"))
         .status()
-        .unwrap_or_else(|e| panic!("tessera-cuda: feature `emulate` needs a C++20 compiler ({cxx}): {e}"));
-    assert!(status.success(), "tessera-cuda: {cxx} failed on emu/launch.cpp");
+        .unwrap_or_else(|e| {
+            panic!("tessera-cuda: feature `emulate` needs a C++20 compiler ({cxx}): {e}")
+        });
+    assert!(
+        status.success(),
+        "tessera-cuda: {cxx} failed on emu/launch.cpp"
+    );
     let lib = out.join("libtessera_emu.a");
     let _ = fs::remove_file(&lib);
-    let status = Command::new("ar").arg("crs").arg(&lib).arg(&obj).status().expect("tessera-cuda: run ar");
+    let status = Command::new("ar")
+        .arg("crs")
+        .arg(&lib)
+        .arg(&obj)
+        .status()
+        .expect("tessera-cuda: run ar");
     assert!(status.success(), "tessera-cuda: ar failed");
     println!("cargo:rustc-link-search=native={}", out.display());
     println!("cargo:rustc-link-lib=static=tessera_emu");

@@ -14,7 +14,13 @@ use crate::plan::{Geometry, Launch};
 extern "C" {
     fn tessera_emu_geometry(name: *const c_char, out: *mut c_int) -> c_int;
     fn tessera_emu_abi(module: *const c_char) -> c_int;
-    fn tessera_emu_launch(name: *const c_char, params: *const c_void, gx: u32, gy: u32, gz: u32) -> c_int;
+    fn tessera_emu_launch(
+        name: *const c_char,
+        params: *const c_void,
+        gx: u32,
+        gy: u32,
+        gz: u32,
+    ) -> c_int;
 }
 
 /// The geometry the emulated kernel `entry` exports.
@@ -23,7 +29,12 @@ pub fn geometry(entry: &str) -> Option<Geometry> {
     let mut g = [0 as c_int; 4];
     // SAFETY: `name` is NUL-terminated and `g` holds the 4 ints written.
     let rc = unsafe { tessera_emu_geometry(name.as_ptr(), g.as_mut_ptr()) };
-    (rc == 0).then(|| Geometry { threads: g[0] as u32, tile_a: g[1] as u32, tile_b: g[2] as u32, smem: g[3] as u32 })
+    (rc == 0).then(|| Geometry {
+        threads: g[0] as u32,
+        tile_a: g[1] as u32,
+        tile_b: g[2] as u32,
+        smem: g[3] as u32,
+    })
 }
 
 /// Run `plan` to completion on the emulator.
@@ -37,10 +48,15 @@ pub unsafe fn launch<P: KernelParams>(plan: &Launch<P>) -> Result<(), CudaError>
     // SAFETY: `module` is NUL-terminated.
     let abi = unsafe { tessera_emu_abi(module.as_ptr()) };
     if abi as usize != core::mem::size_of::<P>() {
-        return Err(CudaError::AbiMismatch { params: P::C_NAME, host: core::mem::size_of::<P>(), device: abi as usize });
+        return Err(CudaError::AbiMismatch {
+            params: P::C_NAME,
+            host: core::mem::size_of::<P>(),
+            device: abi as usize,
+        });
     }
-    let g = geometry(plan.kernel)
-        .ok_or_else(|| CudaError::Unsupported(format!("kernel {} is not in the emulator", plan.kernel)))?;
+    let g = geometry(plan.kernel).ok_or_else(|| {
+        CudaError::Unsupported(format!("kernel {} is not in the emulator", plan.kernel))
+    })?;
     let grid = (plan.grid)(&plan.params, &g);
     if grid.contains(&0) {
         return Ok(());
@@ -49,10 +65,19 @@ pub unsafe fn launch<P: KernelParams>(plan: &Launch<P>) -> Result<(), CudaError>
     // SAFETY: the params block is a live value of the kernel's parameter
     // type (sizes checked above); the caller guarantees its pointers.
     let rc = unsafe {
-        tessera_emu_launch(name.as_ptr(), (&plan.params as *const P).cast(), grid[0] as u32, grid[1] as u32, grid[2] as u32)
+        tessera_emu_launch(
+            name.as_ptr(),
+            (&plan.params as *const P).cast(),
+            grid[0] as u32,
+            grid[1] as u32,
+            grid[2] as u32,
+        )
     };
     if rc != 0 {
-        return Err(CudaError::Unsupported(format!("kernel {} is not in the emulator", plan.kernel)));
+        return Err(CudaError::Unsupported(format!(
+            "kernel {} is not in the emulator",
+            plan.kernel
+        )));
     }
     Ok(())
 }

@@ -21,6 +21,20 @@ impl DevicePtr {
     /// The null address.
     pub const NULL: DevicePtr = DevicePtr(0);
 
+    /// The address of a tensor with no elements is never read: any value
+    /// (ORT may pass null) is accepted and passed as 0.
+    fn check_unless_empty(
+        self,
+        input: &'static str,
+        align: u64,
+        elements: usize,
+    ) -> Result<u64, CudaError> {
+        if elements == 0 {
+            return Ok(0);
+        }
+        self.check(input, align)
+    }
+
     fn check(self, input: &'static str, align: u64) -> Result<u64, CudaError> {
         if self.0 == 0 {
             return Err(CudaError::invalid(input, "device pointer is null"));
@@ -264,14 +278,16 @@ pub fn attention(
         ),
         None => (0, false, MaskStrides::default()),
     };
+    let rows = spec.batch * spec.q_heads * spec.q_len; // no overflow: required_len checked
+    let keys = spec.batch * spec.kv_heads * spec.kv_len;
     let params = FlashParams {
-        q: bufs.q.check("Q", 16)?,
-        k: bufs.k.check("K", 16)?,
-        v: bufs.v.check("V", 16)?,
-        y: bufs.y.check("Y", 16)?,
+        q: bufs.q.check_unless_empty("Q", 16, rows)?,
+        k: bufs.k.check_unless_empty("K", 16, keys)?,
+        v: bufs.v.check_unless_empty("V", 16, keys)?,
+        y: bufs.y.check_unless_empty("Y", 16, rows)?,
         lse: bufs
             .lse
-            .map(|p| p.check("softmax_lse", 4))
+            .map(|p| p.check_unless_empty("softmax_lse", 4, rows))
             .transpose()?
             .unwrap_or(0),
         kv_lens,

@@ -7,7 +7,9 @@
 use tessera_core::mask::{DenseMask, MaskSpec, MaskStrides};
 use tessera_core::spec::{AttentionSpec, Tensor};
 use tessera_core::{bf16, f16, reference, Element, IndexerSpec, E4M3};
-use tessera_cuda::plan::{self, DeviceDenseMask, DeviceMask, DevicePtr, Dtype, IndexerBuffers, KeyLists, MergeBuffers};
+use tessera_cuda::plan::{
+    self, DeviceDenseMask, DeviceMask, DevicePtr, Dtype, IndexerBuffers, KeyLists, MergeBuffers,
+};
 use tessera_cuda::{emu, AttentionBuffers};
 
 /// xorshift64*, with a roughly normal `normal()`.
@@ -80,19 +82,37 @@ struct Case {
 }
 
 const fn case(name: &'static str, dims: [usize; 6], mask: MaskSpec<'static>) -> Case {
-    Case { name, dims, bshd: false, mask, kv_lens: None, align: false, softcap: 0.0, scale: None, dense: Dense::None }
+    Case {
+        name,
+        dims,
+        bshd: false,
+        mask,
+        kv_lens: None,
+        align: false,
+        softcap: 0.0,
+        scale: None,
+        dense: Dense::None,
+    }
 }
 
 fn run_flash<T: Element>(c: &Case, dtype: Dtype, seed: u64) -> Result<(), String> {
     let mut rng = Rng(seed | 1);
     let [b, hq, hkv, sq, skv, d] = c.dims;
-    let mut spec = if c.bshd { AttentionSpec::bshd } else { AttentionSpec::bhsd }(b, hq, hkv, sq, skv, d, d);
+    let mut spec = if c.bshd {
+        AttentionSpec::bshd
+    } else {
+        AttentionSpec::bhsd
+    }(b, hq, hkv, sq, skv, d, d);
     spec.softcap = c.softcap;
     if let Some(s) = c.scale {
         spec.scale = s;
     }
     let len = |t| spec.required_len(t).unwrap();
-    let (q, k, v) = (fill::<T>(&mut rng, len(Tensor::Q)), fill::<T>(&mut rng, len(Tensor::K)), fill::<T>(&mut rng, len(Tensor::V)));
+    let (q, k, v) = (
+        fill::<T>(&mut rng, len(Tensor::Q)),
+        fill::<T>(&mut rng, len(Tensor::K)),
+        fill::<T>(&mut rng, len(Tensor::V)),
+    );
     let mut y = vec![T::from_f32(f32::NAN); len(Tensor::Y)];
     let mut lse = vec![f32::NAN; b * hq * sq];
 
@@ -100,11 +120,23 @@ fn run_flash<T: Element>(c: &Case, dtype: Dtype, seed: u64) -> Result<(), String
     let strides = MaskStrides::broadcast(1, hq, sq, skv);
     let mut bool_mask: Vec<bool> = (0..hq * sq * skv).map(|_| rng.uniform() > 0.3).collect();
     if sq > 3 {
-        bool_mask[3 * skv..4 * skv].iter_mut().for_each(|m| *m = false);
+        bool_mask[3 * skv..4 * skv]
+            .iter_mut()
+            .for_each(|m| *m = false);
     }
-    let additive: Vec<f32> =
-        (0..hq * sq * skv).map(|_| if rng.uniform() < 0.1 { f32::NEG_INFINITY } else { rng.normal() }).collect();
-    let lens64: Vec<i64> = c.kv_lens.map(|l| l.iter().map(|&x| x as i64).collect()).unwrap_or_default();
+    let additive: Vec<f32> = (0..hq * sq * skv)
+        .map(|_| {
+            if rng.uniform() < 0.1 {
+                f32::NEG_INFINITY
+            } else {
+                rng.normal()
+            }
+        })
+        .collect();
+    let lens64: Vec<i64> = c
+        .kv_lens
+        .map(|l| l.iter().map(|&x| x as i64).collect())
+        .unwrap_or_default();
 
     let mut reference_mask = c.mask;
     if let Some(l) = c.kv_lens {
@@ -117,16 +149,31 @@ fn run_flash<T: Element>(c: &Case, dtype: Dtype, seed: u64) -> Result<(), String
             Dense::None => None,
             Dense::Bool => {
                 reference_mask = reference_mask.dense(DenseMask::Bool(&bool_mask, strides));
-                Some(DeviceDenseMask { ptr: addr(&bool_mask), is_bool: true, strides })
+                Some(DeviceDenseMask {
+                    ptr: addr(&bool_mask),
+                    is_bool: true,
+                    strides,
+                })
             }
             Dense::Additive => {
                 reference_mask = reference_mask.dense(DenseMask::Additive(&additive, strides));
-                Some(DeviceDenseMask { ptr: addr(&additive), is_bool: false, strides })
+                Some(DeviceDenseMask {
+                    ptr: addr(&additive),
+                    is_bool: false,
+                    strides,
+                })
             }
         },
     };
-    let bufs = AttentionBuffers { q: addr(&q), k: addr(&k), v: addr(&v), y: addr(&y), lse: Some(addr(&lse)) };
-    let launch = plan::attention(&spec, &c.mask, &device, dtype, &bufs).map_err(|e| e.to_string())?;
+    let bufs = AttentionBuffers {
+        q: addr(&q),
+        k: addr(&k),
+        v: addr(&v),
+        y: addr(&y),
+        lse: Some(addr(&lse)),
+    };
+    let launch =
+        plan::attention(&spec, &c.mask, &device, dtype, &bufs).map_err(|e| e.to_string())?;
     // SAFETY: every pointer is a live Vec sized by the spec.
     unsafe { emu::launch(&launch) }.map_err(|e| e.to_string())?;
 
@@ -155,18 +202,103 @@ fn run_flash<T: Element>(c: &Case, dtype: Dtype, seed: u64) -> Result<(), String
 fn flash_cases() -> Vec<(Case, Dtype)> {
     let none = MaskSpec::NONE;
     vec![
-        (case("plain D64 f16", [1, 2, 2, 70, 90, 64], none), Dtype::F16),
-        (case("causal GQA 2:1 D128 bf16", [1, 4, 2, 130, 130, 128], none.causal(0)), Dtype::Bf16),
-        (case("causal bottom-right D64 bf16", [1, 2, 1, 40, 150, 64], none.causal(110)), Dtype::Bf16),
-        (case("window 16 + 3 sinks D64 f16", [1, 1, 1, 150, 150, 64], none.causal(0).window(16, 0).globals(3)), Dtype::F16),
-        (Case { softcap: 7.0, scale: Some(0.2), ..case("window 8/8 softcap D128 f16", [1, 1, 1, 90, 200, 128], none.window(8, 8)) }, Dtype::F16),
-        (Case { kv_lens: Some(&[65, 20]), align: true, ..case("kv_lens aligned causal D64 bf16", [2, 2, 1, 33, 65, 64], none.causal(0)) }, Dtype::Bf16),
-        (case("chunk 32 causal D64 f16", [1, 1, 1, 100, 100, 64], none.causal(0).chunked(32)), Dtype::F16),
-        (Case { dense: Dense::Bool, ..case("bool mask D64 bf16", [1, 2, 2, 40, 70, 64], none) }, Dtype::Bf16),
-        (Case { dense: Dense::Additive, ..case("additive mask + causal D128 f16", [1, 2, 1, 30, 80, 128], none.causal(50)) }, Dtype::F16),
-        (case("negative offset D64 bf16", [1, 1, 1, 50, 70, 64], none.causal(-20)), Dtype::Bf16),
-        (Case { bshd: true, ..case("BSHD D128 bf16", [2, 2, 2, 20, 70, 128], none) }, Dtype::Bf16),
-        (case("no keys D64 f16", [1, 1, 1, 10, 0, 64], none), Dtype::F16),
+        (
+            case("plain D64 f16", [1, 2, 2, 70, 90, 64], none),
+            Dtype::F16,
+        ),
+        (
+            case(
+                "causal GQA 2:1 D128 bf16",
+                [1, 4, 2, 130, 130, 128],
+                none.causal(0),
+            ),
+            Dtype::Bf16,
+        ),
+        (
+            case(
+                "causal bottom-right D64 bf16",
+                [1, 2, 1, 40, 150, 64],
+                none.causal(110),
+            ),
+            Dtype::Bf16,
+        ),
+        (
+            case(
+                "window 16 + 3 sinks D64 f16",
+                [1, 1, 1, 150, 150, 64],
+                none.causal(0).window(16, 0).globals(3),
+            ),
+            Dtype::F16,
+        ),
+        (
+            Case {
+                softcap: 7.0,
+                scale: Some(0.2),
+                ..case(
+                    "window 8/8 softcap D128 f16",
+                    [1, 1, 1, 90, 200, 128],
+                    none.window(8, 8),
+                )
+            },
+            Dtype::F16,
+        ),
+        (
+            Case {
+                kv_lens: Some(&[65, 20]),
+                align: true,
+                ..case(
+                    "kv_lens aligned causal D64 bf16",
+                    [2, 2, 1, 33, 65, 64],
+                    none.causal(0),
+                )
+            },
+            Dtype::Bf16,
+        ),
+        (
+            case(
+                "chunk 32 causal D64 f16",
+                [1, 1, 1, 100, 100, 64],
+                none.causal(0).chunked(32),
+            ),
+            Dtype::F16,
+        ),
+        (
+            Case {
+                dense: Dense::Bool,
+                ..case("bool mask D64 bf16", [1, 2, 2, 40, 70, 64], none)
+            },
+            Dtype::Bf16,
+        ),
+        (
+            Case {
+                dense: Dense::Additive,
+                ..case(
+                    "additive mask + causal D128 f16",
+                    [1, 2, 1, 30, 80, 128],
+                    none.causal(50),
+                )
+            },
+            Dtype::F16,
+        ),
+        (
+            case(
+                "negative offset D64 bf16",
+                [1, 1, 1, 50, 70, 64],
+                none.causal(-20),
+            ),
+            Dtype::Bf16,
+        ),
+        (
+            Case {
+                bshd: true,
+                ..case("BSHD D128 bf16", [2, 2, 2, 20, 70, 128], none)
+            },
+            Dtype::Bf16,
+        ),
+        (
+            case("no keys D64 f16", [1, 1, 1, 10, 0, 64], none),
+            Dtype::F16,
+        ),
     ]
 }
 
