@@ -55,6 +55,14 @@ pub trait BoundFormat: Copy + Default + core::fmt::Debug + Send + Sync + 'static
     fn round_up(x: f32) -> Option<Self>;
     /// The exact value.
     fn value(self) -> f32;
+    /// The slice itself when the format is f32 (the gemm then reads the
+    /// summaries in place); `None` for narrower formats, which are widened
+    /// a chunk at a time.
+    #[inline(always)]
+    fn as_f32(data: &[Self]) -> Option<&[f32]> {
+        let _ = data;
+        None
+    }
 }
 
 impl BoundFormat for f32 {
@@ -67,6 +75,10 @@ impl BoundFormat for f32 {
     #[inline(always)]
     fn value(self) -> f32 {
         self
+    }
+    #[inline(always)]
+    fn as_f32(data: &[Self]) -> Option<&[f32]> {
+        Some(data)
     }
 }
 
@@ -135,28 +147,40 @@ directed!(
     <E5M2 as Element>::to_f32
 );
 
-/// Elements of the summaries of a spec's keys in blocks of `block`:
-/// `B·Hkv·ceil(Skv / block)·2·D`, or `None` on overflow.
-pub fn summary_len(spec: &AttentionSpec, block: usize) -> Option<usize> {
-    let blocks = if block == 0 {
+/// Blocks per summary row: `ceil(Skv / block)` rounded up to the scoring
+/// chunk (64), so every chunk the gemm reads is in bounds.
+const fn padded_blocks(kv_len: usize, block: usize) -> usize {
+    if block == 0 {
         0
     } else {
-        spec.kv_len.div_ceil(block)
-    };
+        kv_len
+            .div_ceil(block)
+            .div_ceil(SCORE_CHUNK)
+            .saturating_mul(SCORE_CHUNK)
+    }
+}
+
+/// Elements of the summaries of a spec's keys in blocks of `block`:
+/// `B·Hkv·2D·Nb` with `Nb = ceil(Skv / block)` rounded up to 64, or `None`
+/// on overflow.
+pub fn summary_len(spec: &AttentionSpec, block: usize) -> Option<usize> {
     spec.batch
         .checked_mul(spec.kv_heads)?
-        .checked_mul(blocks)?
+        .checked_mul(padded_blocks(spec.kv_len, block))?
         .checked_mul(2)?
         .checked_mul(spec.head_dim)
 }
 
-/// Per-block key summaries `(B, Hkv, blocks, 2, D)`: for each block the
-/// rounded-up max of its keys, then the rounded-down min.
+/// Per-block key summaries, laid out as the bound gemm reads them:
+/// `(B, Hkv, 2D, Nb)`. Row `d < D` holds, for every block, the rounded-up
+/// max of its keys' element `d`; row `D + d` the rounded-down min. Columns
+/// past the last block are zero.
 #[derive(Clone, Copy, Debug)]
 pub struct BlockSummaries<'a, S: BoundFormat> {
     data: &'a [S],
     block: usize,
     blocks: usize,
+    padded: usize,
     kv_heads: usize,
     dim: usize,
 }
@@ -184,6 +208,7 @@ impl<'a, S: BoundFormat> BlockSummaries<'a, S> {
             data,
             block,
             blocks: spec.kv_len.div_ceil(block),
+            padded: padded_blocks(spec.kv_len, block),
             kv_heads: spec.kv_heads,
             dim: spec.head_dim,
         })
@@ -199,11 +224,28 @@ impl<'a, S: BoundFormat> BlockSummaries<'a, S> {
         self.blocks
     }
 
-    /// `(max, min)` of block `n` of (batch `b`, KV head `hk`).
+    /// The `2D × Nb` summary matrix of (batch `b`, KV head `hk`).
     #[inline]
-    pub fn block_bounds(&self, b: usize, hk: usize, n: usize) -> (&[S], &[S]) {
-        let at = ((b * self.kv_heads + hk) * self.blocks + n) * 2 * self.dim;
-        self.data[at..][..2 * self.dim].split_at(self.dim)
+    fn matrix(&self, b: usize, hk: usize) -> &[S] {
+        let len = 2 * self.dim * self.padded;
+        &self.data[(b * self.kv_heads + hk) * len..][..len]
+    }
+
+    /// `(max, min)` of element `d` over the keys of block `n` of (batch
+    /// `b`, KV head `hk`), as stored.
+    pub fn bounds(&self, b: usize, hk: usize, n: usize, d: usize) -> Option<(f32, f32)> {
+        if b * self.kv_heads + hk >= self.data.len() / (2 * self.dim * self.padded).max(1)
+            || hk >= self.kv_heads
+            || n >= self.blocks
+            || d >= self.dim
+        {
+            return None;
+        }
+        let m = self.matrix(b, hk);
+        Some((
+            m[d * self.padded + n].value(),
+            m[(self.dim + d) * self.padded + n].value(),
+        ))
     }
 }
 
@@ -236,31 +278,41 @@ pub fn summarize<T: Element, S: BoundFormat>(
             got: out.len(),
         });
     }
-    let d = spec.head_dim;
-    let mut blocks = out.chunks_exact_mut(2 * d);
-    for b in 0..spec.batch {
-        for hk in 0..spec.kv_heads {
-            for j0 in (0..spec.kv_len).step_by(block) {
-                let Some(dst) = blocks.next() else {
-                    return Err(DsaError::Overflow {
-                        buffer: "block summaries",
-                    });
-                };
-                let (mx, mn) = dst.split_at_mut(d);
-                for dd in 0..d {
-                    let (mut hi, mut lo) = (f32::NEG_INFINITY, f32::INFINITY);
-                    for j in j0..(j0 + block).min(spec.kv_len) {
-                        let at = spec.k.offset(b, hk, j) + dd;
-                        let x = k[at].to_f32();
+    let (d, nb) = (spec.head_dim, padded_blocks(spec.kv_len, block));
+    out.fill(S::default());
+    if d == 0 || nb == 0 {
+        return Ok(());
+    }
+    let mut hi = [f32::NEG_INFINITY; 64];
+    let mut lo = [f32::INFINITY; 64];
+    for (bh, m) in out.chunks_exact_mut(2 * d * nb).enumerate() {
+        let (b, hk) = (bh / spec.kv_heads, bh % spec.kv_heads);
+        for (n, j0) in (0..spec.kv_len).step_by(block).enumerate() {
+            // Up to 64 dimensions at a time in registers-sized stack arrays.
+            for d0 in (0..d).step_by(64) {
+                let w = 64.min(d - d0);
+                hi[..w].fill(f32::NEG_INFINITY);
+                lo[..w].fill(f32::INFINITY);
+                for j in j0..(j0 + block).min(spec.kv_len) {
+                    let at = spec.k.offset(b, hk, j) + d0;
+                    for (i, x) in k[at..at + w].iter().enumerate() {
+                        let x = x.to_f32();
                         if !x.is_finite() {
-                            return Err(DsaError::NonFinite { buffer: "K", at });
+                            return Err(DsaError::NonFinite {
+                                buffer: "K",
+                                at: at + i,
+                            });
                         }
-                        hi = hi.max(x);
-                        lo = lo.min(x);
+                        hi[i] = hi[i].max(x);
+                        lo[i] = lo[i].min(x);
                     }
-                    let at = spec.k.offset(b, hk, j0) + dd;
-                    mx[dd] = S::round_up(hi).ok_or(DsaError::SummaryOverflow { at })?;
-                    mn[dd] = S::round_down(lo).ok_or(DsaError::SummaryOverflow { at })?;
+                }
+                for i in 0..w {
+                    let at = spec.k.offset(b, hk, j0) + d0 + i;
+                    m[(d0 + i) * nb + n] =
+                        S::round_up(hi[i]).ok_or(DsaError::SummaryOverflow { at })?;
+                    m[(d + d0 + i) * nb + n] =
+                        S::round_down(lo[i]).ok_or(DsaError::SummaryOverflow { at })?;
                 }
             }
         }
@@ -372,6 +424,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
         if sums.dim != spec.head_dim
             || sums.kv_heads != spec.kv_heads
             || sums.blocks != Self::blocks(spec.kv_len)
+            || sums.padded != padded_blocks(spec.kv_len, BK)
             || sums.data.len() != summary_len(spec, BK).unwrap_or(usize::MAX)
         {
             return Err(DsaError::WrongLength {
@@ -483,24 +536,31 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
                 dst.fill(0.0);
             }
         }
-        let ranges = [global.clone(), local.start.max(global.end)..local.end];
-        for (c0, end) in ranges
-            .into_iter()
-            .flat_map(|r| r.clone().step_by(SCORE_CHUNK).map(move |c0| (c0, r.end)))
-        {
-            let cols = SCORE_CHUNK.min(end - c0);
-            for cc in 0..SCORE_CHUNK {
-                if cc < cols {
-                    let (mx, mn) = sums.block_bounds(b, hk, c0 + cc);
-                    for (dd, &x) in mx.iter().chain(mn).enumerate() {
-                        bt[dd * SCORE_CHUNK + cc] = x.value();
+        // Whole 64-block chunks of the summary matrix that the global and
+        // local block ranges touch, each once, in order.
+        let np = sums.padded;
+        let summary = sums.matrix(b, hk);
+        let chunks =
+            |r: &core::ops::Range<usize>| r.start / SCORE_CHUNK..r.end.div_ceil(SCORE_CHUNK);
+        let (cg, cl) = (chunks(&global), chunks(&local));
+        for chunk in cg.clone().chain(cl.start.max(cg.end)..cl.end) {
+            let c0 = chunk * SCORE_CHUNK;
+            let (b_mat, ldb): (&[f32], usize) = match S::as_f32(summary) {
+                Some(m) => (&m[c0..], np),
+                None => {
+                    for (dd, row) in bt.chunks_exact_mut(SCORE_CHUNK).enumerate() {
+                        row.iter_mut()
+                            .zip(&summary[dd * np + c0..][..SCORE_CHUNK])
+                            .for_each(|(o, x)| *o = x.value());
                     }
-                } else {
-                    (0..2 * d).for_each(|dd| bt[dd * SCORE_CHUNK + cc] = 0.0);
+                    (&*bt, SCORE_CHUNK)
                 }
-            }
+            };
             // SAFETY: r_pad % MR == 0 and SCORE_CHUNK % NR == 0 (compile-time
-            // check); a is r_pad×2d, bt is 2d×SCORE_CHUNK, c is r_pad×SCORE_CHUNK.
+            // check); a is r_pad×2d and c is r_pad×SCORE_CHUNK (sized above);
+            // b_mat reads rows p < 2d at p·ldb + [0, SCORE_CHUNK): for the
+            // summary matrix c0 + SCORE_CHUNK <= np, so the last row ends at
+            // (2d-1)·np + np = 2d·np, the matrix length; bt is 2d×SCORE_CHUNK.
             unsafe {
                 self.flash.kernel().gemm(
                     r_pad,
@@ -508,13 +568,14 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
                     2 * d,
                     a,
                     2 * d,
-                    bt,
-                    SCORE_CHUNK,
+                    b_mat,
+                    ldb,
                     c,
                     SCORE_CHUNK,
                     false,
                 )
             };
+            let cols = SCORE_CHUNK.min(nb - c0);
             for (cc, s) in block_scores[c0..c0 + cols].iter_mut().enumerate() {
                 if *s == 0.0 {
                     *s = c

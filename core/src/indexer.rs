@@ -31,7 +31,7 @@ use crate::fp8::Scales;
 use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, RowSpan, TileClass};
 use crate::spec::SpecError;
-use crate::topk::{top_k, KeyIndex};
+use crate::topk::{top_k_in_place, KeyIndex};
 
 /// The sizes of one indexer call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -398,7 +398,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         let i0 = q_tile * BQ;
         for r in 0..rows {
             let out = &mut indices[(b * s.q_len + i0 + r) * top_k_..][..top_k_];
-            top_k(&scores[r * s.kv_len..][..s.kv_len], out);
+            top_k_in_place(&mut scores[r * s.kv_len..][..s.kv_len], out);
         }
         Ok(())
     }

@@ -62,4 +62,4 @@ pub use merge::{merge, merge_into};
 pub use sparse::{GatherAttention, IndexList, SparseAttention};
 pub use spec::{default_scale, AttentionSpec, SpecError, Strides, Tensor};
 pub use stats::Stats;
-pub use topk::{top_k, KeyIndex};
+pub use topk::{top_k, top_k_in_place, KeyIndex};

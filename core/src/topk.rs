@@ -20,7 +20,8 @@
 //!
 //! # Cost
 //! At most 5 reads of the row (fewer when a byte already isolates the
-//! threshold), 1 KiB of stack, no scratch.
+//! threshold), 1 KiB of stack, no scratch. [`top_k_in_place`] turns the row
+//! into keys first, so the later reads are plain integer scans.
 
 /// An index type for selection output: `i32`, `i64` (ONNX `int64`) or
 /// `usize` (tile lists). `NONE` pads rows that have fewer than `k` entries.
@@ -100,22 +101,41 @@ pub fn order_key(x: f32) -> u32 {
 ///
 /// `I` must be able to hold `scores.len() - 1` (for `i32`, rows up to 2^31).
 pub fn top_k<I: KeyIndex>(scores: &[f32], out: &mut [I]) -> usize {
+    select(|| scores.iter().map(|&x| order_key(x)), out)
+}
+
+/// [`top_k`] for a score row the caller no longer needs: the row is first
+/// overwritten by its order keys (as f32 bit patterns), so the later passes
+/// read plain integers. Same result as [`top_k`]; about twice as fast on
+/// long rows.
+pub fn top_k_in_place<I: KeyIndex>(scores: &mut [f32], out: &mut [I]) -> usize {
+    scores
+        .iter_mut()
+        .for_each(|x| *x = f32::from_bits(order_key(*x)));
+    let keys: &[f32] = scores;
+    select(|| keys.iter().map(|x| x.to_bits()), out)
+}
+
+/// The radix select over a re-iterable sequence of order keys (0 = not
+/// selectable).
+#[inline(always)]
+fn select<I: KeyIndex, It: Iterator<Item = u32>>(keys: impl Fn() -> It, out: &mut [I]) -> usize {
     let k = out.len();
     if k == 0 {
         return 0;
     }
     // Pass 1: the top byte, and the number of selectable entries.
+    // Key 0 (unselectable) lands in bucket 0 too; count it apart.
     let mut hist = [0u32; 256];
-    let mut valid = 0usize;
-    for &x in scores {
-        let key = order_key(x);
-        if key != 0 {
-            hist[(key >> 24) as usize] += 1;
-            valid += 1;
-        }
+    let mut zeros = 0u32;
+    for key in keys() {
+        hist[(key >> 24) as usize] += 1;
+        zeros += u32::from(key == 0);
     }
+    hist[0] -= zeros;
+    let valid = hist.iter().map(|&c| c as usize).sum::<usize>();
     if valid <= k {
-        return emit(scores, out, 0, 0, valid);
+        return emit(keys(), out, 0, 0, valid);
     }
     // Narrow the threshold byte by byte: `need` entries are still to be
     // taken from those whose key matches `prefix` under `mask`.
@@ -140,22 +160,21 @@ pub fn top_k<I: KeyIndex>(scores: &[f32], out: &mut [I]) -> usize {
         }
         shift -= 8;
         hist = [0u32; 256];
-        for &x in scores {
-            let key = order_key(x);
+        for key in keys() {
             if key != 0 && key & mask == prefix {
                 hist[((key >> shift) & 0xFF) as usize] += 1;
             }
         }
     }
-    emit(scores, out, prefix, mask, need)
+    emit(keys(), out, prefix, mask, need)
 }
 
 /// The last pass: take every entry whose masked key is above `prefix`, and
 /// the first `ties` entries equal to it (`mask = 0` takes every selectable
 /// entry).
-#[inline]
+#[inline(always)]
 fn emit<I: KeyIndex>(
-    scores: &[f32],
+    keys: impl Iterator<Item = u32>,
     out: &mut [I],
     prefix: u32,
     mask: u32,
@@ -163,11 +182,10 @@ fn emit<I: KeyIndex>(
 ) -> usize {
     let k = out.len();
     let mut n = 0usize;
-    for (j, &x) in scores.iter().enumerate() {
+    for (j, key) in keys.enumerate() {
         if n == k {
             break;
         }
-        let key = order_key(x);
         if key == 0 {
             continue;
         }

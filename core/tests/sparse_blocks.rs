@@ -160,12 +160,12 @@ fn mask_of(c: &Case) -> MaskSpec<'_> {
     m
 }
 
-fn run_case<K: MicroKernel>(c: &Case, kernel: K) -> Result<(), TestCaseError> {
+fn run_case<K: MicroKernel, S: BoundFormat>(c: &Case, kernel: K) -> Result<(), TestCaseError> {
     let p = problem(c);
     let s = p.spec;
     let mask = mask_of(c);
     let att = Attention::new(&s, &mask, &p.q, &p.k, &p.v).unwrap();
-    let mut sums = vec![f16::ZERO; summary_len(&s, BK).unwrap()];
+    let mut sums = vec![S::default(); summary_len(&s, BK).unwrap()];
     summarize(&s, &p.k, BK, &mut sums).unwrap();
     let view = BlockSummaries::new(&s, BK, &sums).unwrap();
     type Sel<K> = BlockSelector<K, BQ, BK>;
@@ -358,14 +358,15 @@ proptest! {
 
     #[test]
     fn portable_selector(c in case()) {
-        run_case(&c, Portable)?;
+        run_case::<_, f16>(&c, Portable)?;
+        run_case::<_, E5M2>(&c, Portable)?;
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_selector(c in case()) {
         if let Some(k) = tessera_core::kernel::Avx2Fma::detect() {
-            run_case(&c, k)?;
+            run_case::<_, f32>(&c, k)?;
         }
     }
 }

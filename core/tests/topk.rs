@@ -2,7 +2,7 @@
 //! masked (-inf) and NaN entries, signed zeros and every k.
 
 use proptest::prelude::*;
-use tessera_core::topk::{order_key, top_k, KeyIndex};
+use tessera_core::topk::{order_key, top_k, top_k_in_place, KeyIndex};
 
 /// Sort by (value desc, index asc), keep the first k selectable, return
 /// them in ascending index order.
@@ -24,6 +24,11 @@ fn check<I: KeyIndex>(scores: &[f32], k: usize) -> Result<(), TestCaseError> {
     let got: Vec<usize> = out[..n].iter().map(|x| x.get().unwrap().unwrap()).collect();
     prop_assert_eq!(&got, &want, "k = {}", k);
     prop_assert!(out[n..].iter().all(|&x| x == I::NONE));
+    // The in-place variant selects the same entries.
+    let mut row = scores.to_vec();
+    let mut out2 = vec![I::from_usize(3); k];
+    prop_assert_eq!(top_k_in_place(&mut row, &mut out2), n);
+    prop_assert_eq!(&out2, &out);
     Ok(())
 }
 
