@@ -9,6 +9,8 @@
 #include "../kernels/sparse.cu"
 #include "../kernels/topk.cu"
 
+#include <mutex>
+
 namespace {
 struct Entry {
     void (*body)(const void*);
@@ -47,7 +49,8 @@ void register_all() {
 
 // The geometry {threads, tile A, tile B, smem} of `name`; -1 if unknown.
 extern "C" int tessera_emu_geometry(const char* name, int* out) {
-    register_all();
+    static std::once_flag once;
+    std::call_once(once, register_all);
     auto it = registry().find(name);
     if (it == registry().end()) return -1;
     std::memcpy(out, it->second.geometry, 4 * sizeof(int));
@@ -67,10 +70,14 @@ extern "C" int tessera_emu_abi(const char* module) {
 
 // Run kernel `name` over the grid, synchronously; -1 if unknown.
 extern "C" int tessera_emu_launch(const char* name, const void* params, unsigned gx, unsigned gy, unsigned gz) {
-    register_all();
+    int geometry[4];
+    if (tessera_emu_geometry(name, geometry) != 0) return -1;  // also registers, once
     auto it = registry().find(name);
     if (it == registry().end()) return -1;
     const int* g = it->second.geometry;
+    // One launch at a time: `__shared__` variables are process-wide statics.
+    static std::mutex one_at_a_time;
+    std::lock_guard<std::mutex> lock(one_at_a_time);
     emu::run(it->second.body, params, dim3{gx, gy, gz}, g[0], size_t(g[3]));
     return 0;
 }

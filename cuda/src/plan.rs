@@ -278,8 +278,14 @@ pub fn attention(
         ),
         None => (0, false, MaskStrides::default()),
     };
-    let rows = spec.batch * spec.q_heads * spec.q_len; // no overflow: required_len checked
-    let keys = spec.batch * spec.kv_heads * spec.kv_len;
+    let rows = spec
+        .batch
+        .saturating_mul(spec.q_heads)
+        .saturating_mul(spec.q_len);
+    let keys = spec
+        .batch
+        .saturating_mul(spec.kv_heads)
+        .saturating_mul(spec.kv_len);
     let params = FlashParams {
         q: bufs.q.check_unless_empty("Q", 16, rows)?,
         k: bufs.k.check_unless_empty("K", 16, keys)?,
