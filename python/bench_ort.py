@@ -6,7 +6,8 @@ The same inputs (B=1, H=12, D=64, float32) go through:
   mha      com.microsoft.MultiHeadAttention (ORT's CPU flash path)
   decomp   MatMul(Q, K^T) -> Mul(scale) -> [Add(mask)] -> Softmax -> MatMul(V)
 
-Modes: dense (non-causal), causal, window (causal, left window 128).
+Modes: dense (non-causal), causal, window (causal, left window 128), and
+decode (one query over S keys: split-KV in tessera).
 Built-ins get causality from their own attribute where they have one (onnx:
 is_causal, mha: unidirectional) and from a dense S x S mask otherwise; the
 window is always a dense mask for them (bool for onnx, additive float for
@@ -38,7 +39,7 @@ LIB = os.environ.get("TESSERA_ORT_LIB", os.path.join(ROOT, "target", "release", 
 B, H, D = 1, 12, 64
 WINDOW = 128
 IMPLS = ["tessera", "onnx", "mha", "decomp"]
-MODES = ["dense", "causal", "window"]
+MODES = ["dense", "causal", "window", "decode"]
 
 
 def window_allowed(s: int, mode: str) -> np.ndarray:
@@ -54,17 +55,17 @@ def make_feeds(impl: str, s: int, mode: str) -> dict:
     """The inputs of one configuration (numpy only, so the timed process
     does not carry the onnx package)."""
     rng = np.random.default_rng(0)
-    q = rng.standard_normal((B, H, s, D), dtype=np.float32)
+    q = rng.standard_normal((B, H, 1 if mode == "decode" else s, D), dtype=np.float32)
     k = rng.standard_normal((B, H, s, D), dtype=np.float32)
     v = rng.standard_normal((B, H, s, D), dtype=np.float32)
     feeds = {"Q": q, "K": k, "V": v}
     if impl == "mha":
-        feeds = {n: np.ascontiguousarray(x.transpose(0, 2, 1, 3).reshape(B, s, H * D)) for n, x in feeds.items()}
+        feeds = {n: np.ascontiguousarray(x.transpose(0, 2, 1, 3).reshape(B, x.shape[2], H * D)) for n, x in feeds.items()}
         if mode == "window":
             feeds["bias"] = np.where(window_allowed(s, mode), 0.0, -np.inf).astype(np.float32).reshape(1, 1, s, s)
     elif impl == "onnx" and mode == "window":
         feeds["M"] = window_allowed(s, mode)
-    elif impl == "decomp" and mode != "dense":
+    elif impl == "decomp" and mode in ("causal", "window"):
         feeds["M"] = np.where(window_allowed(s, mode), 0.0, -np.inf).astype(np.float32)
     return feeds
 
@@ -80,7 +81,7 @@ def build(impl: str, s: int, mode: str) -> bytes:
     ins = [vi("Q", f, None), vi("K", f, None), vi("V", f, None)]
     nodes = []
     if impl == "tessera":
-        attrs = {"is_causal": int(mode != "dense")}
+        attrs = {"is_causal": int(mode in ("causal", "window"))}
         if mode == "window":
             attrs["left_window_size"] = WINDOW
             attrs["right_window_size"] = 0
@@ -111,7 +112,7 @@ def build(impl: str, s: int, mode: str) -> bytes:
             helper.make_node("Mul", ["S0", "scale"], ["S1"]),
         ]
         last = "S1"
-        if mode != "dense":
+        if mode in ("causal", "window"):
             ins.append(vi("M", f, None))
             nodes.append(helper.make_node("Add", ["S1", "M"], ["S2"]))
             last = "S2"
@@ -203,7 +204,7 @@ def main() -> int:
             cell = lambda r: f"{r['median']:.4g} s" if "median" in r else r["error"]  # noqa: E731
             ratio = f"{res['tessera']['median'] / best:.3f}" if best and "median" in res.get("tessera", {}) else "n/a"
             rss = ", ".join(f"{res[i]['rss_gb']:.2f}" if "rss_gb" in res[i] else "-" for i in impls)
-            io_gb = 4 * B * H * s * D * 4 / 1e9
+            io_gb = (2 if mode == "decode" else 4) * B * H * s * D * 4 / 1e9
             ref = res.get("tessera", {}).get("checksum")
             for i in impls:
                 c = res[i].get("checksum")
