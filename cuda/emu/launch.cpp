@@ -30,8 +30,12 @@ std::map<std::string, Entry>& registry() {
     TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc0_dm1, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom) \
     TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc1_dm0, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom) \
     TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc1_dm1, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom)
-#define TESSERA_EMU_INDEXER(DI) \
-    TESSERA_EMU_REG(tessera_indexer_e4m3_d##DI, TesseraIndexerParams, tessera_indexer_e4m3_d##DI##_geom)
+// Plus the sm_80 path (fp8 widened to f16 mma) under its own name.
+#define TESSERA_EMU_INDEXER(DI)                                                                        \
+    TESSERA_EMU_REG(tessera_indexer_e4m3_d##DI, TesseraIndexerParams, tessera_indexer_e4m3_d##DI##_geom) \
+    registry()["tessera_indexer_e4m3_d" #DI "_widened"] =                                               \
+        Entry{[](const void* p) { lightning_indexer<DI, Fp8AWidened>(*static_cast<const TesseraIndexerParams*>(p)); }, \
+              tessera_indexer_e4m3_d##DI##_geom};
 #define TESSERA_EMU_SPARSE(T, NAME)                                                            \
     TESSERA_EMU_REG(tessera_sparse_##NAME##_sc0, TesseraSparseParams, tessera_sparse_geom) \
     TESSERA_EMU_REG(tessera_sparse_##NAME##_sc1, TesseraSparseParams, tessera_sparse_geom)

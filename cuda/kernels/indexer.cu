@@ -7,7 +7,7 @@
 // warp each. A warp multiplies its query's heads (16 at a time, the m of the
 // mma) by the key tile (8 keys per n) with the fp8 mma m16n8k32 on sm_89+;
 // below sm_89 each fp8 operand is widened exactly to f16 and the same product
-// runs as two m16n8k16 f16 mmas (see Fp8A). The weighted ReLU sum over heads is a shuffle
+// runs as two m16n8k16 f16 mmas (see Fp8AMma, Fp8AWidened). The weighted ReLU sum over heads is a shuffle
 // reduction over the 8 row groups of the accumulator.
 //
 // Cost: B*Sq*Skv*Hi*Di multiply-adds on the tensor cores; each key byte is
@@ -47,29 +47,8 @@ TESSERA_DEVICE u32 e4m3x2_to_f16x2(u32 x) {
 // same permutation, so every dot product is unchanged. (The kernel relies only
 // on A regs 0/2 and B regs 0/1 covering the same k sets for a lane, which also
 // holds for the other published reading of this layout, 8c + 0..3 / 8c + 4..7.)
-#if defined(TESSERA_EMULATE) || __CUDA_ARCH__ >= 890
-#define TESSERA_FP8_MMA 1
-#endif
-
-struct Fp8A {
-#ifdef TESSERA_FP8_MMA
-    u32 a[4];
-    TESSERA_DEVICE void set(const u32 (&x)[4]) {
-        for (int i = 0; i < 4; ++i) a[i] = x[i];
-    }
-    // d += A * b on the fp8 tensor cores.
-    TESSERA_DEVICE void mma(float (&d)[4], u32 b0, u32 b1) const {
-#ifdef TESSERA_EMULATE
-        emu::mma_m16n8k32_e4m3(d, a, b0, b1);
-#else
-        asm volatile(
-            "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
-            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-    }
-#else
+// Below sm_89: both operands widened to f16, two m16n8k16 mmas.
+struct Fp8AWidened {
     u32 lo[4], hi[4];
     TESSERA_DEVICE void set(const u32 (&x)[4]) {
         lo[0] = e4m3x2_to_f16x2(x[0]);
@@ -86,10 +65,34 @@ struct Fp8A {
         Half::mma(d, lo, e4m3x2_to_f16x2(b0), e4m3x2_to_f16x2(b0 >> 16));
         Half::mma(d, hi, e4m3x2_to_f16x2(b1), e4m3x2_to_f16x2(b1 >> 16));
     }
-#endif
 };
 
-template <int DI> TESSERA_DEVICE void lightning_indexer(const TesseraIndexerParams& p) {
+#if defined(TESSERA_EMULATE) || __CUDA_ARCH__ >= 890
+// sm_89+: the fp8 mma itself.
+struct Fp8AMma {
+    u32 a[4];
+    TESSERA_DEVICE void set(const u32 (&x)[4]) {
+        for (int i = 0; i < 4; ++i) a[i] = x[i];
+    }
+    // d += A * b on the fp8 tensor cores.
+    TESSERA_DEVICE void mma(float (&d)[4], u32 b0, u32 b1) const {
+#ifdef TESSERA_EMULATE
+        emu::mma_m16n8k32_e4m3(d, a, b0, b1);
+#else
+        asm volatile(
+            "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+    }
+};
+using Fp8A = Fp8AMma;
+#else
+using Fp8A = Fp8AWidened;
+#endif
+
+template <int DI, class A = Fp8A> TESSERA_DEVICE void lightning_indexer(const TesseraIndexerParams& p) {
     using Tr = IndexerTraits<DI>;
     constexpr int BS = Tr::BS, NB = BS / 8, KS = DI / 32;
     u8* sk = dynamic_smem<u8>();
@@ -129,7 +132,7 @@ template <int DI> TESSERA_DEVICE void lightning_indexer(const TesseraIndexerPara
     for (int h0 = 0; h0 < p.heads; h0 += 16) {
         const int ha = h0 + g, hb = h0 + g + 8;  // the two heads (rows) this lane holds
         const float wa = ha < p.heads ? w[ha] : 0.f, wb = hb < p.heads ? w[hb] : 0.f;
-        Fp8A a[KS];
+        A a[KS];
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
             const int col = ks * 32 + c4 * 4;

@@ -330,6 +330,7 @@ fn the_fp8_indexer_matches_an_f64_reference() {
         ),
         (2, 11, 70, 5, 64, false, 0, Some([70usize, 33usize]), false),
         (2, 8, 130, 32, 128, true, 0, Some([130, 64]), true),
+        (1, 5, 90, 20, 128, true, 80, None, false),
     ]
     .iter()
     .enumerate()
@@ -366,7 +367,15 @@ fn the_fp8_indexer_matches_an_f64_reference() {
             w: addr(&w),
             scores: out(&mut scores),
         };
-        let launch = plan::indexer(&spec, &mask, &device, &bufs).unwrap();
+        let mut launch = plan::indexer(&spec, &mask, &device, &bufs).unwrap();
+        // Odd cases run the sm_80 path: fp8 widened onto the f16 mma.
+        if i % 2 == 1 {
+            launch.kernel = if dim == 64 {
+                "tessera_indexer_e4m3_d64_widened"
+            } else {
+                "tessera_indexer_e4m3_d128_widened"
+            };
+        }
         // SAFETY: every pointer is a live Vec of the spec's size.
         unsafe { emu::launch(&launch) }.unwrap();
 
@@ -607,5 +616,35 @@ fn lse_merge_equals_the_core_merge() {
             (g.to_f32() - w.to_f32()).abs() <= 1e-2 * w.to_f32().abs().max(1e-3),
             "{g} vs {w}"
         );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 10, ..Default::default() })]
+
+    /// Random shapes, strides and structural masks: ragged tiles, GQA,
+    /// offsets, windows, sinks, chunks, kv lengths and softcap together.
+    #[test]
+    fn flash_matches_the_reference_on_random_problems(
+        b in 1usize..3, hkv in 1usize..3, group in 1usize..3, sq in 1usize..140, skv in 0usize..200,
+        d128 in proptest::bool::ANY, bf in proptest::bool::ANY, bshd in proptest::bool::ANY,
+        causal in proptest::bool::ANY, offset in -40isize..60, left in -1isize..80, right in -1isize..20,
+        globals in 0usize..5, chunk in proptest::sample::select(vec![0usize, 0, 16, 48]),
+        softcap in proptest::sample::select(vec![0.0f32, 0.0, 3.0, 25.0]),
+        lens in proptest::option::of(proptest::collection::vec(0usize..200, 2)), align in proptest::bool::ANY,
+        seed in proptest::num::u64::ANY,
+    ) {
+        let mut mask = MaskSpec::NONE.offset(offset).window(left, right).globals(globals).chunked(chunk);
+        mask.causal = causal;
+        let kv_lens: Option<&'static [usize]> = lens.map(|l| &*Box::leak(l.iter().take(b).map(|&x| x.min(skv)).collect::<Vec<_>>().into_boxed_slice()));
+        let c = Case {
+            bshd,
+            softcap,
+            kv_lens,
+            align: align && kv_lens.is_some(),
+            ..case("random", [b, hkv * group, hkv, sq, skv, if d128 { 128 } else { 64 }], mask)
+        };
+        let r = if bf { run_flash::<bf16>(&c, Dtype::Bf16, seed) } else { run_flash::<f16>(&c, Dtype::F16, seed) };
+        proptest::prop_assert!(r.is_ok(), "{:?}", r);
     }
 }

@@ -1,9 +1,10 @@
 # tessera-cuda: every kernel compiles with nvcc (CUDA 13 pip wheels, sm_80 +
 # sm_90 + PTX) on every run, the ptxas report (registers, shared memory,
 # spills) is kept in target/ptxas-report.txt, and the crate's tests run with
-# and without the `cuda` feature (none needs a GPU). The device check itself
-# (cuda/device-check.sh) needs a GPU machine; here only its scripts are
-# checked to parse.
+# and without the `cuda` feature (none needs a GPU). The same kernel sources
+# also run on the CPU emulator (feature `emulate`) against the f64 reference.
+# The device check itself (cuda/device-check.sh) needs a GPU machine; here
+# only its scripts are checked.
 source "$(dirname "$0")/../lib.sh"
 cd "$TESSERA_ROOT"
 need_venv
@@ -23,6 +24,9 @@ log "cargo test -p tessera-cuda --features cuda (compiles every kernel)"
 cargo test -p tessera-cuda --features cuda
 grep -c "Compiling entry function" "$TESSERA_PTXAS_REPORT" | xargs -I{} echo "ptxas report: {} kernel entries in $TESSERA_PTXAS_REPORT"
 cargo clippy -p tessera-cuda --no-deps --features cuda --all-targets -- -D warnings
+log "cargo test -p tessera-cuda --features emulate (kernels on the CPU emulator vs the f64 reference)"
+cargo test -p tessera-cuda --features emulate --test emulated
+cargo clippy -p tessera-cuda --no-deps --features emulate --all-targets -- -D warnings
 log "cargo test -p tessera-cuda (no feature: no nvcc, no kernels)"
 NVCC=/nonexistent PATH="/usr/bin:/bin:$(dirname "$(command -v cargo)")" cargo test -p tessera-cuda
 bash -n cuda/device-check.sh
