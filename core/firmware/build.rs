@@ -18,10 +18,16 @@ fn main() {
     let target = env::var("TARGET").unwrap();
     let (script, memory) = match target.as_str() {
         // mps2-an386 (Cortex-M4): 4 MiB FLASH at 0, 4 MiB SRAM at 0x2000_0000.
-        "thumbv7em-none-eabihf" => ("cortex-m.ld", "FLASH : ORIGIN = 0x00000000, LENGTH = 4M\n RAM : ORIGIN = 0x20000000, LENGTH = 4M"),
+        "thumbv7em-none-eabihf" => (
+            "cortex-m.ld",
+            "FLASH : ORIGIN = 0x00000000, LENGTH = 4M\n RAM : ORIGIN = 0x20000000, LENGTH = 4M",
+        ),
         // mps2-an505 (Cortex-M33), Secure aliases: SSRAM1 4 MiB at
         // 0x1000_0000, SSRAM2+3 at 0x3800_0000.
-        "thumbv8m.main-none-eabihf" => ("cortex-m.ld", "FLASH : ORIGIN = 0x10000000, LENGTH = 4M\n RAM : ORIGIN = 0x38000000, LENGTH = 4M"),
+        "thumbv8m.main-none-eabihf" => (
+            "cortex-m.ld",
+            "FLASH : ORIGIN = 0x10000000, LENGTH = 4M\n RAM : ORIGIN = 0x38000000, LENGTH = 4M",
+        ),
         // virt with -bios none: RAM at 0x8000_0000 (128 MiB by default).
         "riscv32imac-unknown-none-elf" => ("riscv.ld", "RAM : ORIGIN = 0x80000000, LENGTH = 32M"),
         _ => ("", ""),
@@ -53,7 +59,11 @@ impl Rng {
     fn value(&mut self, amp: f32) -> f32 {
         let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
         let x = (2.0 * u - 1.0) * amp;
-        if x == 0.0 { amp / 7.0 } else { x }
+        if x == 0.0 {
+            amp / 7.0
+        } else {
+            x
+        }
     }
     fn fill(&mut self, n: usize, amp: f32) -> Vec<f32> {
         (0..n).map(|_| self.value(amp)).collect()
@@ -74,77 +84,155 @@ fn cases() -> String {
     let mut rng = Rng(0x7e55_e7a0_0c0f_fee5);
     let mut max = (0usize, 0usize, 0usize, 0usize); // d, dv, y, lse
 
-    let seg_q: Vec<i32> = (0..2 * 30).map(|i| [0, 0, 1, 1, 1, 2][(i % 30) / 5]).collect();
-    let seg_kv: Vec<i32> = (0..2 * 30).map(|j| [0, 0, 1, 1, 1, 2][(j % 30) / 5] + (j / 30) as i32 * 7 % 2).collect();
+    let seg_q: Vec<i32> = (0..2 * 30)
+        .map(|i| [0, 0, 1, 1, 1, 2][(i % 30) / 5])
+        .collect();
+    let seg_kv: Vec<i32> = (0..2 * 30)
+        .map(|j| [0, 0, 1, 1, 1, 2][(j % 30) / 5] + (j / 30) as i32 * 7 % 2)
+        .collect();
     let kv_lens = [20usize, 7];
     let sp = |b, hq, hk, sq, skv, d, dv| AttentionSpec::bhsd(b, hq, hk, sq, skv, d, dv);
     let none = MaskSpec::NONE;
     let list: Vec<(Extra, AttentionSpec, MaskSpec<'_>, &str)> = vec![
-        (Extra { name: "dense", half: false, amp: 1.0, split: None }, sp(1, 2, 2, 13, 21, 8, 8), none, "MaskSpec::NONE"),
         (
-            Extra { name: "causal, rows 0..3 fully masked", half: false, amp: 1.0, split: None },
+            Extra {
+                name: "dense",
+                half: false,
+                amp: 1.0,
+                split: None,
+            },
+            sp(1, 2, 2, 13, 21, 8, 8),
+            none,
+            "MaskSpec::NONE",
+        ),
+        (
+            Extra {
+                name: "causal, rows 0..3 fully masked",
+                half: false,
+                amp: 1.0,
+                split: None,
+            },
             sp(1, 2, 2, 19, 19, 16, 16),
             none.causal(-3),
             "MaskSpec::NONE.causal(-3)",
         ),
         (
-            Extra { name: "causal decode chunk (offset 15)", half: false, amp: 1.0, split: None },
+            Extra {
+                name: "causal decode chunk (offset 15)",
+                half: false,
+                amp: 1.0,
+                split: None,
+            },
             sp(1, 1, 1, 9, 24, 8, 8),
             none.causal(15),
             "MaskSpec::NONE.causal(15)",
         ),
         (
-            Extra { name: "window(5,3) + 3 globals", half: false, amp: 1.0, split: None },
+            Extra {
+                name: "window(5,3) + 3 globals",
+                half: false,
+                amp: 1.0,
+                split: None,
+            },
             sp(2, 2, 2, 40, 40, 8, 8),
             none.window(5, 3).globals(3),
             "MaskSpec::NONE.window(5, 3).globals(3)",
         ),
         (
-            Extra { name: "causal window(7,0) + 2 sinks", half: false, amp: 1.0, split: None },
+            Extra {
+                name: "causal window(7,0) + 2 sinks",
+                half: false,
+                amp: 1.0,
+                split: None,
+            },
             sp(1, 1, 1, 50, 50, 8, 4),
             none.causal(0).window(7, 0).globals(2),
             "MaskSpec::NONE.causal(0).window(7, 0).globals(2)",
         ),
         (
-            Extra { name: "GQA 6:2, Dv != D", half: false, amp: 1.0, split: None },
+            Extra {
+                name: "GQA 6:2, Dv != D",
+                half: false,
+                amp: 1.0,
+                split: None,
+            },
             sp(1, 6, 2, 17, 23, 8, 12),
             none.causal(6),
             "MaskSpec::NONE.causal(6)",
         ),
         (
-            Extra { name: "segment ids, causal", half: false, amp: 1.0, split: None },
+            Extra {
+                name: "segment ids, causal",
+                half: false,
+                amp: 1.0,
+                split: None,
+            },
             sp(2, 1, 1, 30, 30, 8, 8),
             none.causal(0).segments(&seg_q, &seg_kv),
             "MaskSpec::NONE.causal(0).segments(&SEG_Q, &SEG_KV)",
         ),
         (
-            Extra { name: "f16 input, window(6,6)", half: true, amp: 1.0, split: None },
+            Extra {
+                name: "f16 input, window(6,6)",
+                half: true,
+                amp: 1.0,
+                split: None,
+            },
             sp(1, 2, 2, 15, 26, 16, 8),
             none.window(6, 6),
             "MaskSpec::NONE.window(6, 6)",
         ),
         (
-            Extra { name: "merge of split keys 0..13 | 13..31", half: false, amp: 1.0, split: Some(13) },
+            Extra {
+                name: "merge of split keys 0..13 | 13..31",
+                half: false,
+                amp: 1.0,
+                split: Some(13),
+            },
             sp(1, 2, 1, 14, 31, 8, 8),
             none.causal(17),
             "MaskSpec::NONE.causal(17)",
         ),
         (
-            Extra { name: "BSHD, scale 0.7, softcap 5", half: false, amp: 3.0, split: None },
-            AttentionSpec::bshd(1, 2, 2, 11, 18, 8, 8).with_scale(0.7).with_softcap(5.0),
+            Extra {
+                name: "BSHD, scale 0.7, softcap 5",
+                half: false,
+                amp: 3.0,
+                split: None,
+            },
+            AttentionSpec::bshd(1, 2, 2, 11, 18, 8, 8)
+                .with_scale(0.7)
+                .with_softcap(5.0),
             none.window(4, -1),
             "MaskSpec::NONE.window(4, -1)",
         ),
         (
-            Extra { name: "kv_lens [20, 7], external-cache offset", half: false, amp: 1.0, split: None },
+            Extra {
+                name: "kv_lens [20, 7], external-cache offset",
+                half: false,
+                amp: 1.0,
+                split: None,
+            },
             sp(2, 1, 1, 5, 20, 8, 8),
             none.causal(0).kv_lens(&kv_lens, true),
             "MaskSpec::NONE.causal(0).kv_lens(&KV_LENS, true)",
         ),
     ];
 
-    writeln!(src, "pub static SEG_Q: [i32; {}] = {:?};", seg_q.len(), seg_q).unwrap();
-    writeln!(src, "pub static SEG_KV: [i32; {}] = {:?};", seg_kv.len(), seg_kv).unwrap();
+    writeln!(
+        src,
+        "pub static SEG_Q: [i32; {}] = {:?};",
+        seg_q.len(),
+        seg_q
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub static SEG_KV: [i32; {}] = {:?};",
+        seg_kv.len(),
+        seg_kv
+    )
+    .unwrap();
     writeln!(src, "pub static KV_LENS: [usize; 2] = {kv_lens:?};").unwrap();
 
     for (n, (extra, spec, mask, mask_src)) in list.iter().enumerate() {
@@ -153,7 +241,11 @@ fn cases() -> String {
             spec.required_len(Tensor::K).unwrap(),
             spec.required_len(Tensor::V).unwrap(),
         );
-        let (q, k, v) = (rng.fill(lq, extra.amp), rng.fill(lk, extra.amp), rng.fill(lv, extra.amp));
+        let (q, k, v) = (
+            rng.fill(lq, extra.amp),
+            rng.fill(lk, extra.amp),
+            rng.fill(lv, extra.amp),
+        );
         let rows = spec.batch * spec.q_heads * spec.q_len;
         let mut y = vec![0.0f64; rows * spec.v_head_dim];
         let mut lse = vec![0.0f64; rows];
@@ -161,16 +253,36 @@ fn cases() -> String {
             let h = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
             let (q, k, v) = (h(&q), h(&k), h(&v));
             reference::attention(spec, mask, &q, &k, &v, &mut y, &mut lse);
-            format!("Input::F16 {{ q: &[{}], k: &[{}], v: &[{}] }}", f16s(&q), f16s(&k), f16s(&v))
+            format!(
+                "Input::F16 {{ q: &[{}], k: &[{}], v: &[{}] }}",
+                f16s(&q),
+                f16s(&k),
+                f16s(&v)
+            )
         } else {
             reference::attention(spec, mask, &q, &k, &v, &mut y, &mut lse);
-            format!("Input::F32 {{ q: &[{}], k: &[{}], v: &[{}] }}", f32s(&q), f32s(&k), f32s(&v))
+            format!(
+                "Input::F32 {{ q: &[{}], k: &[{}], v: &[{}] }}",
+                f32s(&q),
+                f32s(&k),
+                f32s(&v)
+            )
         };
         let y32: Vec<f32> = y.iter().map(|&x| x as f32).collect();
         let lse32: Vec<f32> = lse.iter().map(|&x| x as f32).collect();
         let v_amp = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        max = (max.0.max(spec.head_dim), max.1.max(spec.v_head_dim), max.2.max(y.len()), max.3.max(lse.len()));
-        let s = |st: tessera_core::Strides| format!("Strides {{ batch: {}, head: {}, seq: {} }}", st.batch, st.head, st.seq);
+        max = (
+            max.0.max(spec.head_dim),
+            max.1.max(spec.v_head_dim),
+            max.2.max(y.len()),
+            max.3.max(lse.len()),
+        );
+        let s = |st: tessera_core::Strides| {
+            format!(
+                "Strides {{ batch: {}, head: {}, seq: {} }}",
+                st.batch, st.head, st.seq
+            )
+        };
         writeln!(
             src,
             "static CASE_{n}: Case = Case {{\n    name: {:?},\n    spec: AttentionSpec {{ batch: {}, q_heads: {}, kv_heads: {}, q_len: {}, kv_len: {}, head_dim: {}, v_head_dim: {}, scale: f32::from_bits({:#x}), softcap: f32::from_bits({:#x}), q: {}, k: {}, v: {}, out: {} }},\n    mask: {mask_src},\n    input: {input},\n    y: &[{}],\n    lse: &[{}],\n    v_amp: f32::from_bits({:#x}),\n    split: {:?},\n}};",
@@ -196,7 +308,13 @@ fn cases() -> String {
         .unwrap();
         names.push(format!("&CASE_{n}"));
     }
-    writeln!(src, "pub static CASES: [&Case; {}] = [{}];", names.len(), names.join(", ")).unwrap();
+    writeln!(
+        src,
+        "pub static CASES: [&Case; {}] = [{}];",
+        names.len(),
+        names.join(", ")
+    )
+    .unwrap();
     writeln!(src, "pub const MAX_HEAD_DIM: usize = {};", max.0).unwrap();
     writeln!(src, "pub const MAX_V_HEAD_DIM: usize = {};", max.1).unwrap();
     writeln!(src, "pub const MAX_Y: usize = {};", max.2).unwrap();
@@ -205,10 +323,15 @@ fn cases() -> String {
 }
 
 fn f32s(x: &[f32]) -> String {
-    x.iter().map(|v| format!("f32::from_bits({:#x})", v.to_bits())).collect::<Vec<_>>().join(", ")
+    x.iter()
+        .map(|v| format!("f32::from_bits({:#x})", v.to_bits()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn f16s(x: &[f16]) -> String {
-    x.iter().map(|v| format!("f16::from_bits({:#x})", v.to_bits())).collect::<Vec<_>>().join(", ")
+    x.iter()
+        .map(|v| format!("f16::from_bits({:#x})", v.to_bits()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
-

@@ -14,7 +14,7 @@
 #[cfg(all(not(test), not(target_os = "none")))]
 extern crate std;
 
-use core::mem::{align_of, size_of};
+use core::mem::size_of;
 use core::slice;
 
 #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
@@ -136,10 +136,14 @@ impl Buf {
         if self.ptr.is_null() {
             return Err(TESSERA_ERR_NULL);
         }
-        if (self.ptr as usize) % align_of::<f32>() != 0 {
+        if !self.ptr.is_aligned() {
             return Err(TESSERA_ERR_ALIGN);
         }
-        if self.len.checked_mul(size_of::<f32>()).is_none_or(|b| b > isize::MAX as usize) {
+        if self
+            .len
+            .checked_mul(size_of::<f32>())
+            .is_none_or(|b| b > isize::MAX as usize)
+        {
             return Err(TESSERA_ERR_OVERFLOW);
         }
         Ok(self)
@@ -147,7 +151,10 @@ impl Buf {
 
     fn overlaps(self, other: Buf) -> bool {
         let (a0, b0) = (self.ptr as usize, other.ptr as usize);
-        let (a1, b1) = (a0 + self.len * size_of::<f32>(), b0 + other.len * size_of::<f32>());
+        let (a1, b1) = (
+            a0 + self.len * size_of::<f32>(),
+            b0 + other.len * size_of::<f32>(),
+        );
         self.len != 0 && other.len != 0 && a0 < b1 && b0 < a1
     }
 }
@@ -155,7 +162,11 @@ impl Buf {
 /// No output buffer may overlap any other buffer.
 fn disjoint(outputs: &[Buf], inputs: &[Buf]) -> Result<(), i32> {
     for (i, o) in outputs.iter().enumerate() {
-        if inputs.iter().chain(&outputs[i + 1..]).any(|b| o.overlaps(*b)) {
+        if inputs
+            .iter()
+            .chain(&outputs[i + 1..])
+            .any(|b| o.overlaps(*b))
+        {
             return Err(TESSERA_ERR_OVERLAP);
         }
     }
@@ -169,7 +180,16 @@ pub extern "C" fn tessera_scratch_len(head_dim: u32, v_head_dim: u32) -> usize {
 }
 
 fn spec_of(s: &TesseraSpec) -> Result<(AttentionSpec, MaskSpec<'static>), i32> {
-    let sizes = [s.batch, s.q_heads, s.kv_heads, s.q_len, s.kv_len, s.head_dim, s.v_head_dim].map(|x| x as usize);
+    let sizes = [
+        s.batch,
+        s.q_heads,
+        s.kv_heads,
+        s.q_len,
+        s.kv_len,
+        s.head_dim,
+        s.v_head_dim,
+    ]
+    .map(|x| x as usize);
     let [b, hq, hk, sq, skv, d, dv] = sizes;
     let mut spec = match s.layout {
         0 => AttentionSpec::bhsd(b, hq, hk, sq, skv, d, dv),
@@ -180,7 +200,9 @@ fn spec_of(s: &TesseraSpec) -> Result<(AttentionSpec, MaskSpec<'static>), i32> {
         spec = spec.with_scale(s.scale);
     }
     spec = spec.with_softcap(s.softcap);
-    let mut mask = MaskSpec::NONE.offset(s.q_offset as isize).window(s.left_window as isize, s.right_window as isize);
+    let mut mask = MaskSpec::NONE
+        .offset(s.q_offset as isize)
+        .window(s.left_window as isize, s.right_window as isize);
     mask = mask.globals(s.global_tokens as usize);
     if s.causal != 0 {
         mask = mask.causal(s.q_offset as isize);
@@ -216,16 +238,37 @@ pub unsafe extern "C" fn tessera_attention_f32(
             if spec.is_null() {
                 return Err(TESSERA_ERR_NULL);
             }
-            if (spec as usize) % align_of::<TesseraSpec>() != 0 {
+            if !spec.is_aligned() {
                 return Err(TESSERA_ERR_ALIGN);
             }
             // SAFETY: non-null and aligned (checked); the caller guarantees it
             // points to a tessera_spec. Copied out at once.
             let s = unsafe { spec.read() };
             let (spec, mask) = spec_of(&s)?;
-            let (q, k, v) = (Buf { ptr: q, len: q_len }.check()?, Buf { ptr: k, len: k_len }.check()?, Buf { ptr: v, len: v_len }.check()?);
-            let (yb, sb) = (Buf { ptr: y, len: y_len }.check()?, Buf { ptr: scratch, len: scratch_len }.check()?);
-            let lb = if lse.is_null() { None } else { Some(Buf { ptr: lse, len: lse_len }.check()?) };
+            let (q, k, v) = (
+                Buf { ptr: q, len: q_len }.check()?,
+                Buf { ptr: k, len: k_len }.check()?,
+                Buf { ptr: v, len: v_len }.check()?,
+            );
+            let (yb, sb) = (
+                Buf { ptr: y, len: y_len }.check()?,
+                Buf {
+                    ptr: scratch,
+                    len: scratch_len,
+                }
+                .check()?,
+            );
+            let lb = if lse.is_null() {
+                None
+            } else {
+                Some(
+                    Buf {
+                        ptr: lse,
+                        len: lse_len,
+                    }
+                    .check()?,
+                )
+            };
             match lb {
                 Some(l) => disjoint(&[yb, sb, l], &[q, k, v])?,
                 None => disjoint(&[yb, sb], &[q, k, v])?,
@@ -390,8 +433,15 @@ mod tests {
     }
 
     fn bufs(s: &TesseraSpec) -> Bufs {
-        let (b, hq, hk, sq, skv, d, dv) =
-            (s.batch as usize, s.q_heads as usize, s.kv_heads as usize, s.q_len as usize, s.kv_len as usize, s.head_dim as usize, s.v_head_dim as usize);
+        let (b, hq, hk, sq, skv, d, dv) = (
+            s.batch as usize,
+            s.q_heads as usize,
+            s.kv_heads as usize,
+            s.q_len as usize,
+            s.kv_len as usize,
+            s.head_dim as usize,
+            s.v_head_dim as usize,
+        );
         Bufs {
             q: filled(b * hq * sq * d, 3),
             k: filled(b * hk * skv * d, 5),
@@ -426,7 +476,12 @@ mod tests {
     #[test]
     fn attention_matches_the_f64_reference() {
         for layout in [0, 1] {
-            let s = TesseraSpec { layout, softcap: 4.0, scale: 0.4, ..spec() };
+            let s = TesseraSpec {
+                layout,
+                softcap: 4.0,
+                scale: 0.4,
+                ..spec()
+            };
             let mut x = bufs(&s);
             assert_eq!(call(&s, &mut x), TESSERA_OK);
             let (spec, mask) = spec_of(&s).unwrap();
@@ -440,10 +495,16 @@ mod tests {
                     let row = bh * s.q_len as usize + i;
                     let got = &x.y[spec.out.offset(b, h, i)..][..dv];
                     for (g, w) in got.iter().zip(&y[row * dv..][..dv]) {
-                        assert!((*g as f64 - w).abs() <= 2e-5, "layout {layout} y[{row}]: {g} vs {w}");
+                        assert!(
+                            (*g as f64 - w).abs() <= 2e-5,
+                            "layout {layout} y[{row}]: {g} vs {w}"
+                        );
                     }
                     let (g, w) = (x.lse[row] as f64, lse[row]);
-                    assert!(g == w || (g - w).abs() <= 2e-5 * w.abs().max(1.0), "lse[{row}]: {g} vs {w}");
+                    assert!(
+                        g == w || (g - w).abs() <= 2e-5 * w.abs().max(1.0),
+                        "lse[{row}]: {g} vs {w}"
+                    );
                 }
             }
         }
@@ -451,7 +512,8 @@ mod tests {
 
     #[test]
     fn every_invalid_spec_is_refused_with_its_code() {
-        let cases: [(fn(&mut TesseraSpec), i32); 9] = [
+        type Breaker = fn(&mut TesseraSpec);
+        let cases: [(Breaker, i32); 9] = [
             (|s| s.head_dim = 0, TESSERA_ERR_HEAD_DIM),
             (|s| s.v_head_dim = 0, TESSERA_ERR_HEAD_DIM),
             (|s| s.kv_heads = 3, TESSERA_ERR_HEADS),
@@ -487,26 +549,82 @@ mod tests {
         let mut x = bufs(&s);
         // SAFETY: null pointers are what is being tested; nothing is read.
         let r = unsafe {
-            tessera_attention_f32(&s, core::ptr::null(), 0, x.k.as_ptr(), x.k.len(), x.v.as_ptr(), x.v.len(), x.y.as_mut_ptr(), x.y.len(), core::ptr::null_mut(), 0, x.scratch.as_mut_ptr(), x.scratch.len())
+            tessera_attention_f32(
+                &s,
+                core::ptr::null(),
+                0,
+                x.k.as_ptr(),
+                x.k.len(),
+                x.v.as_ptr(),
+                x.v.len(),
+                x.y.as_mut_ptr(),
+                x.y.len(),
+                core::ptr::null_mut(),
+                0,
+                x.scratch.as_mut_ptr(),
+                x.scratch.len(),
+            )
         };
         assert_eq!(r, TESSERA_ERR_NULL);
         // SAFETY: a null spec is refused before anything is read.
         let r = unsafe {
-            tessera_attention_f32(core::ptr::null(), x.q.as_ptr(), x.q.len(), x.k.as_ptr(), x.k.len(), x.v.as_ptr(), x.v.len(), x.y.as_mut_ptr(), x.y.len(), core::ptr::null_mut(), 0, x.scratch.as_mut_ptr(), x.scratch.len())
+            tessera_attention_f32(
+                core::ptr::null(),
+                x.q.as_ptr(),
+                x.q.len(),
+                x.k.as_ptr(),
+                x.k.len(),
+                x.v.as_ptr(),
+                x.v.len(),
+                x.y.as_mut_ptr(),
+                x.y.len(),
+                core::ptr::null_mut(),
+                0,
+                x.scratch.as_mut_ptr(),
+                x.scratch.len(),
+            )
         };
         assert_eq!(r, TESSERA_ERR_NULL);
         // y inside q: refused as overlapping.
         let q_ptr = x.q.as_mut_ptr();
         // SAFETY: y aliases q on purpose; the overlap check refuses it first.
         let r = unsafe {
-            tessera_attention_f32(&s, x.q.as_ptr(), x.q.len(), x.k.as_ptr(), x.k.len(), x.v.as_ptr(), x.v.len(), q_ptr, x.y.len(), core::ptr::null_mut(), 0, x.scratch.as_mut_ptr(), x.scratch.len())
+            tessera_attention_f32(
+                &s,
+                x.q.as_ptr(),
+                x.q.len(),
+                x.k.as_ptr(),
+                x.k.len(),
+                x.v.as_ptr(),
+                x.v.len(),
+                q_ptr,
+                x.y.len(),
+                core::ptr::null_mut(),
+                0,
+                x.scratch.as_mut_ptr(),
+                x.scratch.len(),
+            )
         };
         assert_eq!(r, TESSERA_ERR_OVERLAP);
         // A misaligned scratch pointer.
         let bytes = x.scratch.as_mut_ptr() as *mut u8;
         // SAFETY: the misaligned pointer is refused before it is used.
         let r = unsafe {
-            tessera_attention_f32(&s, x.q.as_ptr(), x.q.len(), x.k.as_ptr(), x.k.len(), x.v.as_ptr(), x.v.len(), x.y.as_mut_ptr(), x.y.len(), core::ptr::null_mut(), 0, bytes.add(1) as *mut f32, x.scratch.len() - 1)
+            tessera_attention_f32(
+                &s,
+                x.q.as_ptr(),
+                x.q.len(),
+                x.k.as_ptr(),
+                x.k.len(),
+                x.v.as_ptr(),
+                x.v.len(),
+                x.y.as_mut_ptr(),
+                x.y.len(),
+                core::ptr::null_mut(),
+                0,
+                bytes.add(1) as *mut f32,
+                x.scratch.len() - 1,
+            )
         };
         assert_eq!(r, TESSERA_ERR_ALIGN);
     }
@@ -514,13 +632,23 @@ mod tests {
     #[test]
     fn merge_of_key_halves_equals_the_whole() {
         // Dense, one KV head: keys 0..c and c..S are contiguous halves.
-        let whole = TesseraSpec { batch: 1, kv_heads: 1, causal: 0, left_window: -1, global_tokens: 0, ..spec() };
+        let whole = TesseraSpec {
+            batch: 1,
+            kv_heads: 1,
+            causal: 0,
+            left_window: -1,
+            global_tokens: 0,
+            ..spec()
+        };
         let mut x = bufs(&whole);
         assert_eq!(call(&whole, &mut x), TESSERA_OK);
         let (d, dv, c) = (whole.head_dim as usize, whole.v_head_dim as usize, 17usize);
         let mut parts = Vec::new();
         for (start, len) in [(0, c), (c, whole.kv_len as usize - c)] {
-            let s = TesseraSpec { kv_len: len as u32, ..whole };
+            let s = TesseraSpec {
+                kv_len: len as u32,
+                ..whole
+            };
             let mut p = bufs(&s);
             p.q.clone_from(&x.q);
             p.k = x.k[start * d..(start + len) * d].to_vec();
@@ -532,14 +660,34 @@ mod tests {
         let (mut y, mut lse) = (vec![f32::NAN; x.y.len()], vec![f32::NAN; rows]);
         // SAFETY: every buffer holds rows·dv or rows floats.
         let r = unsafe {
-            tessera_merge_f32(parts[0].y.as_ptr(), parts[0].lse.as_ptr(), parts[1].y.as_ptr(), parts[1].lse.as_ptr(), y.as_mut_ptr(), lse.as_mut_ptr(), rows, dv as u32)
+            tessera_merge_f32(
+                parts[0].y.as_ptr(),
+                parts[0].lse.as_ptr(),
+                parts[1].y.as_ptr(),
+                parts[1].lse.as_ptr(),
+                y.as_mut_ptr(),
+                lse.as_mut_ptr(),
+                rows,
+                dv as u32,
+            )
         };
         assert_eq!(r, TESSERA_OK);
         for (a, b) in y.iter().zip(&x.y).chain(lse.iter().zip(&x.lse)) {
             assert!((a - b).abs() <= 2e-5 * b.abs().max(1.0), "{a} vs {b}");
         }
         // SAFETY: v_head_dim 0 is refused before any pointer is read.
-        let r = unsafe { tessera_merge_f32(y.as_ptr(), lse.as_ptr(), y.as_ptr(), lse.as_ptr(), y.as_mut_ptr(), lse.as_mut_ptr(), rows, 0) };
+        let r = unsafe {
+            tessera_merge_f32(
+                y.as_ptr(),
+                lse.as_ptr(),
+                y.as_ptr(),
+                lse.as_ptr(),
+                y.as_mut_ptr(),
+                lse.as_mut_ptr(),
+                rows,
+                0,
+            )
+        };
         assert_eq!(r, TESSERA_ERR_HEAD_DIM);
     }
 
@@ -554,8 +702,15 @@ mod tests {
             ("TESSERA_ERR_INTERNAL", TESSERA_ERR_INTERNAL as i64),
             ("TESSERA_ERR_LENGTH", TESSERA_ERR_LENGTH as i64),
         ] {
-            let line = h.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("{name} missing"));
-            let text = line.split_whitespace().nth(2).unwrap().trim_matches(|c| c == '(' || c == ')');
+            let line = h
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("{name} missing"));
+            let text = line
+                .split_whitespace()
+                .nth(2)
+                .unwrap()
+                .trim_matches(|c| c == '(' || c == ')');
             assert_eq!(text.parse::<i64>().unwrap(), value, "{name}");
         }
         for code in TESSERA_ERR_INTERNAL..=TESSERA_OK {

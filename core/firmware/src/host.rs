@@ -24,7 +24,9 @@ unsafe fn call(op: usize, arg: usize) -> usize {
         let ret: usize;
         // SAFETY: the debugger (QEMU) services the breakpoint; the caller
         // guarantees the parameter block. The asm may read memory.
-        unsafe { core::arch::asm!("bkpt #0xab", inout("r0") op => ret, in("r1") arg, options(nostack)) };
+        unsafe {
+            core::arch::asm!("bkpt #0xab", inout("r0") op => ret, in("r1") arg, options(nostack))
+        };
         ret
     }
     #[cfg(target_arch = "riscv32")]

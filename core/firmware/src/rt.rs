@@ -141,7 +141,11 @@ fn print_hex(x: u32) {
     let mut buf = [0u8; 8];
     for (i, b) in buf.iter_mut().enumerate() {
         let nib = (x >> (28 - 4 * i)) & 0xf;
-        *b = if nib < 10 { b'0' + nib as u8 } else { b'a' + nib as u8 - 10 };
+        *b = if nib < 10 {
+            b'0' + nib as u8
+        } else {
+            b'a' + nib as u8 - 10
+        };
     }
     crate::host::write(&buf);
 }

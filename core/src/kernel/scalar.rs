@@ -33,7 +33,19 @@ impl MicroKernel for Scalar {
     const NAME: &'static str = "scalar";
 
     #[inline]
-    unsafe fn gemm(self, m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+    unsafe fn gemm(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
         let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         for i in (0..m).step_by(MR) {
             for j in (0..n).step_by(NR) {
@@ -74,9 +86,22 @@ impl MicroKernel for Scalar {
 /// costs about 1% of a block with `k = 32`).
 #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
 #[inline(never)]
-unsafe fn block<const ACCUMULATE: bool>(k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+unsafe fn block<const ACCUMULATE: bool>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
     const F: usize = core::mem::size_of::<f32>();
-    let rows = [a, a.wrapping_add(lda), a.wrapping_add(2 * lda), a.wrapping_add(3 * lda)];
+    let rows = [
+        a,
+        a.wrapping_add(lda),
+        a.wrapping_add(2 * lda),
+        a.wrapping_add(3 * lda),
+    ];
     // SAFETY: the loads touch exactly a[r*lda + p] and b[p*ldb + q] for
     // r, q < 4, p < k, and the stores c[r*ldc + q]: the caller's contract.
     // Every s register used is declared clobbered (the compiler saves the
@@ -172,7 +197,15 @@ unsafe fn block<const ACCUMULATE: bool>(k: usize, a: *const f32, lda: usize, b: 
 /// As for the Arm version above.
 #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
 #[inline(always)]
-unsafe fn block<const ACCUMULATE: bool>(k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+unsafe fn block<const ACCUMULATE: bool>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
     let mut acc = [[0.0f32; NR]; MR];
     if ACCUMULATE {
         for (r, row) in acc.iter_mut().enumerate() {
@@ -219,7 +252,14 @@ mod tests {
 
     #[test]
     fn gemm_matches_f64_on_every_block_shape() {
-        for (m, n, k) in [(4, 4, 1), (12, 8, 7), (24, 16, 32), (8, 32, 3), (20, 4, 64), (4, 12, 2)] {
+        for (m, n, k) in [
+            (4, 4, 1),
+            (12, 8, 7),
+            (24, 16, 32),
+            (8, 32, 3),
+            (20, 4, 64),
+            (4, 12, 2),
+        ] {
             for accumulate in [false, true] {
                 let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
                 let mut a = std::vec![0.0; m * lda];

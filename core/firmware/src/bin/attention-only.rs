@@ -57,17 +57,27 @@ extern "C" fn tessera_main() -> i32 {
     rng.fill(&mut b.v);
     b.dense.fill(true);
     let spec = AttentionSpec::bhsd(1, 1, 1, S, S, D, D).with_softcap(knob(1) as f32);
-    let mut mask = MaskSpec::NONE.window(knob(2) as isize, knob(3) as isize).globals(knob(4) as usize).chunked(knob(5) as usize);
+    let mut mask = MaskSpec::NONE
+        .window(knob(2) as isize, knob(3) as isize)
+        .globals(knob(4) as usize)
+        .chunked(knob(5) as usize);
     if knob(0) != 0 {
         mask = mask.causal(knob(1) as isize);
     }
     if knob(6) != 0 {
-        mask = mask.segments(&b.segments, &b.segments).kv_lens(&KV_LENS, false);
+        mask = mask
+            .segments(&b.segments, &b.segments)
+            .kv_lens(&KV_LENS, false);
     }
     if knob(7) != 0 {
-        mask = mask.dense(DenseMask::Bool(&b.dense, MaskStrides::broadcast(1, 1, S, S)));
+        mask = mask.dense(DenseMask::Bool(
+            &b.dense,
+            MaskStrides::broadcast(1, 1, S, S),
+        ));
     }
-    let Ok(att) = Attention::new(&spec, &mask, &b.q, &b.k, &b.v) else { return 2 };
+    let Ok(att) = Attention::new(&spec, &mask, &b.q, &b.k, &b.v) else {
+        return 2;
+    };
     match F::new(Scalar).run(&att, &mut b.y, Some(&mut b.lse), &mut b.scratch) {
         Ok(_) if b.y.iter().all(|x| x.is_finite()) => 0,
         _ => 1,

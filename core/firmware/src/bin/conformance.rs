@@ -21,7 +21,10 @@ const fn max(a: usize, b: usize) -> usize {
 }
 
 const SCRATCH: usize = max(
-    max(Flash::<Scalar, 12, 16>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM), Flash::<Scalar, 24, 32>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM)),
+    max(
+        Flash::<Scalar, 12, 16>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM),
+        Flash::<Scalar, 24, 32>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM),
+    ),
     Flash::<Portable, 8, 16>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM),
 );
 
@@ -75,7 +78,10 @@ fn compare(case: &Case, y: &[f32], lse: &[f32]) -> Errors {
                     e.lse = e.lse.max((got - want).abs() / want.abs().max(1.0));
                 }
                 let got = &y[s.out.offset(b, h, i)..][..s.v_head_dim];
-                for (g, w) in got.iter().zip(&case.y[row * s.v_head_dim..][..s.v_head_dim]) {
+                for (g, w) in got
+                    .iter()
+                    .zip(&case.y[row * s.v_head_dim..][..s.v_head_dim])
+                {
                     if g.is_nan() {
                         e.unwritten += 1;
                     } else {
@@ -126,14 +132,21 @@ fn run_split<K: MicroKernel, const BQ: usize, const BK: usize, T: Element>(
     for x in [&mut buf.y[..], &mut buf.y_b[..], &mut buf.merged[..]] {
         x.fill(f32::NAN);
     }
-    for x in [&mut buf.lse[..], &mut buf.lse_b[..], &mut buf.merged_lse[..]] {
+    for x in [
+        &mut buf.lse[..],
+        &mut buf.lse_b[..],
+        &mut buf.merged_lse[..],
+    ] {
         x.fill(f32::NAN);
     }
     let mut stats = tessera_core::Stats::default();
     for b in 0..s.batch {
         for h in 0..s.q_heads {
             for t in 0..Flash::<K, BQ, BK>::q_tiles(s.q_len) {
-                for (range, y, lse) in [(0..cut, &mut buf.y, &mut buf.lse), (cut..s.kv_len, &mut buf.y_b, &mut buf.lse_b)] {
+                for (range, y, lse) in [
+                    (0..cut, &mut buf.y, &mut buf.lse),
+                    (cut..s.kv_len, &mut buf.y_b, &mut buf.lse_b),
+                ] {
                     let out = f.tile(&att, b, h, t, range, &mut buf.scratch, &mut stats)?;
                     for r in 0..out.rows {
                         let row = (b * s.q_heads + h) * s.q_len + out.q_start + r;
@@ -144,20 +157,42 @@ fn run_split<K: MicroKernel, const BQ: usize, const BK: usize, T: Element>(
             }
         }
     }
-    merge(&buf.y[..rows * dv], &buf.lse[..rows], &buf.y_b[..rows * dv], &buf.lse_b[..rows], &mut buf.merged[..rows * dv], &mut buf.merged_lse[..rows], dv)?;
+    merge(
+        &buf.y[..rows * dv],
+        &buf.lse[..rows],
+        &buf.y_b[..rows * dv],
+        &buf.lse_b[..rows],
+        &mut buf.merged[..rows * dv],
+        &mut buf.merged_lse[..rows],
+        dv,
+    )?;
     // The merged result is contiguous (B, Hq, Sq, Dv); compare through a
     // BHSD view of the same case.
     let mut contiguous = Case { spec: s, ..*case };
     contiguous.spec.out = tessera_core::Strides::bhsd(s.q_heads, s.q_len, dv);
-    Ok(compare(&contiguous, &buf.merged[..rows * dv], &buf.merged_lse[..rows]))
+    Ok(compare(
+        &contiguous,
+        &buf.merged[..rows * dv],
+        &buf.merged_lse[..rows],
+    ))
 }
 
-fn report(name: &str, config: &str, result: Result<Errors, SpecError>, passed: &mut u32, failed: &mut u32) {
+fn report(
+    name: &str,
+    config: &str,
+    result: Result<Errors, SpecError>,
+    passed: &mut u32,
+    failed: &mut u32,
+) {
     let mut out = Out;
     match result {
         Ok(e) if e.unwritten == 0 && e.y <= TOL && e.lse <= TOL => {
             *passed += 1;
-            let _ = writeln!(out, "ok   {name} [{config}] y_err={:.2e} lse_err={:.2e}", e.y, e.lse);
+            let _ = writeln!(
+                out,
+                "ok   {name} [{config}] y_err={:.2e} lse_err={:.2e}",
+                e.y, e.lse
+            );
         }
         Ok(e) => {
             *failed += 1;
@@ -174,15 +209,53 @@ fn report(name: &str, config: &str, result: Result<Errors, SpecError>, passed: &
     }
 }
 
-fn run_case<T: Element>(case: &Case, q: &[T], k: &[T], v: &[T], buf: &mut Buffers, passed: &mut u32, failed: &mut u32) {
+fn run_case<T: Element>(
+    case: &Case,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    buf: &mut Buffers,
+    passed: &mut u32,
+    failed: &mut u32,
+) {
     let n = case.name;
     if let Some(cut) = case.split {
-        report(n, "scalar 12x16 split+merge", run_split::<_, 12, 16, T>(Scalar, case, cut, q, k, v, buf), passed, failed);
-        report(n, "portable 8x16 split+merge", run_split::<_, 8, 16, T>(Portable, case, cut, q, k, v, buf), passed, failed);
+        report(
+            n,
+            "scalar 12x16 split+merge",
+            run_split::<_, 12, 16, T>(Scalar, case, cut, q, k, v, buf),
+            passed,
+            failed,
+        );
+        report(
+            n,
+            "portable 8x16 split+merge",
+            run_split::<_, 8, 16, T>(Portable, case, cut, q, k, v, buf),
+            passed,
+            failed,
+        );
     } else {
-        report(n, "scalar 12x16", run_whole::<_, 12, 16, T>(Scalar, case, q, k, v, buf), passed, failed);
-        report(n, "scalar 24x32", run_whole::<_, 24, 32, T>(Scalar, case, q, k, v, buf), passed, failed);
-        report(n, "portable 8x16", run_whole::<_, 8, 16, T>(Portable, case, q, k, v, buf), passed, failed);
+        report(
+            n,
+            "scalar 12x16",
+            run_whole::<_, 12, 16, T>(Scalar, case, q, k, v, buf),
+            passed,
+            failed,
+        );
+        report(
+            n,
+            "scalar 24x32",
+            run_whole::<_, 24, 32, T>(Scalar, case, q, k, v, buf),
+            passed,
+            failed,
+        );
+        report(
+            n,
+            "portable 8x16",
+            run_whole::<_, 8, 16, T>(Portable, case, q, k, v, buf),
+            passed,
+            failed,
+        );
     }
 }
 
@@ -192,7 +265,11 @@ extern "C" fn tessera_main() -> i32 {
     // this is the only reference to BUFFERS ever made.
     let buf = unsafe { &mut *addr_of_mut!(BUFFERS) };
     let (mut passed, mut failed) = (0u32, 0u32);
-    let _ = writeln!(Out, "tessera-core conformance on {}", core::env!("TARGET_NAME"));
+    let _ = writeln!(
+        Out,
+        "tessera-core conformance on {}",
+        core::env!("TARGET_NAME")
+    );
     for case in CASES {
         match case.input {
             Input::F32 { q, k, v } => run_case(case, q, k, v, buf, &mut passed, &mut failed),

@@ -9,7 +9,9 @@
 
 use core::ptr::addr_of_mut;
 
-use tessera_core::kernel::{MicroKernel, Portable, Scalar};
+#[cfg(target_arch = "arm")]
+use tessera_core::kernel::Portable;
+use tessera_core::kernel::{MicroKernel, Scalar};
 use tessera_core::{Attention, AttentionSpec, Flash, MaskSpec};
 use tessera_firmware::data::Rng;
 use tessera_firmware::marks::counted;
@@ -29,7 +31,13 @@ struct Buffers {
     scratch: [f32; SCRATCH],
 }
 
-static mut BUFFERS: Buffers = Buffers { q: [0.0; N], k: [0.0; N], v: [0.0; N], y: [0.0; N], scratch: [0.0; SCRATCH] };
+static mut BUFFERS: Buffers = Buffers {
+    q: [0.0; N],
+    k: [0.0; N],
+    v: [0.0; N],
+    y: [0.0; N],
+    scratch: [0.0; SCRATCH],
+};
 
 fn field(name: &str, value: u64) {
     print(" ");
@@ -54,14 +62,22 @@ fn visible_pairs(s: usize, window: Option<isize>) -> u64 {
     }
 }
 
-fn measure<K: MicroKernel, const BQ: usize, const BK: usize>(kernel: K, name: &str, s: usize, window: Option<isize>, b: &mut Buffers) -> bool {
+fn measure<K: MicroKernel, const BQ: usize, const BK: usize>(
+    kernel: K,
+    name: &str,
+    s: usize,
+    window: Option<isize>,
+    b: &mut Buffers,
+) -> bool {
     let spec = AttentionSpec::bhsd(1, 1, 1, s, s, D, D);
     let mask = match window {
         None => MaskSpec::NONE,
         Some(l) => MaskSpec::NONE.causal(0).window(l, 0),
     };
     let n = s * D;
-    let Ok(att) = Attention::new(&spec, &mask, &b.q[..n], &b.k[..n], &b.v[..n]) else { return false };
+    let Ok(att) = Attention::new(&spec, &mask, &b.q[..n], &b.k[..n], &b.v[..n]) else {
+        return false;
+    };
     let need = Flash::<K, BQ, BK>::scratch_len(D, D);
     let f = Flash::<K, BQ, BK>::new(kernel);
     let (y, scratch) = (&mut b.y[..n], &mut b.scratch[..need]);
@@ -80,7 +96,11 @@ fn measure<K: MicroKernel, const BQ: usize, const BK: usize>(kernel: K, name: &s
     field("scratch_bytes", 4 * need as u64);
     field("formula_bytes", formula_bytes(BQ, BK, D, D) as u64);
     field("stack_bytes", stack as u64);
-    print(if result.is_ok() && y.iter().all(|x| x.is_finite()) { " ok\n" } else { " FAILED\n" });
+    print(if result.is_ok() && y.iter().all(|x| x.is_finite()) {
+        " ok\n"
+    } else {
+        " FAILED\n"
+    });
     result.is_ok() && 4 * need == formula_bytes(BQ, BK, D, D)
 }
 
@@ -95,15 +115,26 @@ extern "C" fn tessera_main() -> i32 {
     counted(|| ());
     print("measure empty-region\n");
     let mut ok = true;
-    ok &= measure::<_, 16, 16>(Scalar, "dense", 256, None, b);
-    ok &= measure::<_, 16, 32>(Scalar, "dense", 256, None, b);
-    ok &= measure::<_, 32, 16>(Scalar, "dense", 256, None, b);
-    ok &= measure::<_, 32, 32>(Scalar, "dense", 256, None, b);
-    ok &= measure::<_, 64, 32>(Scalar, "dense", 256, None, b);
-    ok &= measure::<_, 16, 32>(Portable, "dense", 256, None, b);
-    ok &= measure::<_, 32, 32>(Scalar, "window64", 1024, Some(63), b);
-    ok &= measure::<_, 32, 32>(Scalar, "window64", 4096, Some(63), b);
-    ok &= measure::<_, 16, 16>(Scalar, "window64", 1024, Some(63), b);
-    ok &= measure::<_, 16, 16>(Scalar, "window64", 4096, Some(63), b);
+    // Soft-float RV32IMAC runs ~60x more instructions per MAC: only the
+    // headline cases there.
+    #[cfg(target_arch = "arm")]
+    {
+        ok &= measure::<_, 16, 16>(Scalar, "dense", 256, None, b);
+        ok &= measure::<_, 16, 32>(Scalar, "dense", 256, None, b);
+        ok &= measure::<_, 32, 16>(Scalar, "dense", 256, None, b);
+        ok &= measure::<_, 32, 32>(Scalar, "dense", 256, None, b);
+        ok &= measure::<_, 64, 32>(Scalar, "dense", 256, None, b);
+        ok &= measure::<_, 16, 32>(Portable, "dense", 256, None, b);
+        ok &= measure::<_, 32, 32>(Scalar, "causal", 256, Some(-1), b);
+        ok &= measure::<_, 32, 32>(Scalar, "window64", 1024, Some(63), b);
+        ok &= measure::<_, 32, 32>(Scalar, "window64", 4096, Some(63), b);
+        ok &= measure::<_, 16, 16>(Scalar, "window64", 1024, Some(63), b);
+        ok &= measure::<_, 16, 16>(Scalar, "window64", 4096, Some(63), b);
+    }
+    #[cfg(not(target_arch = "arm"))]
+    {
+        ok &= measure::<_, 32, 32>(Scalar, "dense", 256, None, b);
+        ok &= measure::<_, 32, 32>(Scalar, "window64", 1024, Some(63), b);
+    }
     i32::from(!ok)
 }

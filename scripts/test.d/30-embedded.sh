@@ -1,0 +1,104 @@
+# Embedded: tessera-core under QEMU on Cortex-M4F (mps2-an386), Cortex-M33
+# (mps2-an505) and RV32IMAC (virt): conformance tests against host-generated
+# f64 expectations, the fault handler, the C API (host tests and a C
+# firmware built with arm-none-eabi-gcc), and the measured targets: exact
+# instructions per MAC on the M4F (TCG plugin, -icount shift=0) and code size.
+source "$(dirname "$0")/../lib.sh"
+cd "$TESSERA_ROOT"
+
+targets=(thumbv7em-none-eabihf thumbv8m.main-none-eabihf riscv32imac-unknown-none-elf)
+need_apt qemu-system-arm qemu-system-misc gcc-arm-none-eabi gcc
+need_target "${targets[@]}"
+need_component "$(rustup show active-toolchain | cut -d" " -f1)" rustfmt clippy
+export CARGO_TARGET_DIR=$TESSERA_ROOT/target/firmware
+fw=core/firmware
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); echo "ok   $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+log "lint: core/firmware and core/capi (not workspace members)"
+for crate in core/firmware core/capi; do
+    cargo fmt --manifest-path "$crate/Cargo.toml" -- --check || fail "cargo fmt $crate"
+done
+cargo clippy --locked --quiet --manifest-path core/capi/Cargo.toml --all-targets -- -D warnings || fail "clippy core/capi"
+
+log "build firmware images for ${targets[*]}"
+target_args=()
+for t in "${targets[@]}"; do target_args+=(--target "$t"); done
+cargo build --locked --release --manifest-path $fw/Cargo.toml "${target_args[@]}"
+cargo clippy --locked --quiet --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf -- -D warnings ||
+    fail "clippy core/firmware"
+
+for t in "${targets[@]}"; do
+    log "conformance on $t"
+    if $fw/scripts/qemu-run.sh "$CARGO_TARGET_DIR/$t/release/conformance"; then
+        pass "conformance on $t"
+    else
+        fail "conformance on $t (status $?)"
+    fi
+    set +e
+    $fw/scripts/qemu-run.sh "$CARGO_TARGET_DIR/$t/release/fault" >"$CARGO_TARGET_DIR/fault-$t.log"
+    status=$?
+    set -e
+    if [ $status = 3 ] && grep -q HardFault "$CARGO_TARGET_DIR/fault-$t.log"; then
+        pass "a fault on $t exits with status 3"
+    else
+        fail "a fault on $t: status $status, $(cat "$CARGO_TARGET_DIR/fault-$t.log")"
+    fi
+done
+
+log "C API: host tests"
+if cargo test --locked --quiet --release --manifest-path core/capi/Cargo.toml; then
+    pass "capi host tests"
+else
+    fail "capi host tests"
+fi
+
+log "C API: C firmware on the Cortex-M4F"
+cargo build --locked --release --manifest-path core/capi/Cargo.toml --target thumbv7em-none-eabihf
+elf=$CARGO_TARGET_DIR/c-example.elf
+arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -O2 -std=c11 -Wall -Wextra -Werror \
+    -ffreestanding -nostdlib -ffunction-sections -fdata-sections -I core/capi/include -L core/capi/example \
+    -T $fw/link/cortex-m.ld -Wl,--gc-sections -Wl,-z,noexecstack -o "$elf" \
+    core/capi/example/main.c core/capi/example/startup.c \
+    "$CARGO_TARGET_DIR/thumbv7em-none-eabihf/release/libtessera_capi.a" -lgcc
+if TESSERA_TARGET=thumbv7em-none-eabihf $fw/scripts/qemu-run.sh "$elf"; then
+    pass "C firmware"
+else
+    fail "C firmware (status $?)"
+fi
+
+log "measurements on the Cortex-M4F and Cortex-M33"
+$fw/scripts/build-plugin.sh "$CARGO_TARGET_DIR/libinsn_count.so"
+for t in thumbv7em-none-eabihf thumbv8m.main-none-eabihf; do
+    if $fw/scripts/measure.sh $t | tee "$CARGO_TARGET_DIR/measure-$t.md"; then
+        pass "measure on $t"
+    else
+        fail "measure on $t"
+    fi
+done
+# The targets of the issue, on the M4F: dense instr/MAC (the numbers are
+# exact, so this is a regression test), linear window cost, code size.
+table=$CARGO_TARGET_DIR/measure-thumbv7em-none-eabihf.md
+ipm=$(awk -F'|' '$2 ~ /dense/ && $3 ~ /scalar/ && $4 ~ /32×32/ {gsub(/ /, "", $10); print $10}' "$table")
+if awk -v x="$ipm" 'BEGIN { exit !(x > 0 && x <= 2.5) }'; then
+    pass "dense S=256 D=32 on the M4F: $ipm instr/MAC <= 2.5"
+else
+    fail "dense S=256 D=32 on the M4F: '$ipm' instr/MAC, target 2.5"
+fi
+ratio=$(awk -F'|' '$2 ~ /window64/ && $4 ~ /32×32/ {gsub(/ /, "", $9); n[$5 + 0] = $9} END { print n[4096] / n[1024] }' "$table")
+if awk -v r="$ratio" 'BEGIN { exit !(r > 3.9 && r < 4.2) }'; then
+    pass "window 64: S=4096 costs $ratio x S=1024 (linear)"
+else
+    fail "window 64: S=4096 costs '$ratio' x S=1024, expected ~4"
+fi
+text=$(arm-none-eabi-size "$CARGO_TARGET_DIR/thumbv7em-none-eabihf/release/attention-only" | awk 'NR == 2 {print $1}')
+if [ "$text" -le 16384 ]; then
+    pass "attention-only text $text B <= 16 KiB"
+else
+    fail "attention-only text $text B > 16 KiB"
+fi
+
+echo "embedded: $passed passed, $failed failed"
+[ "$failed" = 0 ]
