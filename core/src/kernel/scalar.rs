@@ -24,6 +24,39 @@ const NR: usize = 4;
 
 /// The scalar-FPU micro-kernel, `4 × 4` register block. `Flash`'s `BQ` must
 /// be a multiple of 4 and `BK` a multiple of 8 (for example `Flash<Scalar, 32, 32>`).
+///
+/// # Firmware quick start
+/// `Cargo.toml`: `tessera-core = { path = "…/core", default-features = false }`
+/// (no heap, no `std`). Every buffer is the caller's; scratch is a `const fn`
+/// of the head sizes, so it can be a static:
+/// ```
+/// use core::ptr::addr_of_mut;
+/// use tessera_core::{kernel::Scalar, Attention, AttentionSpec, Flash, MaskSpec, SpecError};
+///
+/// const S: usize = 64; // tokens
+/// const D: usize = 32; // head size (Q/K and V)
+/// type F = Flash<Scalar, 32, 32>; // BQ = 32 query rows, BK = 32 keys per tile
+/// const SCRATCH: usize = F::scratch_len(D, D); // BQ·D + D·BK + BK·Dvp + BQ·BK + BQ·Dvp + 2·BQ f32s
+/// assert_eq!(SCRATCH * 4, 20_736); // bytes
+///
+/// static mut SCRATCH_BUF: [f32; SCRATCH] = [0.0; SCRATCH];
+/// static mut Y: [f32; S * D] = [0.0; S * D];
+///
+/// fn attend(q: &[f32], k: &[f32], v: &[f32]) -> Result<(), SpecError> {
+///     let spec = AttentionSpec::bhsd(1, 1, 1, S, S, D, D); // B, Hq, Hkv, Sq, Skv, D, Dv
+///     let mask = MaskSpec::NONE.causal(0).window(16, 0).globals(2);
+///     let att = Attention::new(&spec, &mask, q, k, v)?; // every size checked here
+///     // SAFETY: single-threaded firmware; nothing else refers to these statics.
+///     let (scratch, y) = unsafe { (&mut *addr_of_mut!(SCRATCH_BUF), &mut *addr_of_mut!(Y)) };
+///     F::new(Scalar).run(&att, y, None, scratch)?;
+///     Ok(())
+/// }
+///
+/// let x = [0.5f32; S * D];
+/// attend(&x, &x, &x).unwrap();
+/// // SAFETY: attend has returned; this is the only reference.
+/// assert!(unsafe { (*addr_of_mut!(Y))[0] } == 0.5);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Scalar;
 
