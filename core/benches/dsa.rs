@@ -64,7 +64,13 @@ impl Rng {
 }
 
 fn sampled_tiles(n_tiles: usize) -> Vec<usize> {
-    let n = SAMPLE_TILES.min(n_tiles);
+    // Fewer samples for very long rows (each one already costs S work).
+    let n = if n_tiles >= 4096 {
+        SAMPLE_TILES / 2
+    } else {
+        SAMPLE_TILES
+    }
+    .min(n_tiles);
     (0..n).map(|i| (2 * i + 1) * n_tiles / (2 * n)).collect()
 }
 
@@ -349,7 +355,10 @@ struct Split {
     attention: f64,
 }
 
-/// Training-free mode on one head, sampled tiles, scaled to all tiles.
+/// Training-free mode on one head: per sampled query tile of 32, time the
+/// bound scoring, the selection, the selected-tile attention and, right
+/// after, the dense 64×64 flash tile holding the same rows (interleaved, so
+/// load changes on a shared machine hit both alike); scale to all tiles.
 fn time_training_free<K: MicroKernel>(kern: K, s: usize, d: usize) -> (Split, f64) {
     let spec = AttentionSpec::bhsd(1, 1, 1, s, s, d, d);
     let mask = MaskSpec::NONE.causal(0);
@@ -365,17 +374,21 @@ fn time_training_free<K: MicroKernel>(kern: K, s: usize, d: usize) -> (Split, f6
     let summary_time = secs(t0.elapsed());
     let view = BlockSummaries::new(&spec, 64, &sums).unwrap();
     let sel = Selector::<K>::new(kern);
+    let dense = Dense::<K>::new(kern);
     let n_tiles = s.div_ceil(32);
     let tiles = sampled_tiles(n_tiles);
     let mut scratch = vec![0.0; Selector::<K>::scratch_len(1, d)];
     let mut fs = vec![0.0; Flash::<K, 32, 64>::scratch_len(d, d)];
+    let mut ds = vec![0.0; Dense::<K>::scratch_len(d, d)];
     let nb = Selector::<K>::blocks(s);
-    let mut all_scores = vec![0.0f32; tiles.len() * nb];
-    let mut budgets = Vec::new();
-    let t0 = Instant::now();
-    for (i, &t) in tiles.iter().enumerate() {
-        budgets.push(
-            sel.score_tile(
+    let mut scores = vec![0.0f32; nb];
+    let mut chosen = vec![0usize; nb];
+    let mut stats = Stats::default();
+    let (mut score, mut select, mut attention, mut dense_t) = (0.0, 0.0, 0.0, 0.0);
+    for &t in &tiles {
+        let t0 = Instant::now();
+        let budget = sel
+            .score_tile(
                 &att,
                 &q,
                 &view,
@@ -384,45 +397,30 @@ fn time_training_free<K: MicroKernel>(kern: K, s: usize, d: usize) -> (Split, f6
                 t,
                 TOP_K,
                 keep,
-                &mut all_scores[i * nb..][..nb],
+                &mut scores,
                 &mut scratch,
             )
-            .unwrap(),
-        );
-    }
-    let score = secs(t0.elapsed());
-    let mut chosen = vec![0usize; tiles.len() * nb];
-    let mut counts = Vec::new();
-    let t0 = Instant::now();
-    for (i, b) in budgets.iter().enumerate() {
-        counts.push(
-            Selector::<K>::select_tiles(
-                &all_scores[i * nb..][..nb],
-                *b,
-                &mut chosen[i * nb..][..nb],
-            )
-            .unwrap(),
-        );
-    }
-    let select = secs(t0.elapsed());
-    let mut stats = Stats::default();
-    let t0 = Instant::now();
-    for (i, &t) in tiles.iter().enumerate() {
+            .unwrap();
+        let t1 = Instant::now();
+        let n = Selector::<K>::select_tiles(&scores, budget, &mut chosen).unwrap();
+        let t2 = Instant::now();
         let out = sel
             .flash()
-            .tile_selected(
-                &att,
-                0,
-                0,
-                t,
-                &chosen[i * nb..][..counts[i]],
-                &mut fs,
-                &mut stats,
-            )
+            .tile_selected(&att, 0, 0, t, &chosen[..n], &mut fs, &mut stats)
             .unwrap();
         black_box(out.row(0)[0]);
+        let t3 = Instant::now();
+        // The dense 64-row tile holds this tile's rows and one neighbour's.
+        let out = dense
+            .tile(&att, 0, 0, t / 2, 0..s, &mut ds, &mut stats)
+            .unwrap();
+        black_box(out.row(0)[0]);
+        let t4 = Instant::now();
+        score += secs(t1 - t0);
+        select += secs(t2 - t1);
+        attention += secs(t3 - t2);
+        dense_t += secs(t4 - t3) / 2.0;
     }
-    let attention = secs(t0.elapsed());
     let f = n_tiles as f64 / tiles.len() as f64;
     (
         Split {
@@ -430,30 +428,15 @@ fn time_training_free<K: MicroKernel>(kern: K, s: usize, d: usize) -> (Split, f6
             select: select * f,
             attention: attention * f,
         },
-        dense_time(kern, &att, s),
+        dense_t * f,
     )
 }
 
-/// Dense exact attention (64×64 tiles) on one head, sampled and scaled.
-fn dense_time<K: MicroKernel>(kern: K, att: &Attention<'_, f32>, s: usize) -> f64 {
-    let flash = Dense::<K>::new(kern);
-    let d = att.spec().head_dim;
-    let mut fs = vec![0.0; Dense::<K>::scratch_len(d, d)];
-    let n_tiles = Dense::<K>::q_tiles(s);
-    let tiles = sampled_tiles(n_tiles);
-    let mut stats = Stats::default();
-    let t0 = Instant::now();
-    for &t in &tiles {
-        let out = flash.tile(att, 0, 0, t, 0..s, &mut fs, &mut stats).unwrap();
-        black_box(out.row(0)[0]);
-    }
-    secs(t0.elapsed()) * n_tiles as f64 / tiles.len() as f64
-}
-
 /// Indexer mode: FP8 E4M3 indexer (scores), top-k (select), gather
-/// attention with Hq = 12 heads sharing one KV head (attention); sampled
-/// query tiles of 16, scaled. Also returns the indexer's GFLOP/s on E4M3 and
-/// on f32 operands.
+/// attention with Hq = 12 heads sharing one KV head (attention), and the
+/// dense 64×64 flash tile of the same rows for one head, interleaved per
+/// sampled query tile of 16 and scaled (dense times the head count). Also
+/// returns the indexer's GFLOP/s on E4M3 and on f32 operands.
 fn time_indexer<K: MicroKernel>(
     kern: K,
     s: usize,
@@ -494,20 +477,59 @@ fn time_indexer<K: MicroKernel>(
     let n_tiles = Lx::<K>::q_tiles(s);
     let tiles = sampled_tiles(n_tiles);
     let mut scratch = vec![0.0; Lx::<K>::scratch_len(hi, di)];
-    let mut scores = vec![0.0; tiles.len() * Lx::<K>::scores_len(s)];
     let per = Lx::<K>::scores_len(s);
-    let t0 = Instant::now();
-    for (i, &t) in tiles.iter().enumerate() {
-        lx.scores_tile(&ix, 0, t, &mut scores[i * per..][..per], &mut scratch)
-            .unwrap();
-    }
-    let score = secs(t0.elapsed());
-    let t0 = Instant::now();
+    let mut scores = vec![0.0; per];
+    let mut idx = vec![-1i64; s * TOP_K];
+    let spec = AttentionSpec::bhsd(1, heads, 1, s, s, d, d);
+    let mut rng = Rng(77);
+    let (q, k, v) = (
+        rng.vec(heads * s * d, 1.0),
+        rng.vec(s * d, 1.0),
+        rng.vec(s * d, 1.0),
+    );
+    let att = Attention::new(&spec, &mask, &q, &k, &v).unwrap();
+    let g = Gather::<K>::new(kern);
+    let mut gs = vec![0.0; Gather::<K>::scratch_len(heads, d, d)];
+    let mut seen = vec![0u64; Gather::<K>::seen_len(s)];
+    let dense = Dense::<K>::new(kern);
+    let mut ds = vec![0.0; Dense::<K>::scratch_len(d, d)];
+    let mut stats = Stats::default();
+    let (mut score, mut score_f32, mut select, mut attention, mut dense_t) =
+        (0.0, 0.0, 0.0, 0.0, 0.0);
     for &t in &tiles {
-        lx.scores_tile(&ixf, 0, t, &mut scores[..per], &mut scratch)
+        let rows = 16.min(s - t * 16);
+        let t0 = Instant::now();
+        lx.scores_tile(&ixf, 0, t, &mut scores, &mut scratch)
             .unwrap();
+        let t1 = Instant::now();
+        lx.scores_tile(&ix, 0, t, &mut scores, &mut scratch)
+            .unwrap();
+        let t2 = Instant::now();
+        for r in 0..rows {
+            tessera_core::top_k_in_place(
+                &mut scores[r * s..][..s],
+                &mut idx[(t * 16 + r) * TOP_K..][..TOP_K],
+            );
+        }
+        let t3 = Instant::now();
+        let p = SparseAttention::new(&spec, &mask, &q, &k, &v, IndexList::shared(&idx, s, TOP_K))
+            .unwrap();
+        for i in t * 16..t * 16 + rows {
+            let out = g.query(&p, 0, 0, i, &mut gs, &mut seen).unwrap();
+            black_box(out.row(0)[0]);
+        }
+        let t4 = Instant::now();
+        let out = dense
+            .tile(&att, 0, 0, t / 4, 0..s, &mut ds, &mut stats)
+            .unwrap();
+        black_box(out.row(0)[0]);
+        let t5 = Instant::now();
+        score_f32 += secs(t1 - t0);
+        score += secs(t2 - t1);
+        select += secs(t3 - t2);
+        attention += secs(t4 - t3);
+        dense_t += secs(t5 - t4) / 4.0 * heads as f64;
     }
-    let score_f32 = secs(t0.elapsed());
     // Useful flops of the sampled tiles: 2·Hi·Di per visible (causal) pair.
     let pairs: f64 = tiles
         .iter()
@@ -518,50 +540,14 @@ fn time_indexer<K: MicroKernel>(
         })
         .sum();
     let flops = pairs * 2.0 * (hi * di) as f64;
-    // Select: top-k of every sampled row.
-    let mut idx = vec![-1i64; s * TOP_K];
-    let t0 = Instant::now();
-    for (i, &t) in tiles.iter().enumerate() {
-        for r in 0..16.min(s - t * 16) {
-            let row = t * 16 + r;
-            top_k(
-                &scores[i * per + r * s..][..s],
-                &mut idx[row * TOP_K..][..TOP_K],
-            );
-        }
-    }
-    let select = secs(t0.elapsed());
-    // Attention: gather over the lists of the sampled rows, all 12 heads.
-    let spec = AttentionSpec::bhsd(1, heads, 1, s, s, d, d);
-    let mut rng = Rng(77);
-    let (q, k, v) = (
-        rng.vec(heads * s * d, 1.0),
-        rng.vec(s * d, 1.0),
-        rng.vec(s * d, 1.0),
-    );
-    let p =
-        SparseAttention::new(&spec, &mask, &q, &k, &v, IndexList::shared(&idx, s, TOP_K)).unwrap();
-    let g = Gather::<K>::new(kern);
-    let mut gs = vec![0.0; Gather::<K>::scratch_len(heads, d, d)];
-    let mut seen = vec![0u64; Gather::<K>::seen_len(s)];
-    let t0 = Instant::now();
-    for &t in &tiles {
-        for i in t * 16..((t + 1) * 16).min(s) {
-            let out = g.query(&p, 0, 0, i, &mut gs, &mut seen).unwrap();
-            black_box(out.row(0)[0]);
-        }
-    }
-    let attention = secs(t0.elapsed());
     let f = n_tiles as f64 / tiles.len() as f64;
-    let att = Attention::new(&spec, &mask, &q, &k, &v).unwrap();
-    let dense = dense_time(kern, &att, s) * heads as f64;
     (
         Split {
             score: score * f,
             select: select * f,
             attention: attention * f,
         },
-        dense,
+        dense_t * f,
         flops / score / 1e9,
         flops / score_f32 / 1e9,
     )
@@ -570,7 +556,7 @@ fn time_indexer<K: MicroKernel>(
 fn time_tables<K: MicroKernel>(kern: K, md: &mut String, sizes: &[usize]) {
     let (h, d) = (12, 64);
     writeln!(md, "\n### Time split, training-free mode (H = {h}, D = {d}, causal, k = {TOP_K}, one thread)\n").unwrap();
-    writeln!(md, "Seconds for the whole problem. Each phase is timed on {SAMPLE_TILES} query tiles spread over the sequence and scaled to all tiles, for one head, times {h} heads (heads are independent). Score includes building the f32 summaries (one pass over K; the gemm reads f32 summaries in place, f16 ones are widened per chunk).\n").unwrap();
+    writeln!(md, "Seconds for the whole problem. Each phase is timed on {SAMPLE_TILES} query tiles of 32 ({} at 128K) spread over the sequence, interleaved with the dense 64×64 flash tile holding the same rows, and scaled to all tiles, for one head, times {h} heads (heads are independent). Score includes building the f32 summaries (one pass over K; the gemm reads f32 summaries in place, f16 ones are widened per chunk).\n", SAMPLE_TILES / 2).unwrap();
     writeln!(
         md,
         "| S | score | select | attention | total | dense exact | speed-up |"
@@ -595,7 +581,7 @@ fn time_tables<K: MicroKernel>(kern: K, md: &mut String, sizes: &[usize]) {
         .unwrap();
     }
     writeln!(md, "\n### Time split, indexer mode (FP8 E4M3 indexer, k = {TOP_K}; attention: Hq = {h} heads sharing one KV head, D = {d}; one thread)\n").unwrap();
-    writeln!(md, "Seconds for the whole problem, timed on {SAMPLE_TILES} query tiles of 16 and scaled. GFLOP/s counts 2·Hi·Di per visible pair, for the same indexer on E4M3 and on f32 operands in the same run.\n").unwrap();
+    writeln!(md, "Seconds for the whole problem, timed on {SAMPLE_TILES} query tiles of 16 ({} at 128K) spread over the sequence, each interleaved with the dense 64×64 flash tile holding its rows (one head, times 12), and scaled to all tiles. GFLOP/s counts 2·Hi·Di per visible pair, for the same indexer on E4M3 and on f32 operands in the same run.\n", SAMPLE_TILES / 2).unwrap();
     writeln!(md, "| S | Hi | Di | score | select | attention | total | dense exact | speed-up | indexer GFLOP/s E4M3 | f32 |").unwrap();
     writeln!(
         md,
@@ -643,7 +629,7 @@ fn micro<K: MicroKernel>(kern: K, c: &mut Criterion) {
 
 fn main() {
     let kern = kernel::detect();
-    let quick = std::env::var_os("TESSERA_BENCH_QUICK").is_some();
+    let quick = std::env::var("TESSERA_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
