@@ -59,7 +59,7 @@ fn main() {
         .collect();
     sources.sort();
 
-    let key = cache_key(&nvcc, &flags, &kernels);
+    let key = cache_key(&nvcc, &flags, &[&kernels]);
     let cache = cache_dir(&out).map(|d| d.join(format!("{key:016x}")));
     let stems: Vec<String> = sources
         .iter()
@@ -132,27 +132,46 @@ fn build_emulator(manifest: &Path, out: &Path) {
     println!("cargo:rerun-if-changed=emu");
     println!("cargo:rerun-if-env-changed=CXX");
     let cxx = env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let flags: Vec<String> = [
+        "-std=c++20",
+        "-O2",
+        "-fPIC",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let obj = out.join("tessera_emu.o");
-    let status = Command::new(&cxx)
-        .args([
-            "-std=c++20",
-            "-O2",
-            "-fPIC",
-            "-Wall",
-            "-Wno-unknown-pragmas",
-            "-c",
-            "-o",
-        ])
-        .arg(&obj)
-        .arg(manifest.join("emu/launch.cpp"))
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("tessera-cuda: feature `emulate` needs a C++20 compiler ({cxx}): {e}")
-        });
-    assert!(
-        status.success(),
-        "tessera-cuda: {cxx} failed on emu/launch.cpp"
+    let key = cache_key(
+        Path::new(&cxx),
+        &flags,
+        &[&manifest.join("kernels"), &manifest.join("emu")],
     );
+    let cached = cache_dir(out).map(|d| d.join(format!("emu-{key:016x}.o")));
+    if cached.as_ref().is_none_or(|c| fs::copy(c, &obj).is_err()) {
+        let status = Command::new(&cxx)
+            .args(&flags)
+            .args(["-c", "-o"])
+            .arg(&obj)
+            .arg(manifest.join("emu/launch.cpp"))
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("tessera-cuda: feature `emulate` needs a C++20 compiler ({cxx}): {e}")
+            });
+        assert!(
+            status.success(),
+            "tessera-cuda: {cxx} failed on emu/launch.cpp"
+        );
+        if let Some(c) = &cached {
+            let tmp = c.with_extension("tmp");
+            if c.parent().is_some_and(|d| fs::create_dir_all(d).is_ok())
+                && fs::copy(&obj, &tmp).is_ok()
+            {
+                let _ = fs::rename(&tmp, c);
+            }
+        }
+    }
     let lib = out.join("libtessera_emu.a");
     let _ = fs::remove_file(&lib);
     let status = Command::new("ar")
@@ -167,9 +186,9 @@ fn build_emulator(manifest: &Path, out: &Path) {
     println!("cargo:rustc-link-lib=dylib=stdc++");
 }
 
-/// FNV-1a over the kernel sources (names and bytes), the flags and nvcc's
-/// version: the identity of a compilation.
-fn cache_key(nvcc: &Path, flags: &[String], kernels: &Path) -> u64 {
+/// FNV-1a over the sources in `dirs` (names and bytes), the flags and the
+/// compiler's path and version: the identity of a compilation.
+fn cache_key(tool: &Path, flags: &[String], dirs: &[&Path]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -177,8 +196,9 @@ fn cache_key(nvcc: &Path, flags: &[String], kernels: &Path) -> u64 {
         }
         h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
     };
-    let mut files: Vec<PathBuf> = fs::read_dir(kernels)
-        .expect("read kernels/")
+    let mut files: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| fs::read_dir(d).expect("read a source folder"))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
@@ -192,8 +212,8 @@ fn cache_key(nvcc: &Path, flags: &[String], kernels: &Path) -> u64 {
     for f in flags {
         eat(f.as_bytes());
     }
-    eat(nvcc.as_os_str().as_encoded_bytes());
-    if let Ok(o) = Command::new(nvcc).arg("--version").output() {
+    eat(tool.as_os_str().as_encoded_bytes());
+    if let Ok(o) = Command::new(tool).arg("--version").output() {
         eat(&o.stdout);
     }
     h
