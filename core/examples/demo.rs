@@ -25,7 +25,7 @@ fn main() {
     let mut y = vec![f32::NAN; q.len()];
     let mut lse = vec![f32::NAN; b * hq * s];
 
-    type F<K> = Flash<K, 64, 64>;
+    type F<K> = Flash<K, 48, 64>;
     let mut scratch = vec![0.0; F::<kernel::Portable>::scratch_len(d, d)];
     let det = kernel::detect();
     let t = Instant::now();
@@ -42,7 +42,11 @@ fn main() {
     let mut y64 = vec![0.0; y.len()];
     let mut lse64 = vec![0.0; lse.len()];
     reference::attention(&spec, &mask, &q, &k, &v, &mut y64, &mut lse64);
-    let err = y.iter().zip(&y64).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    let err = y
+        .iter()
+        .zip(&y64)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
 
     println!("tessera-core demo: B={b} Hq={hq} Hkv={hkv} S={s} D={d}, causal + window 128 + 4 sink tokens");
     println!("kernel: {}", det.name());

@@ -11,6 +11,12 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// Narrow from f32, rounding to nearest even.
     fn from_f32(x: f32) -> Self;
+    /// The same slice as f32 when the format is f32 (lets kernels read it in
+    /// place instead of converting a copy).
+    #[inline(always)]
+    fn as_f32(_s: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -22,6 +28,10 @@ impl Element for f32 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         x
+    }
+    #[inline(always)]
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
     }
 }
 

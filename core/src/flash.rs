@@ -53,7 +53,13 @@ pub struct Attention<'a, T: Element> {
 impl<'a, T: Element> Attention<'a, T> {
     /// Validate the spec, the mask and the buffer lengths. After this, no
     /// kernel call on the problem can index out of bounds or panic.
-    pub fn new(spec: &AttentionSpec, mask: &MaskSpec<'a>, q: &'a [T], k: &'a [T], v: &'a [T]) -> Result<Self, SpecError> {
+    pub fn new(
+        spec: &AttentionSpec,
+        mask: &MaskSpec<'a>,
+        q: &'a [T],
+        k: &'a [T],
+        v: &'a [T],
+    ) -> Result<Self, SpecError> {
         spec.validate()?;
         spec.check_len(Tensor::Q, q.len())?;
         spec.check_len(Tensor::K, k.len())?;
@@ -61,7 +67,13 @@ impl<'a, T: Element> Attention<'a, T> {
         spec.required_len(Tensor::Y)?;
         spec.required_len(Tensor::Lse)?;
         mask.validate(spec.batch, spec.q_heads, spec.q_len, spec.kv_len)?;
-        Ok(Self { spec: *spec, mask: *mask, q, k, v })
+        Ok(Self {
+            spec: *spec,
+            mask: *mask,
+            q,
+            k,
+            v,
+        })
     }
 
     /// The spec.
@@ -113,7 +125,12 @@ pub struct Flash<K: MicroKernel, const BQ: usize, const BK: usize> {
 
 impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
     const TILES_FIT: () = assert!(
-        BQ > 0 && BK > 0 && BQ % K::MR == 0 && BK % K::NR == 0 && BK % 8 == 0 && DV_ALIGN % K::NR == 0,
+        BQ > 0
+            && BK > 0
+            && BQ % K::MR == 0
+            && BK % K::NR == 0
+            && BK % 8 == 0
+            && DV_ALIGN % K::NR == 0,
         "BQ must be a multiple of K::MR, BK of K::NR and 8, and K::NR must divide DV_ALIGN"
     );
 
@@ -161,7 +178,11 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         if let Some(l) = lse.as_deref() {
             let need = s.required_len(Tensor::Lse)?;
             if l.len() != need {
-                return Err(SpecError::WrongLength { tensor: Tensor::Lse, expected: need, got: l.len() });
+                return Err(SpecError::WrongLength {
+                    tensor: Tensor::Lse,
+                    expected: need,
+                    got: l.len(),
+                });
             }
         }
         let mut stats = Stats::default();
@@ -243,11 +264,18 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         let dvp = round_up(dv, DV_ALIGN);
         let need = Self::scratch_len(d, dv);
         if scratch.len() < need {
-            return Err(SpecError::TooShort { tensor: Tensor::Scratch, need, got: scratch.len() });
+            return Err(SpecError::TooShort {
+                tensor: Tensor::Scratch,
+                need,
+                got: scratch.len(),
+            });
         }
         let i0 = q_tile.checked_mul(BQ).filter(|&i| i < spec.q_len);
-        let (Some(i0), true, true) = (i0, b < spec.batch && h < spec.q_heads, kv.start <= kv.end && kv.end <= spec.kv_len)
-        else {
+        let (Some(i0), true, true) = (
+            i0,
+            b < spec.batch && h < spec.q_heads,
+            kv.start <= kv.end && kv.end <= spec.kv_len,
+        ) else {
             return Err(SpecError::TileOutOfRange);
         };
         let rows = BQ.min(spec.q_len - i0);
@@ -324,23 +352,36 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
             let cols = j1 - j0;
 
             // Kᵀ and V tiles in f32; padding keys are zero.
-            for c in 0..BK {
-                if c < cols {
-                    let src = &att.k[spec.k.offset(b, hk, j0 + c)..][..d];
-                    for (dd, &x) in src.iter().enumerate() {
-                        kt[dd * BK + c] = x.to_f32();
+            let k_base = spec.k.offset(b, hk, j0);
+            match T::as_f32(att.k) {
+                Some(k32) if cols > 0 => {
+                    self.kernel
+                        .transpose(&k32[k_base..], cols, d, spec.k.seq, kt, BK);
+                }
+                _ => {
+                    for c in 0..cols {
+                        let src = &att.k[k_base + c * spec.k.seq..][..d];
+                        for (dd, &x) in src.iter().enumerate() {
+                            kt[dd * BK + c] = x.to_f32();
+                        }
                     }
+                }
+            }
+            if cols < BK {
+                for row in kt.chunks_exact_mut(BK) {
+                    row[cols..].fill(0.0);
+                }
+            }
+            for c in 0..BK {
+                let dst = &mut vt[c * dvp..][..dvp];
+                if c < cols {
                     let src = &att.v[spec.v.offset(b, hk, j0 + c)..][..dv];
-                    let dst = &mut vt[c * dvp..][..dvp];
                     for (x, &y) in dst.iter_mut().zip(src) {
                         *x = y.to_f32();
                     }
                     dst[dv..].fill(0.0);
                 } else {
-                    for dd in 0..d {
-                        kt[dd * BK + c] = 0.0;
-                    }
-                    vt[c * dvp..][..dvp].fill(0.0);
+                    dst.fill(0.0);
                 }
             }
 
@@ -359,13 +400,26 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
                     live.iter_mut().for_each(|x| *x = c * libm::tanhf(*x / c));
                 }
                 if class == TileClass::Partial {
-                    let i = i0 + r;
+                    // Structural rules first (branch-free, vectorises), then
+                    // segments and dense masks only where they exist.
+                    let span = spans[r];
                     for (cc, x) in live.iter_mut().enumerate() {
-                        let j = j0 + cc;
-                        if mask.visible(&spans[r], b, h, i, j, spec.q_len, spec.kv_len) {
-                            *x += mask.bias(b, h, i, j);
-                        } else {
+                        if !span.contains((j0 + cc) as isize) {
                             *x = f32::NEG_INFINITY;
+                        }
+                    }
+                    if !mask.is_structural() {
+                        let i = i0 + r;
+                        for (cc, x) in live.iter_mut().enumerate() {
+                            let j = j0 + cc;
+                            if *x == f32::NEG_INFINITY {
+                                continue;
+                            }
+                            if mask.extra_visible(b, h, i, j, spec.q_len, spec.kv_len) {
+                                *x += mask.bias(b, h, i, j);
+                            } else {
+                                *x = f32::NEG_INFINITY;
+                            }
                         }
                     }
                 }
@@ -395,6 +449,13 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
                 m_run[r] = f32::NEG_INFINITY;
             }
         }
-        Ok(TileOut { q_start: i0, rows, o, o_stride: dvp, dv, lse: m_run })
+        Ok(TileOut {
+            q_start: i0,
+            rows,
+            o,
+            o_stride: dvp,
+            dv,
+            lse: m_run,
+        })
     }
 }

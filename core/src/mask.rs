@@ -60,7 +60,12 @@ impl MaskStrides {
         let sq = if q == 1 { 0 } else { k };
         let sh = if h == 1 { 0 } else { q * k };
         let sb = if b == 1 { 0 } else { h * q * k };
-        Self { batch: sb, head: sh, q: sq, k: sk }
+        Self {
+            batch: sb,
+            head: sh,
+            q: sq,
+            k: sk,
+        }
     }
 
     #[inline(always)]
@@ -185,7 +190,13 @@ impl<'a> MaskSpec<'a> {
     }
 
     /// Check the mask against the sizes of a spec.
-    pub fn validate(&self, batch: usize, q_heads: usize, q_len: usize, kv_len: usize) -> Result<(), SpecError> {
+    pub fn validate(
+        &self,
+        batch: usize,
+        q_heads: usize,
+        q_len: usize,
+        kv_len: usize,
+    ) -> Result<(), SpecError> {
         for w in [self.left_window, self.right_window] {
             if w < -1 {
                 return Err(SpecError::WindowBelowMinusOne(w));
@@ -193,20 +204,40 @@ impl<'a> MaskSpec<'a> {
         }
         if let Some(lens) = self.kv_lens {
             if lens.len() != batch {
-                return Err(SpecError::WrongLength { tensor: Tensor::KvLens, expected: batch, got: lens.len() });
+                return Err(SpecError::WrongLength {
+                    tensor: Tensor::KvLens,
+                    expected: batch,
+                    got: lens.len(),
+                });
             }
             if let Some((b, &len)) = lens.iter().enumerate().find(|(_, &l)| l > kv_len) {
-                return Err(SpecError::KvLenOutOfRange { batch: b, len, kv_len });
+                return Err(SpecError::KvLenOutOfRange {
+                    batch: b,
+                    len,
+                    kv_len,
+                });
             }
         }
         if let Some(seg) = self.segments {
-            let need_q = batch.checked_mul(q_len).ok_or(SpecError::Overflow(Tensor::Segments))?;
-            let need_k = batch.checked_mul(kv_len).ok_or(SpecError::Overflow(Tensor::Segments))?;
+            let need_q = batch
+                .checked_mul(q_len)
+                .ok_or(SpecError::Overflow(Tensor::Segments))?;
+            let need_k = batch
+                .checked_mul(kv_len)
+                .ok_or(SpecError::Overflow(Tensor::Segments))?;
             if seg.q.len() != need_q {
-                return Err(SpecError::WrongLength { tensor: Tensor::Segments, expected: need_q, got: seg.q.len() });
+                return Err(SpecError::WrongLength {
+                    tensor: Tensor::Segments,
+                    expected: need_q,
+                    got: seg.q.len(),
+                });
             }
             if seg.kv.len() != need_k {
-                return Err(SpecError::WrongLength { tensor: Tensor::Segments, expected: need_k, got: seg.kv.len() });
+                return Err(SpecError::WrongLength {
+                    tensor: Tensor::Segments,
+                    expected: need_k,
+                    got: seg.kv.len(),
+                });
             }
         }
         if let Some(dense) = self.dense {
@@ -225,7 +256,11 @@ impl<'a> MaskSpec<'a> {
                 })()
                 .ok_or(SpecError::Overflow(Tensor::Mask))?;
                 if len < last {
-                    return Err(SpecError::TooShort { tensor: Tensor::Mask, need: last, got: len });
+                    return Err(SpecError::TooShort {
+                        tensor: Tensor::Mask,
+                        need: last,
+                        got: len,
+                    });
                 }
             }
         }
@@ -268,26 +303,65 @@ impl<'a> MaskSpec<'a> {
         }
         let g = self.global_tokens as isize;
         if p >= 0 && p < g {
-            return RowSpan { lo: 0, hi: cap, global_hi: -1 };
+            return RowSpan {
+                lo: 0,
+                hi: cap,
+                global_hi: -1,
+            };
         }
-        let mut lo = if self.left_window >= 0 { p - self.left_window } else { 0 };
-        let mut hi = if self.right_window >= 0 { p.saturating_add(self.right_window) } else { cap };
+        let mut lo = if self.left_window >= 0 {
+            p - self.left_window
+        } else {
+            0
+        };
+        let mut hi = if self.right_window >= 0 {
+            p.saturating_add(self.right_window)
+        } else {
+            cap
+        };
         if self.chunk > 0 {
             let c = self.chunk as isize;
             let start = p.div_euclid(c) * c;
             lo = lo.max(start);
             hi = hi.min(start + c - 1);
         }
-        RowSpan { lo: lo.max(0), hi: hi.min(cap), global_hi: (g - 1).min(cap) }
+        RowSpan {
+            lo: lo.max(0),
+            hi: hi.min(cap),
+            global_hi: (g - 1).min(cap),
+        }
     }
 
-    /// The element test for a `Partial` tile: structural span plus segments
-    /// and dense bool mask. The additive mask is applied separately.
+    /// The full element test: structural span, segments and dense bool mask.
+    /// The additive mask is applied separately.
     #[inline]
-    pub fn visible(&self, span: &RowSpan, b: usize, h: usize, i: usize, j: usize, q_len: usize, kv_len: usize) -> bool {
-        if !span.contains(j as isize) {
-            return false;
-        }
+    #[allow(clippy::too_many_arguments)]
+    pub fn visible(
+        &self,
+        span: &RowSpan,
+        b: usize,
+        h: usize,
+        i: usize,
+        j: usize,
+        q_len: usize,
+        kv_len: usize,
+    ) -> bool {
+        span.contains(j as isize) && self.extra_visible(b, h, i, j, q_len, kv_len)
+    }
+
+    /// The element test for a `Partial` tile beyond the structural span:
+    /// segments and the dense bool mask. The additive mask is applied
+    /// separately, by [`bias`](Self::bias).
+    #[inline]
+    pub fn extra_visible(
+        &self,
+        b: usize,
+        h: usize,
+        i: usize,
+        j: usize,
+        q_len: usize,
+        kv_len: usize,
+    ) -> bool {
         if let Some(seg) = self.segments {
             if seg.q[b * q_len + i] != seg.kv[b * kv_len + j] {
                 return false;
@@ -344,7 +418,11 @@ pub struct RowSpan {
 
 impl RowSpan {
     /// A row that sees nothing (padding rows of a tile).
-    pub const EMPTY: RowSpan = RowSpan { lo: 0, hi: -1, global_hi: -1 };
+    pub const EMPTY: RowSpan = RowSpan {
+        lo: 0,
+        hi: -1,
+        global_hi: -1,
+    };
 
     /// Is key `j` in the span?
     #[inline(always)]
@@ -367,7 +445,8 @@ impl RowSpan {
         let global = self.global_hi >= z;
         // The two intervals merge when the local one starts inside or right
         // after the global one.
-        let merged = self.lo <= self.hi && self.lo <= self.global_hi + 1 && self.hi.max(self.global_hi) >= z;
+        let merged =
+            self.lo <= self.hi && self.lo <= self.global_hi + 1 && self.hi.max(self.global_hi) >= z;
         local || global || merged
     }
 

@@ -207,6 +207,7 @@ fn check_all<T: Element>(c: &Case, tol: f64) {
     if let Some(k) = kernel::Avx2Fma::detect() {
         check(run::<_, 8, 16, T, f32>(k, &att));
         check(run::<_, 64, 64, T, f32>(k, &att));
+        check(run::<_, 48, 32, T, f32>(k, &att));
     }
     #[cfg(target_arch = "aarch64")]
     check(run::<_, 8, 16, T, f32>(kernel::Neon::new(), &att));

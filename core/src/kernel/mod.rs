@@ -90,6 +90,20 @@ pub trait MicroKernel: Copy + Send + Sync + core::fmt::Debug {
 
     /// `o ← alpha · o`.
     fn scale_row(self, o: &mut [f32], alpha: f32);
+
+    /// `dst[c·ldd + r] = src[r·lds + c]` for `r < rows`, `c < cols`: packs a
+    /// key tile as Kᵀ. Panics only if the slices are shorter than that.
+    fn transpose(
+        self,
+        src: &[f32],
+        rows: usize,
+        cols: usize,
+        lds: usize,
+        dst: &mut [f32],
+        ldd: usize,
+    ) {
+        body::transpose(src, rows, cols, lds, dst, ldd)
+    }
 }
 
 /// The best kernel for this CPU, chosen once at run time.
@@ -139,26 +153,37 @@ impl Detected {
 pub(crate) mod body {
     use super::RowUpdate;
 
-    const LN2_HI: f32 = core::f32::consts::LN_2;
     const LOG2E: f32 = core::f32::consts::LOG2_E;
+    /// ln 2 split Cody–Waite style: `LN2_HI` has few mantissa bits, so
+    /// `n·LN2_HI` is exact for the `n` that occur here.
+    pub(crate) const LN2_HI: f32 = 0.693_359_4;
+    pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
     /// Below this, `exp` underflows to 0 for softmax purposes.
-    const EXP_MIN: f32 = -87.0;
+    pub(crate) const EXP_MIN: f32 = -87.0;
+    /// Taylor coefficients of `e^f`, highest first (`1/6!` … `1/1!`, then 1).
+    pub(crate) const EXP_POLY: [f32; 7] = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
 
     /// `e^x` for `x <= 0` to ~2 ulp, branch-free so that it vectorises;
     /// `x < -87` (including `-inf`) gives exactly 0.
     #[inline(always)]
     pub fn exp_neg(x: f32) -> f32 {
         let xc = if x < EXP_MIN { EXP_MIN } else { x };
-        let t = xc * LOG2E;
         // Round to nearest by the 1.5·2^23 trick (|t| < 2^22 here).
         const MAGIC: f32 = 12_582_912.0;
-        let n = (t + MAGIC) - MAGIC;
-        let f = (t - n) * LN2_HI; // |f| <= ln2/2
-                                  // e^f, degree-6 Taylor/Horner: error < 2e-8 on [-0.35, 0.35].
-        let p = 1.0
-            + f * (1.0
-                + f * (0.5
-                    + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+        let n = (xc * LOG2E + MAGIC) - MAGIC;
+        let f = (xc - n * LN2_HI) - n * LN2_LO; // |f| <= ln2/2
+        let mut p = EXP_POLY[0];
+        for c in &EXP_POLY[1..] {
+            p = p * f + c;
+        }
         let bits = ((n as i32 + 127) << 23) as u32;
         let r = p * f32::from_bits(bits);
         if x < EXP_MIN {
@@ -208,6 +233,23 @@ pub(crate) mod body {
     pub fn scale_row(o: &mut [f32], alpha: f32) {
         o.iter_mut().for_each(|x| *x *= alpha);
     }
+
+    #[inline(always)]
+    pub fn transpose(
+        src: &[f32],
+        rows: usize,
+        cols: usize,
+        lds: usize,
+        dst: &mut [f32],
+        ldd: usize,
+    ) {
+        for r in 0..rows {
+            let row = &src[r * lds..][..cols];
+            for (c, &x) in row.iter().enumerate() {
+                dst[c * ldd + r] = x;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -232,5 +274,35 @@ mod tests {
         }
         assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    /// The architecture kernels' exp and softmax agree with the portable body.
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[test]
+    fn avx2_softmax_matches_portable() {
+        use super::{MicroKernel, Portable};
+        let Some(k) = super::Avx2Fma::detect() else {
+            return;
+        };
+        for m_old in [f32::NEG_INFINITY, -3.0, 0.5, 40.0] {
+            let row: std::vec::Vec<f32> = (0..64)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        f32::NEG_INFINITY
+                    } else {
+                        (i as f32 * 0.37).sin() * 30.0
+                    }
+                })
+                .collect();
+            let (mut a, mut b) = (row.clone(), row.clone());
+            let ua = Portable.softmax_row(&mut a, m_old);
+            let ub = k.softmax_row(&mut b, m_old);
+            assert_eq!(ua.max, ub.max);
+            assert!((ua.alpha - ub.alpha).abs() <= 4e-7 * ua.alpha.abs().max(1e-30));
+            assert!((ua.sum - ub.sum).abs() <= 1e-6 * ua.sum);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 4e-7 * x.abs(), "{x} vs {y}");
+            }
+        }
     }
 }

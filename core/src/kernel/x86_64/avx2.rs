@@ -1,5 +1,7 @@
-//! AVX2 + FMA kernel: `4 × 16` register block (eight `ymm` accumulators,
-//! enough independent FMA chains to cover the latency of two FMA ports).
+//! AVX2 + FMA kernel. The work runs in `6 × 16` register blocks: twelve `ymm`
+//! accumulators (more independent FMA chains than two FMA ports' latency
+//! needs) and 8 loads per 12 FMAs. The contract's `MR` is 4, so callers pick
+//! any `BQ` that is a multiple of 4; a 4- or 2-row tail block finishes `m`.
 
 use core::arch::x86_64::*;
 
@@ -16,7 +18,8 @@ impl Avx2Fma {
     /// Some when the CPU has AVX2 and FMA.
     #[cfg(feature = "std")]
     pub fn detect() -> Option<Self> {
-        (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")).then_some(Self(()))
+        (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+            .then_some(Self(()))
     }
 
     /// Available when the build targets AVX2 + FMA statically.
@@ -32,7 +35,10 @@ impl Avx2Fma {
     }
 }
 
+/// The contract's row block: callers pass `m % 4 == 0`.
 const MR: usize = 4;
+/// The row block that carries the work.
+const BIG_MR: usize = 6;
 const NR: usize = 16;
 
 impl MicroKernel for Avx2Fma {
@@ -41,13 +47,38 @@ impl MicroKernel for Avx2Fma {
     const NAME: &'static str = "avx2-fma";
 
     #[inline]
-    unsafe fn gemm(self, m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+    unsafe fn gemm(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
         debug_assert!(m % MR == 0 && n % NR == 0);
         debug_assert!(m == 0 || n == 0 || k == 0 || a.len() >= (m - 1) * lda + k);
         debug_assert!(m == 0 || n == 0 || k == 0 || b.len() >= (k - 1) * ldb + n);
         debug_assert!(m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n);
         // SAFETY: `self` proves AVX2+FMA; the caller upholds the bounds contract.
-        unsafe { gemm_avx2(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, accumulate) }
+        unsafe {
+            gemm_avx2(
+                m,
+                n,
+                k,
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                ldb,
+                c.as_mut_ptr(),
+                ldc,
+                accumulate,
+            )
+        }
     }
 
     #[inline]
@@ -61,11 +92,154 @@ impl MicroKernel for Avx2Fma {
         // SAFETY: `self` proves AVX2+FMA.
         unsafe { scale_row_avx2(o, alpha) }
     }
+
+    #[inline]
+    fn transpose(
+        self,
+        src: &[f32],
+        rows: usize,
+        cols: usize,
+        lds: usize,
+        dst: &mut [f32],
+        ldd: usize,
+    ) {
+        // SAFETY: `self` proves AVX2+FMA.
+        unsafe { transpose_avx2(src, rows, cols, lds, dst, ldd) }
+    }
+}
+
+/// `e^x` for 8 lanes with `x <= 0`, to ~2 ulp; lanes below -87 (and `-inf`)
+/// give exactly 0. Same range reduction as [`body::exp_neg`].
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp_neg_avx2(x: __m256) -> __m256 {
+    let lo = _mm256_set1_ps(body::EXP_MIN);
+    let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+    let x = _mm256_max_ps(x, lo);
+    let t = _mm256_mul_ps(x, _mm256_set1_ps(core::f32::consts::LOG2_E));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(body::LN2_HI), x);
+    let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(body::LN2_LO), f);
+    let mut p = _mm256_set1_ps(body::EXP_POLY[0]);
+    for c in &body::EXP_POLY[1..] {
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(*c));
+    }
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    _mm_cvtss_f32(m)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    _mm_cvtss_f32(m)
 }
 
 #[target_feature(enable = "avx2,fma")]
 fn softmax_row_avx2(s: &mut [f32], m_old: f32) -> RowUpdate {
-    body::softmax_row(s, m_old)
+    debug_assert!(s.len() % 8 == 0);
+    let n = s.len() / 8 * 8;
+    let p = s.as_mut_ptr();
+    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n <= s.len().
+        vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(p.add(i)) });
+    }
+    let m_new = hmax(vmax).max(m_old);
+    if m_new == f32::NEG_INFINITY {
+        s.fill(0.0);
+        return RowUpdate {
+            max: m_new,
+            alpha: 1.0,
+            sum: 0.0,
+        };
+    }
+    let vm = _mm256_set1_ps(m_new);
+    let mut vsum = _mm256_setzero_ps();
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n <= s.len().
+        unsafe {
+            let e = exp_neg_avx2(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vm));
+            _mm256_storeu_ps(p.add(i), e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+    }
+    RowUpdate {
+        max: m_new,
+        alpha: body::exp_neg(m_old - m_new),
+        sum: hsum(vsum),
+    }
+}
+
+/// 8×8 blocks through registers, the ragged rest element by element.
+#[target_feature(enable = "avx2,fma")]
+fn transpose_avx2(src: &[f32], rows: usize, cols: usize, lds: usize, dst: &mut [f32], ldd: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(src.len() >= (rows - 1) * lds + cols && dst.len() >= (cols - 1) * ldd + rows);
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    for r in (0..r8).step_by(8) {
+        for c in (0..c8).step_by(8) {
+            // SAFETY: rows r..r+8 < rows and columns c..c+8 < cols, inside
+            // both slices by the assert above.
+            unsafe {
+                let l = |i: usize| _mm256_loadu_ps(sp.add((r + i) * lds + c));
+                let (a0, a1, a2, a3, a4, a5, a6, a7) =
+                    (l(0), l(1), l(2), l(3), l(4), l(5), l(6), l(7));
+                let t0 = _mm256_unpacklo_ps(a0, a1);
+                let t1 = _mm256_unpackhi_ps(a0, a1);
+                let t2 = _mm256_unpacklo_ps(a2, a3);
+                let t3 = _mm256_unpackhi_ps(a2, a3);
+                let t4 = _mm256_unpacklo_ps(a4, a5);
+                let t5 = _mm256_unpackhi_ps(a4, a5);
+                let t6 = _mm256_unpacklo_ps(a6, a7);
+                let t7 = _mm256_unpackhi_ps(a6, a7);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (i, v) in out.iter().enumerate() {
+                    _mm256_storeu_ps(dp.add((c + i) * ldd + r), *v);
+                }
+            }
+        }
+    }
+    for r in 0..rows {
+        let from = if r < r8 { c8 } else { 0 };
+        for c in from..cols {
+            dst[c * ldd + r] = src[r * lds + c];
+        }
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -75,65 +249,105 @@ fn scale_row_avx2(o: &mut [f32], alpha: f32) {
 
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_avx2(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
-    for i in (0..m).step_by(MR) {
-        for j in (0..n).step_by(NR) {
-            // SAFETY: every pointer below stays inside the blocks the caller
-            // promised: rows i..i+MR of A (k columns), rows 0..k of B
-            // (columns j..j+NR) and the MR×NR block of C at (i, j).
-            unsafe {
-                let cp = c.add(i * ldc + j);
-                let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31);
-                if accumulate {
-                    c00 = _mm256_loadu_ps(cp);
-                    c01 = _mm256_loadu_ps(cp.add(8));
-                    c10 = _mm256_loadu_ps(cp.add(ldc));
-                    c11 = _mm256_loadu_ps(cp.add(ldc + 8));
-                    c20 = _mm256_loadu_ps(cp.add(2 * ldc));
-                    c21 = _mm256_loadu_ps(cp.add(2 * ldc + 8));
-                    c30 = _mm256_loadu_ps(cp.add(3 * ldc));
-                    c31 = _mm256_loadu_ps(cp.add(3 * ldc + 8));
-                } else {
-                    c00 = _mm256_setzero_ps();
-                    c01 = c00;
-                    c10 = c00;
-                    c11 = c00;
-                    c20 = c00;
-                    c21 = c00;
-                    c30 = c00;
-                    c31 = c00;
-                }
-                let a0 = a.add(i * lda);
-                let a1 = a0.add(lda);
-                let a2 = a1.add(lda);
-                let a3 = a2.add(lda);
-                let mut bp = b.add(j);
-                for p in 0..k {
-                    let b0 = _mm256_loadu_ps(bp);
-                    let b1 = _mm256_loadu_ps(bp.add(8));
-                    let x = _mm256_broadcast_ss(&*a0.add(p));
-                    c00 = _mm256_fmadd_ps(x, b0, c00);
-                    c01 = _mm256_fmadd_ps(x, b1, c01);
-                    let x = _mm256_broadcast_ss(&*a1.add(p));
-                    c10 = _mm256_fmadd_ps(x, b0, c10);
-                    c11 = _mm256_fmadd_ps(x, b1, c11);
-                    let x = _mm256_broadcast_ss(&*a2.add(p));
-                    c20 = _mm256_fmadd_ps(x, b0, c20);
-                    c21 = _mm256_fmadd_ps(x, b1, c21);
-                    let x = _mm256_broadcast_ss(&*a3.add(p));
-                    c30 = _mm256_fmadd_ps(x, b0, c30);
-                    c31 = _mm256_fmadd_ps(x, b1, c31);
-                    bp = bp.add(ldb);
-                }
-                _mm256_storeu_ps(cp, c00);
-                _mm256_storeu_ps(cp.add(8), c01);
-                _mm256_storeu_ps(cp.add(ldc), c10);
-                _mm256_storeu_ps(cp.add(ldc + 8), c11);
-                _mm256_storeu_ps(cp.add(2 * ldc), c20);
-                _mm256_storeu_ps(cp.add(2 * ldc + 8), c21);
-                _mm256_storeu_ps(cp.add(3 * ldc), c30);
-                _mm256_storeu_ps(cp.add(3 * ldc + 8), c31);
+unsafe fn gemm_avx2(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // Six-row blocks carry the work; m % 4 == 0 leaves a tail of 0, 2 or 4 rows.
+    let m6 = m / BIG_MR * BIG_MR;
+    for j in (0..n).step_by(NR) {
+        // SAFETY: each block call stays inside rows i..i+R (R = 6, 4 or 2,
+        // i + R <= m) and columns j..j+NR (j + NR <= n), which the caller
+        // promised are in bounds of a, b and c.
+        unsafe {
+            for i in (0..m6).step_by(BIG_MR) {
+                block::<BIG_MR>(
+                    k,
+                    a.add(i * lda),
+                    lda,
+                    b.add(j),
+                    ldb,
+                    c.add(i * ldc + j),
+                    ldc,
+                    accumulate,
+                );
             }
+            match m - m6 {
+                4 => block::<4>(
+                    k,
+                    a.add(m6 * lda),
+                    lda,
+                    b.add(j),
+                    ldb,
+                    c.add(m6 * ldc + j),
+                    ldc,
+                    accumulate,
+                ),
+                2 => block::<2>(
+                    k,
+                    a.add(m6 * lda),
+                    lda,
+                    b.add(j),
+                    ldb,
+                    c.add(m6 * ldc + j),
+                    ldc,
+                    accumulate,
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// One `R × 16` block of C over the whole `k` loop, in registers.
+///
+/// # Safety
+/// `a` has `R` rows of `k` (stride `lda`), `b` has `k` rows of 16 (stride
+/// `ldb`), `c` has `R` rows of 16 (stride `ldc`); AVX2 and FMA are present.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block<const R: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // SAFETY: all offsets stay inside the R×k, k×16 and R×16 blocks promised above.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        if accumulate {
+            for (r, row) in acc.iter_mut().enumerate() {
+                row[0] = _mm256_loadu_ps(c.add(r * ldc));
+                row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+            }
+        }
+        let mut bp = b;
+        for p in 0..k {
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
+                row[0] = _mm256_fmadd_ps(x, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(x, b1, row[1]);
+            }
+            bp = bp.add(ldb);
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(r * ldc), row[0]);
+            _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);
         }
     }
 }
