@@ -19,7 +19,7 @@
 //! printed as Markdown and written to `target/bench-dsa.md`.
 //!
 //! `cargo bench -p tessera-core --bench dsa` (`TESSERA_BENCH_QUICK=1` skips
-//! 128K).
+//! 128K; a name filter such as `-- topk` runs only the criterion part).
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -657,6 +657,11 @@ fn main() {
 
 fn run<K: MicroKernel>(k: K, c: &mut Criterion, md: &mut String, sizes: &[usize]) {
     micro(k, c);
+    // A name filter (`cargo bench --bench dsa -- topk`) runs only the
+    // criterion part.
+    if std::env::args().skip(1).any(|a| !a.starts_with('-')) {
+        return;
+    }
     indexer_recall(k, md);
     selector_quality(k, md);
     time_tables(k, md, sizes);

@@ -83,15 +83,15 @@ impl KeyIndex for usize {
 /// Every selectable score has a key of at least `0x0080_0000`.
 #[inline(always)]
 pub fn order_key(x: f32) -> u32 {
-    if x.is_nan() || x == f32::NEG_INFINITY {
-        return 0;
-    }
-    let x = if x == 0.0 { 0.0 } else { x }; // -0 ranks as +0
+    // Branch-free (selects), so scans over a row vectorise.
     let b = x.to_bits();
-    if b >> 31 == 1 {
-        !b
+    let b = if b == 0x8000_0000 { 0 } else { b }; // -0 ranks as +0
+    let key = b ^ ((((b as i32) >> 31) as u32) | 0x8000_0000);
+    let unselectable = (b & 0x7FFF_FFFF) > 0x7F80_0000 || b == 0xFF80_0000; // NaN, -inf
+    if unselectable {
+        0
     } else {
-        b | 0x8000_0000
+        key
     }
 }
 
