@@ -30,6 +30,8 @@ struct Case {
     window: isize,
     globals: usize,
     kv_lens: Option<Vec<usize>>,
+    /// Segment ids `(q, kv)` of packed documents.
+    segments: Option<(Vec<i32>, Vec<i32>)>,
     top_k: usize,
     seed: u64,
 }
@@ -55,26 +57,40 @@ fn case() -> impl Strategy<Value = Case> {
                 -1isize..40,
                 0usize..6,
                 proptest::option::of(proptest::collection::vec(0..=kv_len, batch)),
-                1usize..64,
+                (1usize..64, any::<bool>()),
             )
-                .prop_map(move |(group, causal, window, globals, kv_lens, top_k)| {
-                    Case {
-                        spec: IndexerSpec {
-                            batch,
-                            q_len,
-                            kv_len,
-                            heads,
-                            dim,
-                        },
-                        group,
-                        causal,
-                        window,
-                        globals,
-                        kv_lens,
-                        top_k,
-                        seed,
-                    }
-                })
+                .prop_map(
+                    move |(group, causal, window, globals, kv_lens, (top_k, seg))| {
+                        // Sorted segment ids (packed documents), from the seed.
+                        let segments = seg.then(|| {
+                            let ids = |n: usize, salt: u64| -> Vec<i32> {
+                                (0..batch * n)
+                                    .map(|x| {
+                                        ((x % n) as u64 * 3 / n.max(1) as u64 + (salt & 1)) as i32
+                                    })
+                                    .collect()
+                            };
+                            (ids(q_len, seed), ids(kv_len, seed >> 1))
+                        });
+                        Case {
+                            spec: IndexerSpec {
+                                batch,
+                                q_len,
+                                kv_len,
+                                heads,
+                                dim,
+                            },
+                            group,
+                            causal,
+                            window,
+                            globals,
+                            kv_lens,
+                            segments,
+                            top_k,
+                            seed,
+                        }
+                    },
+                )
         })
 }
 
@@ -85,6 +101,9 @@ fn mask_of(c: &Case) -> MaskSpec<'_> {
     }
     if let Some(l) = &c.kv_lens {
         m = m.kv_lens(l, false);
+    }
+    if let Some((q, kv)) = &c.segments {
+        m = m.segments(q, kv);
     }
     m
 }
