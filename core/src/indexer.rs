@@ -374,9 +374,12 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
     }
 
     /// Score query tile `q_tile` of batch `b` and write the top `top_k` keys
-    /// of each row (ascending key order, `-1`-padded) to
-    /// `indices[((b·Sq) + i)·top_k ..][.. top_k]`. `scores` holds
-    /// [`scores_len`](Self::scores_len) f32s.
+    /// of each of its rows (ascending key order, `-1`-padded) to
+    /// `tile_indices[r·top_k ..][.. top_k]`, `r` the row within the tile:
+    /// the tile's own slice of the `(B, Sq, top_k)` output, starting at row
+    /// `b·Sq + q_tile·BQ`, so parallel workers write disjoint slices. It must
+    /// hold at least `rows·top_k` entries. `scores` holds
+    /// [`scores_len`](Self::scores_len) f32s and is overwritten.
     #[allow(clippy::too_many_arguments)]
     pub fn top_k_tile<T: Element, I: KeyIndex>(
         &self,
@@ -384,23 +387,32 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         b: usize,
         q_tile: usize,
         top_k_: usize,
-        indices: &mut [I],
+        tile_indices: &mut [I],
         scores: &mut [f32],
         scratch: &mut [f32],
-    ) -> Result<(), DsaError> {
+    ) -> Result<usize, DsaError> {
         let s = ix.spec;
         if top_k_ == 0 {
             return Err(DsaError::Zero { what: "top_k" });
         }
-        let need = mul("indices", &[s.batch, s.q_len, top_k_])?;
-        exact_len("indices", need, indices.len())?;
-        let rows = self.scores_tile(ix, b, q_tile, scores, scratch)?;
-        let i0 = q_tile * BQ;
-        for r in 0..rows {
-            let out = &mut indices[(b * s.q_len + i0 + r) * top_k_..][..top_k_];
+        let i0 = q_tile
+            .checked_mul(BQ)
+            .filter(|&i| i < s.q_len && b < s.batch)
+            .ok_or(DsaError::Spec(SpecError::TileOutOfRange))?;
+        let rows = BQ.min(s.q_len - i0);
+        let need = mul("indices", &[rows, top_k_])?;
+        if tile_indices.len() < need {
+            return Err(DsaError::TooShort {
+                buffer: "indices",
+                need,
+                got: tile_indices.len(),
+            });
+        }
+        self.scores_tile(ix, b, q_tile, scores, scratch)?;
+        for (r, out) in tile_indices.chunks_exact_mut(top_k_).take(rows).enumerate() {
             top_k_in_place(&mut scores[r * s.kv_len..][..s.kv_len], out);
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// The whole problem on one thread: `indices (B, Sq, top_k)`. A parallel
@@ -414,9 +426,27 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         scores: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), DsaError> {
-        for b in 0..ix.spec.batch {
-            for t in 0..Self::q_tiles(ix.spec.q_len) {
-                self.top_k_tile(ix, b, t, top_k_, indices, scores, scratch)?;
+        let sp = ix.spec;
+        if top_k_ == 0 {
+            return Err(DsaError::Zero { what: "top_k" });
+        }
+        exact_len(
+            "indices",
+            mul("indices", &[sp.batch, sp.q_len, top_k_])?,
+            indices.len(),
+        )?;
+        for b in 0..sp.batch {
+            for t in 0..Self::q_tiles(sp.q_len) {
+                let row0 = b * sp.q_len + t * BQ;
+                self.top_k_tile(
+                    ix,
+                    b,
+                    t,
+                    top_k_,
+                    &mut indices[row0 * top_k_..],
+                    scores,
+                    scratch,
+                )?;
             }
         }
         Ok(())
