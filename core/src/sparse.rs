@@ -210,12 +210,12 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
 
     /// f32s of scratch per worker, with `G = Hq / Hkv` rounded up to `K::MR`
     /// as `Gp` and `Dv` rounded up to 16 as `Dvp`:
-    /// `Gp·D + D·BK + BK·Dvp + Gp·BK + Gp·Dvp + 2·Gp` (saturating).
+    /// `Gp·D + 2·D·BK + BK·Dvp + Gp·BK + Gp·Dvp + 2·Gp` (saturating).
     pub const fn scratch_len(group: usize, head_dim: usize, v_head_dim: usize) -> usize {
         let gp = round_up(group, K::MR);
         let dvp = round_up(v_head_dim, DV_ALIGN);
         gp.saturating_mul(head_dim)
-            .saturating_add(head_dim.saturating_mul(BK))
+            .saturating_add(head_dim.saturating_mul(BK).saturating_mul(2))
             .saturating_add(BK.saturating_mul(dvp))
             .saturating_add(gp.saturating_mul(BK))
             .saturating_add(gp.saturating_mul(dvp))
@@ -318,6 +318,7 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
 
         let (q_buf, rest) = scratch.split_at_mut(gp * d);
         let (kt, rest) = rest.split_at_mut(d * BK);
+        let (k_rows, rest) = rest.split_at_mut(BK * d);
         let (vt, rest) = rest.split_at_mut(BK * dvp);
         let (sc, rest) = rest.split_at_mut(gp * BK);
         let (o, rest) = rest.split_at_mut(gp * dvp);
@@ -358,21 +359,25 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
             if cols == 0 {
                 break;
             }
-            // Gather Kᵀ and V; padding keys are zero.
+            // Gather K rows (contiguous copies), pack them as Kᵀ with the
+            // kernel's transpose, and gather V; padding keys are zero.
             for (c, &j) in keys.iter().enumerate() {
                 if c < cols {
                     let src = &p.k[spec.k.offset(b, hk, j)..][..d];
-                    src.iter()
-                        .enumerate()
-                        .for_each(|(dd, &x)| kt[dd * BK + c] = x.to_f32());
+                    let dst = &mut k_rows[c * d..][..d];
+                    dst.iter_mut().zip(src).for_each(|(x, &y)| *x = y.to_f32());
                     let dst = &mut vt[c * dvp..][..dvp];
                     let src = &p.v[spec.v.offset(b, hk, j)..][..dv];
                     dst.iter_mut().zip(src).for_each(|(x, &y)| *x = y.to_f32());
                     dst[dv..].fill(0.0);
                 } else {
-                    (0..d).for_each(|dd| kt[dd * BK + c] = 0.0);
                     vt[c * dvp..][..dvp].fill(0.0);
                 }
+            }
+            self.kernel.transpose(k_rows, cols, d, d, kt, BK);
+            if cols < BK {
+                kt.chunks_exact_mut(BK)
+                    .for_each(|row| row[cols..].fill(0.0));
             }
             // SAFETY: gp % MR == 0 and BK % NR == 0 (compile-time check);
             // q_buf is gp×d, kt is d×BK and sc is gp×BK, all sized above.
