@@ -15,16 +15,17 @@ export CARGO_TARGET_DIR=$TESSERA_ROOT/target/firmware
 fw=core/firmware
 passed=0
 failed=0
+stage() { log "$* (at ${SECONDS}s)"; }
 pass() { passed=$((passed + 1)); echo "ok   $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 
-log "lint: core/firmware and core/capi (not workspace members)"
+stage "lint: core/firmware and core/capi (not workspace members)"
 for crate in core/firmware core/capi; do
     cargo fmt --manifest-path "$crate/Cargo.toml" -- --check || fail "cargo fmt $crate"
 done
 cargo clippy --locked --quiet --manifest-path core/capi/Cargo.toml --all-targets -- -D warnings || fail "clippy core/capi"
 
-log "build firmware images for ${targets[*]}"
+stage "build firmware images for ${targets[*]}"
 target_args=()
 for t in "${targets[@]}"; do target_args+=(--target "$t"); done
 cargo build --locked --release --manifest-path $fw/Cargo.toml "${target_args[@]}" --bin conformance --bin fault
@@ -50,14 +51,14 @@ for t in "${targets[@]}"; do
     fi
 done
 
-log "C API: host tests"
+stage "C API: host tests"
 if cargo test --locked --quiet --manifest-path core/capi/Cargo.toml; then
     pass "capi host tests"
 else
     fail "capi host tests"
 fi
 
-log "C API: C firmware on the Cortex-M4F"
+stage "C API: C firmware on the Cortex-M4F"
 cargo build --locked --release --manifest-path core/capi/Cargo.toml --target thumbv7em-none-eabihf
 elf=$CARGO_TARGET_DIR/c-example.elf
 arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -O2 -std=c11 -Wall -Wextra -Werror \
@@ -71,7 +72,7 @@ else
     fail "C firmware (status $?)"
 fi
 
-log "measurements on the Cortex-M4F (BENCHMARKS.md has the M33 and RISC-V runs too)"
+stage "measurements on the Cortex-M4F (BENCHMARKS.md has the M33 and RISC-V runs too)"
 $fw/scripts/build-plugin.sh "$CARGO_TARGET_DIR/libinsn_count.so"
 t=thumbv7em-none-eabihf
 if $fw/scripts/measure.sh $t | tee "$CARGO_TARGET_DIR/measure-$t.md"; then
