@@ -23,14 +23,14 @@ stage "lint: core/firmware and core/capi (not workspace members)"
 for crate in core/firmware core/capi; do
     cargo fmt --manifest-path "$crate/Cargo.toml" -- --check || fail "cargo fmt $crate"
 done
-cargo clippy --locked --quiet --manifest-path core/capi/Cargo.toml --all-targets -- -D warnings || fail "clippy core/capi"
+cargo clippy --quiet --manifest-path core/capi/Cargo.toml --all-targets -- -D warnings || fail "clippy core/capi"
 
 stage "build firmware images for ${targets[*]}"
 target_args=()
 for t in "${targets[@]}"; do target_args+=(--target "$t"); done
-cargo build --locked --release --manifest-path $fw/Cargo.toml "${target_args[@]}" --bin conformance --bin fault
-cargo build --locked --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf --bin measure --bin attention-only
-cargo clippy --locked --quiet --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf -- -D warnings ||
+cargo build --release --manifest-path $fw/Cargo.toml "${target_args[@]}" --bin conformance --bin fault
+cargo build --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf --bin measure --bin attention-only
+cargo clippy --quiet --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf -- -D warnings ||
     fail "clippy core/firmware"
 
 for t in "${targets[@]}"; do
@@ -52,14 +52,14 @@ for t in "${targets[@]}"; do
 done
 
 stage "C API: host tests"
-if cargo test --locked --quiet --manifest-path core/capi/Cargo.toml; then
+if cargo test --quiet --manifest-path core/capi/Cargo.toml; then
     pass "capi host tests"
 else
     fail "capi host tests"
 fi
 
 stage "C API: C firmware on the Cortex-M4F"
-cargo build --locked --release --manifest-path core/capi/Cargo.toml --target thumbv7em-none-eabihf
+cargo build --release --manifest-path core/capi/Cargo.toml --target thumbv7em-none-eabihf
 elf=$CARGO_TARGET_DIR/c-example.elf
 arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -O2 -std=c11 -Wall -Wextra -Werror \
     -ffreestanding -nostdlib -ffunction-sections -fdata-sections -I core/capi/include -L core/capi/example \
