@@ -355,7 +355,6 @@ def benchmarks(mod, peak, quick):
 
     H, B = 16, 1
     seqs = [1024, 4096, 16384, 32768] if not quick else [1024, 4096]
-    geo = {64: (64, 64), 128: (128, 64)}
     for D in (64, 128):
         for S in seqs:
             for causal in (False, True):
@@ -382,7 +381,8 @@ def benchmarks(mod, peak, quick):
     t_causal = time_ms(mod.attention(q, k, v, y, causal=True, run=False))
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         t_sdpa = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
-    BQ, BK = geo[D]
+    _, g = mod.kernel("flash", f"tessera_flash_bf16_d{D}_sc0_dm0", f"tessera_flash_bf16_d{D}_geom")
+    BQ, BK = g[1], g[2]  # the kernel's own tile sizes
     tiles_win, tiles_causal = visited_tiles(S, BQ, BK, True, W), visited_tiles(S, BQ, BK, True)
     flops_win = 4 * B * H * S * (W + 1) * D
     bench_row("window 128 bf16", f"S={S} D={D} H={H}", t_win, t_sdpa, flops_win,

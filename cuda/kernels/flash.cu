@@ -1,5 +1,5 @@
 // Flash forward on the tensor cores: one CTA per (query tile, query head,
-// batch), WARPS warps of 16 query rows each, key/value tiles of BK keys
+// batch), WARPS warps of 16·MT query rows each, key/value tiles of BK keys
 // double-buffered in shared memory with cp.async.
 //
 // Per visited key tile, in algorithm order (all in registers, f32):
@@ -22,23 +22,49 @@
 
 // One traits struct per head dim: tile sizes and the launch geometry.
 template <int D> struct FlashTraits {
-    // D=128: 8 warps share each K/V tile (1 CTA/SM at ~220 registers).
-    // D=64: 4 warps and 3 CTAs/SM (12 warps) at <= 170 registers, no spills.
-    static constexpr int WARPS = D <= 64 ? 4 : 8;
-    static constexpr int MIN_BLOCKS = D <= 64 ? 3 : 1;
-    static constexpr int BQ = 16 * WARPS;  // query rows per CTA
-    static constexpr int BK = 64;          // keys per tile
+    // 4 warps of 32 query rows (two m16 tiles, MT): every K or V fragment a
+    // warp reads from shared memory feeds MT mmas. With 16-row warps the
+    // fragment reads alone (256 bytes per mma) would saturate shared memory
+    // bandwidth at the sm_80 mma rate; 32-row warps halve that, as FA2 does.
+    static constexpr int WARPS = 4;
+    static constexpr int MT = 2;               // m16 tiles per warp
+    static constexpr int BQ = 16 * MT * WARPS;  // query rows per CTA
+    // Keys per tile; D=128 takes 32 so that S (MT x BK/8 x 4 f32) fits next to O.
+    // Keys per tile; D=128 takes 32 so that S (MT x BK/8 x 4 f32) fits next to O
+    // without spills (64 spills ~150 bytes).
+    static constexpr int BK = D >= 128 ? 32 : 64;
+    // D=64: Q fragments stay in registers (plain variant; the softcap and
+    // dense-mask variants need those registers). D=128: registers go to O and
+    // S, and Q fragments are re-read from shared memory for every key tile.
+    static constexpr bool Q_IN_REGS = D <= 64;
+    static constexpr int MIN_BLOCKS = 2;        // CTAs per SM the register budget must allow
     static constexpr int THREADS = 32 * WARPS;
-    static constexpr int CHUNKS = D / 8;   // 16-byte chunks per row
+    static constexpr int CHUNKS = D / 8;        // 16-byte chunks per row
     // Q tile + two K tiles + two V tiles, 16-bit elements.
     static constexpr int SMEM = (BQ * D + 4 * BK * D) * 2;
     static_assert(D % 64 == 0, "head dim must be a multiple of 64 (8 swizzle chunks)");
+    static_assert(16 * MT <= 32, "a warp votes with one lane per row");
     static_assert((BK * CHUNKS) % THREADS == 0 && (BQ * CHUNKS) % THREADS == 0, "tile loads must split evenly");
 };
 
 template <int D> TESSERA_DEVICE int swizzle(int row, int chunk) {
     return row * FlashTraits<D>::CHUNKS + (chunk ^ (row & 7));
 }
+
+// Swizzled ldmatrix addressing without one register per address: a lane
+// reads row R0 + rl, chunk C0 + cl, with R0 a multiple of 8 and C0 even known
+// at compile time, and rl, cl its own. Since (C0 + cl) ^ (rl % 8) only mixes
+// the low three bits, the element offset is R0*D + (C0 & ~7)*8 plus one of
+// four per-lane values, picked by (C0 & 7) / 2.
+template <int D> struct SwizzledLane {
+    int base[4];
+    TESSERA_DEVICE SwizzledLane(int rl, int cl) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) base[i] = rl * D + (((2 * i) ^ cl ^ (rl & 7)) * 8);
+    }
+    // Element offset of (R0 + rl, chunk C0 + cl) == swizzle<D>(R0 + rl, C0 + cl) * 8.
+    TESSERA_DEVICE int at(int r0, int c0) const { return r0 * D + (c0 & ~7) * 8 + base[(c0 & 7) >> 1]; }
+};
 
 // Copy `rows` rows of D elements starting at global `src` (row stride `stride`)
 // into a swizzled shared tile; rows at or past `valid` are zero-filled.
@@ -57,7 +83,9 @@ TESSERA_DEVICE void load_tile(u16* tile, const u16* src, long long stride, int v
 template <class T, int D, bool SOFTCAP, bool DENSE>
 TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     using Tr = FlashTraits<D>;
-    constexpr int BQ = Tr::BQ, BK = Tr::BK, NB = BK / 8, ND = D / 8;
+    constexpr int BQ = Tr::BQ, BK = Tr::BK, MT = Tr::MT, NB = BK / 8, ND = D / 8, KS = D / 16;
+    constexpr int ROWS = 16 * MT;  // query rows per warp
+    constexpr bool Q_REGS = Tr::Q_IN_REGS && !SOFTCAP && !DENSE;
     u16* sQ = dynamic_smem<u16>();
     u16* sK = sQ + BQ * D;  // [2][BK][D]
     u16* sV = sK + 2 * BK * D;
@@ -69,6 +97,7 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     const int q0 = qt * BQ;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, c4 = lane % 4;
+    const int row0 = q0 + warp * ROWS;  // this warp's first query row
 
     long long n_keys, offset;
     batch_geometry((const long long*)p.kv_lens, b, p.kv_len, p.q_len, p.q_offset, p.offset_from_kv_lens, n_keys,
@@ -85,8 +114,8 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
         s_ghi = -1;
     }
     __syncthreads();
-    if (threadIdx.x < BQ) {
-        RowSpan s = span_of(q0 + threadIdx.x);
+    for (int r = threadIdx.x; r < BQ; r += Tr::THREADS) {
+        RowSpan s = span_of(q0 + r);
         if (s.lo <= s.hi) {
             atomicMin(&s_lo, s.lo);
             atomicMax(&s_hi, s.hi);
@@ -100,18 +129,21 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     const int n_tiles = g_tiles + max(0, l_last - l_first + 1);
     auto tile_at = [&](int i) { return i < g_tiles ? i : l_first + (i - g_tiles); };
 
-    // This lane's row (warp row lane % 16) for the votes, and the spans of the
-    // two rows (g, g+8) whose scores it holds.
-    const int vote_row = q0 + warp * 16 + (lane & 15);
+    // Lane l votes for warp row l % ROWS; each lane holds the scores of rows
+    // g and g + 8 of every m16 tile, whose spans it fetches from the voters.
+    const int vote_row = row0 + lane % ROWS;
     const bool vote_valid = vote_row < p.q_len;
     const RowSpan vote_span = span_of(vote_row);
-    RowSpan span[2];
+    RowSpan spans[MT][2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        span[r].lo = __shfl_sync(0xffffffffu, vote_span.lo, g + 8 * r);
-        span[r].hi = __shfl_sync(0xffffffffu, vote_span.hi, g + 8 * r);
-        span[r].ghi = __shfl_sync(0xffffffffu, vote_span.ghi, g + 8 * r);
-    }
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int src = mt * 16 + g + 8 * r;
+            spans[mt][r].lo = __shfl_sync(0xffffffffu, vote_span.lo, src);
+            spans[mt][r].hi = __shfl_sync(0xffffffffu, vote_span.hi, src);
+            spans[mt][r].ghi = __shfl_sync(0xffffffffu, vote_span.ghi, src);
+        }
 
     const u16* q = (const u16*)p.q + b * p.q_batch + h * p.q_head + (long long)q0 * p.q_seq;
     const u16* k = (const u16*)p.k + b * p.k_batch + hk * p.k_head;
@@ -128,18 +160,33 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     cp_async_wait<1>();
     __syncthreads();
 
-    // Q fragments stay in registers for the whole loop.
-    u32 qf[D / 16][4];
+    // ldmatrix lanes: Q (A operand) rows warp*ROWS + mt*16 + lane % 16, chunk
+    // 2ks + lane / 16; K (B of Q Kt) key 16n2 + lane % 8 + 8 (lane / 16), chunk
+    // 2ks + (lane / 8) % 2; V (B of P V, transposed) key 16ks + lane % 8 +
+    // 8 ((lane / 8) % 2), chunk 2n2 + lane / 16.
+    const SwizzledLane<D> q_lane(warp * ROWS + (lane & 15), lane / 16);
+    const SwizzledLane<D> k_lane((lane & 7) + (lane / 16) * 8, (lane / 8) & 1);
+    const SwizzledLane<D> v_lane((lane & 7) + ((lane / 8) & 1) * 8, lane / 16);
+    // The A fragment of Q for m tile mt, k step ks.
+    auto q_frag = [&](u32 (&a)[4], int mt, int ks) { ldmatrix_x4(a, sQ + q_lane.at(mt * 16, ks * 2)); };
+    u32 qf[Q_REGS ? MT : 1][Q_REGS ? KS : 1][4];
+    if (Q_REGS) {
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks)
-        ldmatrix_x4(qf[ks], sQ + swizzle<D>(warp * 16 + (lane & 15), ks * 2 + lane / 16) * 8);
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks) q_frag(qf[Q_REGS ? mt : 0][Q_REGS ? ks : 0], mt, ks);
+    }
 
-    float o[ND][4];
+    float o[MT][ND][4];
 #pragma unroll
-    for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.f, 0.f};
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int n = 0; n < ND; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
+    float m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = neg_inf(), l[mt][0] = l[mt][1] = 0.f;
     const float scale_log2 = p.scale * LOG2E;
-    const float cap = p.softcap, inv_cap = SOFTCAP ? 1.f / p.softcap : 0.f;
+    const float cap_log2 = p.softcap * LOG2E, scale_cap = SOFTCAP ? p.scale / p.softcap : 0.f;
 
     for (int it = 0; it < n_tiles; ++it) {
         const int buf = it & 1;
@@ -160,85 +207,110 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
             const u16* tK = sK + buf * BK * D;
             const u16* tV = sV + buf * BK * D;
 
-            // S = Q Kt
-            float s[NB][4];
+            // S = Q Kt: each K fragment feeds the MT m tiles.
+            float s[MT][NB][4];
 #pragma unroll
-            for (int n = 0; n < NB; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int ks = 0; ks < D / 16; ++ks) {
+                for (int n = 0; n < NB; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks) {
+                u32 qa[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    if (Q_REGS) {
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) qa[mt][i] = qf[Q_REGS ? mt : 0][Q_REGS ? ks : 0][i];
+                    } else {
+                        q_frag(qa[mt], mt, ks);
+                    }
+                }
 #pragma unroll
                 for (int n2 = 0; n2 < NB / 2; ++n2) {
                     u32 kb[4];
-                    int key = n2 * 16 + (lane & 7) + (lane / 16) * 8;
-                    ldmatrix_x4(kb, tK + swizzle<D>(key, ks * 2 + ((lane / 8) & 1)) * 8);
-                    T::mma(s[2 * n2], qf[ks], kb[0], kb[1]);
-                    T::mma(s[2 * n2 + 1], qf[ks], kb[2], kb[3]);
+                    ldmatrix_x4(kb, tK + k_lane.at(n2 * 16, ks * 2));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        T::mma(s[mt][2 * n2], qa[mt], kb[0], kb[1]);
+                        T::mma(s[mt][2 * n2 + 1], qa[mt], kb[2], kb[3]);
+                    }
                 }
             }
 
             // Scale, softcap and mask, into log2 units.
 #pragma unroll
-            for (int n = 0; n < NB; ++n) {
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float x = s[n][e];
-                    if (SOFTCAP) x = cap * fast_tanh(x * p.scale * inv_cap) * LOG2E;
-                    else x *= scale_log2;
-                    if (partial) {
-                        const int r = e / 2, row = q0 + warp * 16 + g + 8 * r, col = j0 + n * 8 + 2 * c4 + (e & 1);
-                        if (!span[r].contains(col)) {
-                            x = neg_inf();
-                        } else if (DENSE) {
-                            long long at = b * p.m_batch + h * p.m_head + row * p.m_q + col * p.m_k;
-                            if (p.mask_is_bool) {
-                                if (((const u8*)p.mask)[at] == 0) x = neg_inf();
-                            } else {
-                                x += ((const float*)p.mask)[at] * LOG2E;
+                for (int n = 0; n < NB; ++n)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float x = s[mt][n][e];
+                        if (SOFTCAP) x = cap_log2 * fast_tanh(x * scale_cap);
+                        else x *= scale_log2;
+                        if (partial) {
+                            const int r = e / 2, row = row0 + mt * 16 + g + 8 * r;
+                            const int col = j0 + n * 8 + 2 * c4 + (e & 1);
+                            if (!spans[mt][r].contains(col)) {
+                                x = neg_inf();
+                            } else if (DENSE) {
+                                long long at = b * p.m_batch + h * p.m_head + row * p.m_q + col * p.m_k;
+                                if (p.mask_is_bool) {
+                                    if (((const u8*)p.mask)[at] == 0) x = neg_inf();
+                                } else {
+                                    x += ((const float*)p.mask)[at] * LOG2E;
+                                }
                             }
                         }
+                        s[mt][n][e] = x;
                     }
-                    s[n][e] = x;
-                }
-            }
 
-            // Online softmax over rows g (r = 0) and g + 8 (r = 1).
+            // Online softmax over rows g (r = 0) and g + 8 (r = 1) of each m tile.
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float mx = m[r];
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int n = 0; n < NB; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-                mx = warp_max(mx, 4);  // the four lanes of a quad share the row
-                const float m_use = mx == neg_inf() ? 0.f : mx;
-                const float alpha = fast_exp2(m[r] - m_use);
-                m[r] = mx;
-                float sum = 0.f;
+                for (int r = 0; r < 2; ++r) {
+                    float mx = m[mt][r];
 #pragma unroll
-                for (int n = 0; n < NB; ++n) {
-                    s[n][2 * r] = fast_exp2(s[n][2 * r] - m_use);
-                    s[n][2 * r + 1] = fast_exp2(s[n][2 * r + 1] - m_use);
-                    sum += s[n][2 * r] + s[n][2 * r + 1];
+                    for (int n = 0; n < NB; ++n) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+                    mx = warp_max(mx, 4);  // the four lanes of a quad share the row
+                    const float m_use = mx == neg_inf() ? 0.f : mx;
+                    const float alpha = fast_exp2(m[mt][r] - m_use);
+                    m[mt][r] = mx;
+                    float sum = 0.f;
+#pragma unroll
+                    for (int n = 0; n < NB; ++n) {
+                        s[mt][n][2 * r] = fast_exp2(s[mt][n][2 * r] - m_use);
+                        s[mt][n][2 * r + 1] = fast_exp2(s[mt][n][2 * r + 1] - m_use);
+                        sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
+                    }
+                    l[mt][r] = alpha * l[mt][r] + sum;  // per-lane partial, summed over the quad at the end
+#pragma unroll
+                    for (int n = 0; n < ND; ++n) {
+                        o[mt][n][2 * r] *= alpha;
+                        o[mt][n][2 * r + 1] *= alpha;
+                    }
                 }
-                l[r] = alpha * l[r] + sum;  // per-lane partial, summed over the quad at the end
-#pragma unroll
-                for (int n = 0; n < ND; ++n) {
-                    o[n][2 * r] *= alpha;
-                    o[n][2 * r + 1] *= alpha;
-                }
-            }
 
-            // O += P V
+            // O += P V: each V fragment feeds the MT m tiles.
 #pragma unroll
             for (int ks = 0; ks < BK / 16; ++ks) {
-                u32 a[4] = {T::pack2(s[2 * ks][0], s[2 * ks][1]), T::pack2(s[2 * ks][2], s[2 * ks][3]),
-                            T::pack2(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                            T::pack2(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+                u32 a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    a[mt][0] = T::pack2(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+                    a[mt][1] = T::pack2(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+                    a[mt][2] = T::pack2(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+                    a[mt][3] = T::pack2(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+                }
 #pragma unroll
                 for (int n2 = 0; n2 < ND / 2; ++n2) {
                     u32 vb[4];
-                    int key = ks * 16 + (lane & 7) + ((lane / 8) & 1) * 8;
-                    ldmatrix_x4_trans(vb, tV + swizzle<D>(key, n2 * 2 + lane / 16) * 8);
-                    T::mma(o[2 * n2], a, vb[0], vb[1]);
-                    T::mma(o[2 * n2 + 1], a, vb[2], vb[3]);
+                    ldmatrix_x4_trans(vb, tV + v_lane.at(ks * 16, n2 * 2));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        T::mma(o[mt][2 * n2], a[mt], vb[0], vb[1]);
+                        T::mma(o[mt][2 * n2 + 1], a[mt], vb[2], vb[3]);
+                    }
                 }
             }
         }
@@ -247,20 +319,22 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
 
     // Y = O / l, lse = ln 2 (m + log2 l); a row that saw nothing gives 0, -inf.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float sum = warp_sum(l[r], 4);
-        const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        const int row = q0 + warp * 16 + g + 8 * r;
-        if (row < p.q_len) {
-            u16* y = (u16*)p.y + b * p.y_batch + h * p.y_head + row * p.y_seq;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int n = 0; n < ND; ++n)
-                *(u32*)(y + n * 8 + 2 * c4) = T::pack2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-            if (p.lse && c4 == 0)
-                ((float*)p.lse)[((long long)b * p.q_heads + h) * p.q_len + row] =
-                    sum > 0.f ? (m[r] + fast_log2(sum)) * LN2 : neg_inf();
+        for (int r = 0; r < 2; ++r) {
+            const float sum = warp_sum(l[mt][r], 4);
+            const float inv = sum > 0.f ? 1.f / sum : 0.f;
+            const int row = row0 + mt * 16 + g + 8 * r;
+            if (row < p.q_len) {
+                u16* y = (u16*)p.y + b * p.y_batch + h * p.y_head + row * p.y_seq;
+#pragma unroll
+                for (int n = 0; n < ND; ++n)
+                    *(u32*)(y + n * 8 + 2 * c4) = T::pack2(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
+                if (p.lse && c4 == 0)
+                    ((float*)p.lse)[((long long)b * p.q_heads + h) * p.q_len + row] =
+                        sum > 0.f ? (m[mt][r] + fast_log2(sum)) * LN2 : neg_inf();
+            }
         }
-    }
 }
 
 // ---- instantiation table ---------------------------------------------------

