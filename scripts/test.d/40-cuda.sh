@@ -25,6 +25,7 @@ cargo test -p tessera-cuda --features cuda
 grep -c "Compiling entry function" "$TESSERA_PTXAS_REPORT" | xargs -I{} echo "ptxas report: {} kernel entries in $TESSERA_PTXAS_REPORT"
 cargo clippy -p tessera-cuda --no-deps --features cuda --all-targets -- -D warnings
 log "cargo test -p tessera-cuda --features emulate (kernels on the CPU emulator vs the f64 reference)"
+command -v c++ >/dev/null && command -v ar >/dev/null || need_apt g++ binutils
 cargo test -p tessera-cuda --features emulate --test emulated
 cargo clippy -p tessera-cuda --no-deps --features emulate --all-targets -- -D warnings
 log "cargo test -p tessera-cuda (no feature: no nvcc, no kernels)"
