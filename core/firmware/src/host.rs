@@ -69,6 +69,23 @@ pub fn print(s: &str) {
     write(s.as_bytes());
 }
 
+/// Write an unsigned decimal number without `core::fmt`, in 32-bit
+/// arithmetic (no 64-bit division routine is linked: the panic and fault
+/// paths of the measured image use this one).
+pub fn print_u32(mut x: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (x % 10) as u8;
+        x /= 10;
+        if x == 0 {
+            break;
+        }
+    }
+    write(&buf[i..]);
+}
+
 /// Write an unsigned decimal number without `core::fmt`.
 pub fn print_u64(mut x: u64) {
     let mut buf = [0u8; 20];

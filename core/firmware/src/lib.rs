@@ -19,7 +19,7 @@ pub mod marks;
 mod rt;
 pub mod stack;
 
-pub use host::{exit, print, print_u64, Out};
+pub use host::{exit, print, print_u32, print_u64, Out};
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
@@ -30,7 +30,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         print(" at ");
         print(loc.file());
         print(":");
-        print_u64(loc.line() as u64);
+        print_u32(loc.line());
     }
     print("\n");
     exit(101)

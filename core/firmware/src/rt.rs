@@ -6,7 +6,7 @@
 //! (Arm: every exception vector; RISC-V: `mtvec`) prints where it happened
 //! and exits with status 3, so a fault never hangs CI.
 
-use crate::host::{exit, print, print_u64};
+use crate::host::{exit, print, print_u32};
 
 extern "C" {
     fn tessera_main() -> i32;
@@ -79,7 +79,7 @@ unsafe extern "C" fn tessera_fault_report(frame: *const u32, ipsr: u32) -> ! {
     // SAFETY: on exception entry the core pushed 8 words at MSP.
     let pc = unsafe { frame.add(6).read_volatile() };
     print("HardFault: exception ");
-    print_u64(ipsr as u64 & 0x1ff);
+    print_u32(ipsr & 0x1ff);
     print(" at pc 0x");
     print_hex(pc);
     print("\n");
@@ -130,7 +130,7 @@ core::arch::global_asm!(
 #[no_mangle]
 extern "C" fn tessera_trap_report(mcause: u32, mepc: u32) -> ! {
     print("HardFault (trap): mcause ");
-    print_u64(mcause as u64);
+    print_u32(mcause);
     print(" at pc 0x");
     print_hex(mepc);
     print("\n");
