@@ -28,10 +28,16 @@ def out_of_time():
     return time.time() - START > DEADLINE_S
 
 
+LOG_FILE = None  # OUTDIR/device-check.log, written as we go (a hang still leaves a log)
+
+
 def log(*a):
     line = " ".join(str(x) for x in a)
     print(line, flush=True)
     LOG.append(line)
+    if LOG_FILE:
+        LOG_FILE.write(line + "\n")
+        LOG_FILE.flush()
 
 
 # ---- references (float64, straight from the rules in core/src/mask.rs) -------
@@ -457,6 +463,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller benchmark sizes")
     ap.add_argument("--seed", type=int, default=None)
     a = ap.parse_args()
+    global LOG_FILE
+    os.makedirs(a.out, exist_ok=True)
+    LOG_FILE = open(os.path.join(a.out, "device-check.log"), "w")
     seed = a.seed if a.seed is not None else int(time.time()) % 1_000_000
     torch.manual_seed(seed)
     log(f"seed {seed}; torch {torch.__version__}; {torch.cuda.get_device_name()} "
@@ -475,9 +484,8 @@ def main():
         log(traceback.format_exc())
         RESULTS.append(("bench", "benchmarks", False, "benchmarks raised; see log"))
     out = table(peak)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "device-check.log"), "w") as f:
-        f.write("\n".join(LOG) + "\n\n" + out + "\n")
+    LOG_FILE.write("\n" + out + "\n")
+    LOG_FILE.close()
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write(out + "\n")
     with open(os.path.join(a.out, "results.json"), "w") as f:
