@@ -19,12 +19,20 @@ pub struct Strides {
 impl Strides {
     /// Contiguous `(B, H, S, D)`.
     pub const fn bhsd(heads: usize, seq: usize, dim: usize) -> Self {
-        Self { batch: heads * seq * dim, head: seq * dim, seq: dim }
+        Self {
+            batch: heads * seq * dim,
+            head: seq * dim,
+            seq: dim,
+        }
     }
 
     /// Contiguous `(B, S, H, D)`, which is also ONNX's 3-D `(B, S, H·D)`.
     pub const fn bshd(heads: usize, seq: usize, dim: usize) -> Self {
-        Self { batch: seq * heads * dim, head: dim, seq: heads * dim }
+        Self {
+            batch: seq * heads * dim,
+            head: dim,
+            seq: heads * dim,
+        }
     }
 
     /// Offset of element `(b, h, s, 0)`. The caller keeps the indices in range.
@@ -35,7 +43,13 @@ impl Strides {
 
     /// The shortest slice that holds a `(batch, heads, seq, dim)` view with
     /// these strides, or `None` when the size overflows `usize`.
-    pub fn required_len(&self, batch: usize, heads: usize, seq: usize, dim: usize) -> Option<usize> {
+    pub fn required_len(
+        &self,
+        batch: usize,
+        heads: usize,
+        seq: usize,
+        dim: usize,
+    ) -> Option<usize> {
         if batch == 0 || heads == 0 || seq == 0 || dim == 0 {
             return Some(0);
         }
@@ -249,7 +263,9 @@ impl AttentionSpec {
             k: Strides::bshd(kv_heads, kv_len, head_dim),
             v: Strides::bshd(kv_heads, kv_len, v_head_dim),
             out: Strides::bshd(q_heads, q_len, v_head_dim),
-            ..Self::bhsd(batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_head_dim)
+            ..Self::bhsd(
+                batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_head_dim,
+            )
         }
     }
 
@@ -283,7 +299,10 @@ impl AttentionSpec {
             return Err(SpecError::ZeroHeadDim);
         }
         if self.q_heads == 0 || self.kv_heads == 0 || self.q_heads % self.kv_heads != 0 {
-            return Err(SpecError::HeadsNotDivisible { q_heads: self.q_heads, kv_heads: self.kv_heads });
+            return Err(SpecError::HeadsNotDivisible {
+                q_heads: self.q_heads,
+                kv_heads: self.kv_heads,
+            });
         }
         if !(self.scale.is_finite() && self.scale > 0.0) {
             return Err(SpecError::BadScale(self.scale));
@@ -310,7 +329,8 @@ impl AttentionSpec {
             }
             _ => return Ok(0),
         };
-        s.required_len(self.batch, heads, seq, dim).ok_or(SpecError::Overflow(tensor))
+        s.required_len(self.batch, heads, seq, dim)
+            .ok_or(SpecError::Overflow(tensor))
     }
 
     /// Check that a buffer is long enough for `tensor`.
@@ -325,5 +345,22 @@ impl AttentionSpec {
 
 /// `1/sqrt(head_dim)`, the default score scale.
 pub fn default_scale(head_dim: usize) -> f32 {
-    1.0 / libm::sqrtf(head_dim.max(1) as f32)
+    1.0 / sqrt(head_dim.max(1) as f32)
+}
+
+#[cfg(not(miri))]
+fn sqrt(x: f32) -> f32 {
+    libm::sqrtf(x)
+}
+
+/// Miri cannot run libm's x86 `sqrtss` asm; Newton's method in f64 rounds to
+/// the same f32.
+#[cfg(miri)]
+fn sqrt(x: f32) -> f32 {
+    let x = x as f64;
+    let mut r = if x > 1.0 { x / 2.0 } else { 1.0 };
+    for _ in 0..64 {
+        r = 0.5 * (r + x / r);
+    }
+    r as f32
 }

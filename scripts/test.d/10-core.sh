@@ -8,7 +8,7 @@ need_target thumbv7em-none-eabihf riscv32imac-unknown-none-elf
 cargo build -p tessera-core --target thumbv7em-none-eabihf --release
 cargo build -p tessera-core --target riscv32imac-unknown-none-elf --release
 if need_component nightly miri rust-src; then
-    MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test -p tessera-core --test miri_small
+    cargo +nightly miri test -p tessera-core-miri
 else
     echo "miri: nightly toolchain unavailable" >&2
     exit 1

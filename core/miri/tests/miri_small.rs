@@ -1,11 +1,14 @@
 //! Small cases for Miri: the portable path, scratch splitting, masks and
 //! merge, checked against the f64 reference. Run with
-//! `cargo +nightly miri test -p tessera-core --test miri_small`.
+//! `cargo +nightly miri test -p tessera-core-miri`.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{assert_close, expected, Rng};
-use tessera_core::{kernel::Portable, merge, Attention, AttentionSpec, DenseMask, Flash, MaskSpec, MaskStrides};
+use tessera_core::{
+    kernel::Portable, merge, Attention, AttentionSpec, DenseMask, Flash, MaskSpec, MaskStrides,
+};
 
 type F = Flash<Portable, 4, 8>;
 
@@ -18,13 +21,26 @@ fn check(spec: AttentionSpec, mask: &MaskSpec<'_>, seed: u64) {
     let mut y = vec![f32::NAN; spec.required_len(tessera_core::Tensor::Y).unwrap()];
     let mut lse = vec![f32::NAN; spec.batch * spec.q_heads * spec.q_len];
     let mut scratch = vec![f32::NAN; F::scratch_len(spec.head_dim, spec.v_head_dim)];
-    F::new(Portable).run(&att, &mut y, Some(&mut lse), &mut scratch).unwrap();
-    assert_close(&spec, &expected(&spec, mask, &q, &k, &v), &y, &lse, 1.0, 1e-5);
+    F::new(Portable)
+        .run(&att, &mut y, Some(&mut lse), &mut scratch)
+        .unwrap();
+    assert_close(
+        &spec,
+        &expected(&spec, mask, &q, &k, &v),
+        &y,
+        &lse,
+        1.0,
+        1e-5,
+    );
 }
 
 #[test]
 fn dense_gqa_bshd() {
-    check(AttentionSpec::bshd(1, 4, 2, 5, 11, 3, 2), &MaskSpec::NONE, 3);
+    check(
+        AttentionSpec::bshd(1, 4, 2, 5, 11, 3, 2),
+        &MaskSpec::NONE,
+        3,
+    );
 }
 
 #[test]
@@ -39,11 +55,37 @@ fn segments_lens_and_dense_masks() {
     let seg_kv = [0, 1, 1, 1, 2, 2, 2];
     let lens = [6usize];
     let bools: Vec<bool> = (0..7).map(|j| j % 3 != 1).collect();
-    let adds: Vec<f32> = (0..6 * 7).map(|i| if i % 5 == 0 { f32::NEG_INFINITY } else { (i % 7) as f32 * 0.1 }).collect();
+    let adds: Vec<f32> = (0..6 * 7)
+        .map(|i| {
+            if i % 5 == 0 {
+                f32::NEG_INFINITY
+            } else {
+                (i % 7) as f32 * 0.1
+            }
+        })
+        .collect();
     let spec = AttentionSpec::bhsd(1, 1, 1, 6, 7, 5, 3);
-    check(spec, &MaskSpec::NONE.segments(&seg_q, &seg_kv).kv_lens(&lens, true).causal(0), 7);
-    check(spec, &MaskSpec::NONE.dense(DenseMask::Bool(&bools, MaskStrides::broadcast(1, 1, 1, 7))), 9);
-    check(spec, &MaskSpec::NONE.dense(DenseMask::Additive(&adds, MaskStrides::broadcast(1, 1, 6, 7))), 11);
+    check(
+        spec,
+        &MaskSpec::NONE
+            .segments(&seg_q, &seg_kv)
+            .kv_lens(&lens, true)
+            .causal(0),
+        7,
+    );
+    check(
+        spec,
+        &MaskSpec::NONE.dense(DenseMask::Bool(&bools, MaskStrides::broadcast(1, 1, 1, 7))),
+        9,
+    );
+    check(
+        spec,
+        &MaskSpec::NONE.dense(DenseMask::Additive(
+            &adds,
+            MaskStrides::broadcast(1, 1, 6, 7),
+        )),
+        11,
+    );
     let capped = spec.with_softcap(0.7).with_scale(2.0);
     check(capped, &MaskSpec::NONE.causal(1), 13);
 }

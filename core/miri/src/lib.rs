@@ -1,0 +1,1 @@
+//! Miri cases live in `tests/`; this crate has no code of its own.
