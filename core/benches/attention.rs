@@ -172,9 +172,11 @@ fn benches(c: &mut Criterion, quick: bool) -> Vec<(String, f64, f64)> {
         .measurement_time(Duration::from_secs(2));
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA were detected just above.
         g.bench_function("fma-peak", |b| {
-            b.iter(|| unsafe { fma_chains(black_box(FMA_ITERS)) })
+            b.iter(|| {
+                // SAFETY: AVX2 and FMA were detected just above.
+                unsafe { fma_chains(black_box(FMA_ITERS)) }
+            })
         });
         results.push(("ceilings/fma-peak".into(), FMA_FLOPS, 1.0));
     }

@@ -85,6 +85,21 @@ impl<'a, T: Element> Attention<'a, T> {
     pub const fn mask(&self) -> &MaskSpec<'a> {
         &self.mask
     }
+
+    /// The queries, `(B, Hq, Sq, D)` through `spec().q` strides.
+    pub const fn q(&self) -> &'a [T] {
+        self.q
+    }
+
+    /// The keys, `(B, Hkv, Skv, D)` through `spec().k` strides.
+    pub const fn k(&self) -> &'a [T] {
+        self.k
+    }
+
+    /// The values, `(B, Hkv, Skv, Dv)` through `spec().v` strides.
+    pub const fn v(&self) -> &'a [T] {
+        self.v
+    }
 }
 
 /// The result of one query tile: `rows` normalised output rows and their lse.
@@ -224,8 +239,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
     }
 
     /// Like [`tile`](Self::tile), but visit only the key tiles listed in
-    /// `kv_tiles` (indices of `BK`-key blocks, each at most once, in any
-    /// order), intersected with what the mask allows. This is the block-sparse
+    /// `kv_tiles` (indices of `BK`-key blocks, strictly ascending, so each at
+    /// most once; anything else is `TileOutOfRange`), intersected with what the mask allows. This is the block-sparse
     /// entry point: a block selector picks the tiles, the same loop runs them.
     /// Tiles the mask classifies as Empty are still skipped.
     #[allow(clippy::too_many_arguments)]
@@ -240,7 +255,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         stats: &mut Stats,
     ) -> Result<TileOut<'s>, SpecError> {
         let kv = 0..att.spec.kv_len;
-        if kv_tiles.iter().any(|&t| t >= kv.end.div_ceil(BK)) {
+        let ascending = kv_tiles.windows(2).all(|w| w[0] < w[1]);
+        if !ascending || kv_tiles.last().is_some_and(|&t| t >= kv.end.div_ceil(BK)) {
             return Err(SpecError::TileOutOfRange);
         }
         self.tile_impl(att, b, h, q_tile, kv, Some(kv_tiles), scratch, stats)

@@ -11,7 +11,14 @@ use crate::spec::AttentionSpec;
 
 /// Is key `j` visible to query `i` of batch `b`, head `h`? Straight from the
 /// rules in the [`crate::mask`] docs.
-pub fn visible(mask: &MaskSpec<'_>, spec: &AttentionSpec, b: usize, h: usize, i: usize, j: usize) -> bool {
+pub fn visible(
+    mask: &MaskSpec<'_>,
+    spec: &AttentionSpec,
+    b: usize,
+    h: usize,
+    i: usize,
+    j: usize,
+) -> bool {
     let n = mask.kv_lens.map_or(spec.kv_len, |l| l[b]);
     if j >= n {
         return false;
@@ -60,14 +67,28 @@ fn bias(mask: &MaskSpec<'_>, b: usize, h: usize, i: usize, j: usize) -> f64 {
 }
 
 /// The masked, soft-capped score of `(b, h, i, j)` in f64, or `None` if masked.
-pub fn score<T: Element>(spec: &AttentionSpec, mask: &MaskSpec<'_>, q: &[T], k: &[T], b: usize, h: usize, i: usize, j: usize) -> Option<f64> {
+#[allow(clippy::too_many_arguments)]
+pub fn score<T: Element>(
+    spec: &AttentionSpec,
+    mask: &MaskSpec<'_>,
+    q: &[T],
+    k: &[T],
+    b: usize,
+    h: usize,
+    i: usize,
+    j: usize,
+) -> Option<f64> {
     if !visible(mask, spec, b, h, i, j) {
         return None;
     }
     let hk = spec.kv_head(h);
     let qr = &q[spec.q.offset(b, h, i)..][..spec.head_dim];
     let kr = &k[spec.k.offset(b, hk, j)..][..spec.head_dim];
-    let dot: f64 = qr.iter().zip(kr).map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64).sum();
+    let dot: f64 = qr
+        .iter()
+        .zip(kr)
+        .map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64)
+        .sum();
     let mut s = dot * spec.scale as f64;
     if spec.softcap > 0.0 {
         let c = spec.softcap as f64;
@@ -80,7 +101,15 @@ pub fn score<T: Element>(spec: &AttentionSpec, mask: &MaskSpec<'_>, q: &[T], k: 
 /// Attention in f64. `y` is `(B, Hq, Sq, Dv)` contiguous and `lse` is
 /// `(B, Hq, Sq)`; a row that sees no key gets `y = 0`, `lse = -inf`.
 /// Panics if the buffers do not fit the spec (test use only).
-pub fn attention<T: Element>(spec: &AttentionSpec, mask: &MaskSpec<'_>, q: &[T], k: &[T], v: &[T], y: &mut [f64], lse: &mut [f64]) {
+pub fn attention<T: Element>(
+    spec: &AttentionSpec,
+    mask: &MaskSpec<'_>,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    y: &mut [f64],
+    lse: &mut [f64],
+) {
     let (sq, skv, dv) = (spec.q_len, spec.kv_len, spec.v_head_dim);
     for b in 0..spec.batch {
         for h in 0..spec.q_heads {

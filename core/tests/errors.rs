@@ -1,6 +1,8 @@
 //! Invalid specs and buffers are refused with an error that names the input.
 
-use tessera_core::{kernel::Portable, Attention, AttentionSpec, Flash, MaskSpec, SpecError, Tensor};
+use tessera_core::{
+    kernel::Portable, Attention, AttentionSpec, Flash, MaskSpec, SpecError, Tensor,
+};
 
 type F = Flash<Portable, 8, 16>;
 
@@ -9,21 +11,50 @@ fn bad_specs_are_refused() {
     let buf = vec![0.5f32; 4096];
     let ok = AttentionSpec::bhsd(1, 4, 2, 8, 8, 4, 4);
     let cases: Vec<(AttentionSpec, MaskSpec<'_>, &str)> = vec![
-        (AttentionSpec { kv_heads: 3, ..ok }, MaskSpec::NONE, "kv_num_heads"),
-        (AttentionSpec { kv_heads: 0, ..ok }, MaskSpec::NONE, "kv_num_heads"),
-        (AttentionSpec { head_dim: 0, ..ok }, MaskSpec::NONE, "head dimension"),
+        (
+            AttentionSpec { kv_heads: 3, ..ok },
+            MaskSpec::NONE,
+            "kv_num_heads",
+        ),
+        (
+            AttentionSpec { kv_heads: 0, ..ok },
+            MaskSpec::NONE,
+            "kv_num_heads",
+        ),
+        (
+            AttentionSpec { head_dim: 0, ..ok },
+            MaskSpec::NONE,
+            "head dimension",
+        ),
         (ok.with_scale(f32::NAN), MaskSpec::NONE, "scale"),
         (ok.with_scale(-1.0), MaskSpec::NONE, "scale"),
         (ok.with_softcap(-2.0), MaskSpec::NONE, "softcap"),
         (ok, MaskSpec::NONE.window(-2, 3), "window"),
         (ok, MaskSpec::NONE.window(3, -5), "window"),
-        (AttentionSpec { q_len: 1 << 20, ..ok }, MaskSpec::NONE, "Q: needs"),
-        (AttentionSpec { kv_len: usize::MAX / 2, ..ok }, MaskSpec::NONE, "overflows"),
+        (
+            AttentionSpec {
+                q_len: 1 << 20,
+                ..ok
+            },
+            MaskSpec::NONE,
+            "Q: needs",
+        ),
+        (
+            AttentionSpec {
+                kv_len: usize::MAX / 2,
+                ..ok
+            },
+            MaskSpec::NONE,
+            "overflows",
+        ),
     ];
     for (spec, mask, want) in cases {
         let err = Attention::new(&spec, &mask, &buf, &buf, &buf).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(want), "{spec:?}: message {msg:?} lacks {want:?}");
+        assert!(
+            msg.contains(want),
+            "{spec:?}: message {msg:?} lacks {want:?}"
+        );
     }
 }
 
@@ -32,17 +63,64 @@ fn bad_mask_buffers_are_refused() {
     let buf = vec![0.5f32; 4096];
     let spec = AttentionSpec::bhsd(2, 2, 2, 8, 8, 4, 4);
     let lens = [9usize, 3];
-    let err = Attention::new(&spec, &MaskSpec::NONE.kv_lens(&lens, false), &buf, &buf, &buf).unwrap_err();
-    assert_eq!(err, SpecError::KvLenOutOfRange { batch: 0, len: 9, kv_len: 8 });
+    let err = Attention::new(
+        &spec,
+        &MaskSpec::NONE.kv_lens(&lens, false),
+        &buf,
+        &buf,
+        &buf,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        SpecError::KvLenOutOfRange {
+            batch: 0,
+            len: 9,
+            kv_len: 8
+        }
+    );
     let short = [1usize];
-    let err = Attention::new(&spec, &MaskSpec::NONE.kv_lens(&short, false), &buf, &buf, &buf).unwrap_err();
-    assert!(matches!(err, SpecError::WrongLength { tensor: Tensor::KvLens, .. }));
+    let err = Attention::new(
+        &spec,
+        &MaskSpec::NONE.kv_lens(&short, false),
+        &buf,
+        &buf,
+        &buf,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        SpecError::WrongLength {
+            tensor: Tensor::KvLens,
+            ..
+        }
+    ));
     let seg = [0i32; 15];
-    let err = Attention::new(&spec, &MaskSpec::NONE.segments(&seg, &seg), &buf, &buf, &buf).unwrap_err();
-    assert!(matches!(err, SpecError::WrongLength { tensor: Tensor::Segments, .. }));
+    let err = Attention::new(
+        &spec,
+        &MaskSpec::NONE.segments(&seg, &seg),
+        &buf,
+        &buf,
+        &buf,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        SpecError::WrongLength {
+            tensor: Tensor::Segments,
+            ..
+        }
+    ));
     let m = [true; 63];
     let strides = tessera_core::MaskStrides::broadcast(1, 1, 8, 8);
-    let err = Attention::new(&spec, &MaskSpec::NONE.dense(tessera_core::DenseMask::Bool(&m, strides)), &buf, &buf, &buf).unwrap_err();
+    let err = Attention::new(
+        &spec,
+        &MaskSpec::NONE.dense(tessera_core::DenseMask::Bool(&m, strides)),
+        &buf,
+        &buf,
+        &buf,
+    )
+    .unwrap_err();
     assert_eq!(err.to_string(), "attn_mask: needs 64 elements, got 63");
 }
 
@@ -54,15 +132,62 @@ fn bad_outputs_and_scratch_are_refused() {
     let f = F::new(Portable);
     let mut scratch = vec![0.0; F::scratch_len(4, 4)];
     let mut y = vec![0.0f32; 63];
-    assert!(matches!(f.run(&att, &mut y, None, &mut scratch), Err(SpecError::TooShort { tensor: Tensor::Y, .. })));
+    assert!(matches!(
+        f.run(&att, &mut y, None, &mut scratch),
+        Err(SpecError::TooShort {
+            tensor: Tensor::Y,
+            ..
+        })
+    ));
     let mut y = vec![0.0f32; 64];
     let mut lse = vec![0.0; 15];
-    assert!(matches!(f.run(&att, &mut y, Some(&mut lse), &mut scratch), Err(SpecError::WrongLength { tensor: Tensor::Lse, .. })));
+    assert!(matches!(
+        f.run(&att, &mut y, Some(&mut lse), &mut scratch),
+        Err(SpecError::WrongLength {
+            tensor: Tensor::Lse,
+            ..
+        })
+    ));
     let mut small = vec![0.0; F::scratch_len(4, 4) - 1];
-    assert!(matches!(f.run(&att, &mut y, None, &mut small), Err(SpecError::TooShort { tensor: Tensor::Scratch, .. })));
+    assert!(matches!(
+        f.run(&att, &mut y, None, &mut small),
+        Err(SpecError::TooShort {
+            tensor: Tensor::Scratch,
+            ..
+        })
+    ));
     let mut st = Default::default();
-    assert_eq!(f.tile(&att, 0, 2, 0, 0..8, &mut scratch, &mut st).unwrap_err(), SpecError::TileOutOfRange);
-    assert_eq!(f.tile(&att, 0, 0, 1, 0..8, &mut scratch, &mut st).unwrap_err(), SpecError::TileOutOfRange);
-    assert_eq!(f.tile(&att, 0, 0, 0, 4..9, &mut scratch, &mut st).unwrap_err(), SpecError::TileOutOfRange);
-    assert_eq!(f.tile_selected(&att, 0, 0, 0, &[1], &mut scratch, &mut st).unwrap_err(), SpecError::TileOutOfRange);
+    assert_eq!(
+        f.tile(&att, 0, 2, 0, 0..8, &mut scratch, &mut st)
+            .unwrap_err(),
+        SpecError::TileOutOfRange
+    );
+    assert_eq!(
+        f.tile(&att, 0, 0, 1, 0..8, &mut scratch, &mut st)
+            .unwrap_err(),
+        SpecError::TileOutOfRange
+    );
+    assert_eq!(
+        f.tile(&att, 0, 0, 0, 4..9, &mut scratch, &mut st)
+            .unwrap_err(),
+        SpecError::TileOutOfRange
+    );
+    assert_eq!(
+        f.tile_selected(&att, 0, 0, 0, &[1], &mut scratch, &mut st)
+            .unwrap_err(),
+        SpecError::TileOutOfRange
+    );
+    // A tile listed twice would be counted twice: refused.
+    let spec16 = AttentionSpec::bhsd(1, 1, 1, 8, 32, 4, 4);
+    let att16 = Attention::new(&spec16, &MaskSpec::NONE, &buf, &buf, &buf).unwrap();
+    for list in [&[0usize, 0][..], &[1, 0]] {
+        assert_eq!(
+            f.tile_selected(&att16, 0, 0, 0, list, &mut scratch, &mut st)
+                .unwrap_err(),
+            SpecError::TileOutOfRange
+        );
+    }
+    assert!(f
+        .tile_selected(&att16, 0, 0, 0, &[0, 1], &mut scratch, &mut st)
+        .is_ok());
 }
