@@ -160,6 +160,36 @@ impl KernelInfo {
             unsafe { (self.api.KernelInfoGetAttribute_float)(self.info, name.as_ptr(), &mut out) };
         check(self.api, st).ok().map(|()| out)
     }
+
+    /// A string attribute, or `None` when the node does not set it.
+    pub fn attr_string(&self, name: &CStr) -> Option<String> {
+        let mut size = 0usize;
+        // SAFETY: `info` is valid; with a null `out` ORT only writes the
+        // needed size (including the NUL) into `size`.
+        let st = unsafe {
+            (self.api.KernelInfoGetAttribute_string)(
+                self.info,
+                name.as_ptr(),
+                core::ptr::null_mut(),
+                &mut size,
+            )
+        };
+        check(self.api, st).ok()?;
+        let mut buf = vec![0u8; size.max(1)];
+        let mut len = buf.len();
+        // SAFETY: `buf` holds `len` bytes, the size ORT asked for.
+        let st = unsafe {
+            (self.api.KernelInfoGetAttribute_string)(
+                self.info,
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        check(self.api, st).ok()?;
+        let text = CStr::from_bytes_until_nul(&buf).ok()?;
+        Some(text.to_string_lossy().into_owned())
+    }
 }
 
 /// Element type and shape of a tensor.
