@@ -331,6 +331,9 @@ fn the_fp8_indexer_matches_an_f64_reference() {
         (2, 11, 70, 5, 64, false, 0, Some([70usize, 33usize]), false),
         (2, 8, 130, 32, 128, true, 0, Some([130, 64]), true),
         (1, 5, 90, 20, 128, true, 80, None, false),
+        // Several CTAs along the keys, and more heads than stay in registers.
+        (1, 9, 600, 80, 128, true, 591, None, false),
+        (1, 6, 700, 40, 64, false, 0, None, false),
     ]
     .iter()
     .enumerate()
