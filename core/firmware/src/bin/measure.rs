@@ -119,6 +119,7 @@ extern "C" fn tessera_main() -> i32 {
     // headline cases there.
     #[cfg(target_arch = "arm")]
     {
+        ok &= measure::<_, 8, 32>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 16, 16>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 16, 32>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 32, 16>(Scalar, "dense", 256, None, b);
