@@ -258,6 +258,17 @@ unsafe extern "system" fn infer_shape<O: CustomOp>(
 /// The `OrtCustomOp` table for op `O`. It is `const`, so each op's table is
 /// a `static` with a stable address, as ORT requires.
 pub const fn table<O: CustomOp>() -> OrtCustomOp {
+    let mut t = table_without_inference::<O>();
+    t.InferOutputShapeFn = Some(infer_shape::<O>);
+    t
+}
+
+/// The table without `InferOutputShapeFn`, for runtimes older than 1.24:
+/// their shape-inference context dereferences the type of every node input
+/// and crashes (SIGSEGV, before calling us) on a node that leaves an
+/// optional input out in the middle, e.g. `Q, K, V, "", "", "", nonpad`.
+/// Measured: 1.17.3, 1.20.1, 1.22.x, 1.23.2 crash; 1.24.1 and later do not.
+pub const fn table_without_inference<O: CustomOp>() -> OrtCustomOp {
     OrtCustomOp {
         // Must equal the version of the headers the table was built with; a
         // larger value makes ORT read fields this struct does not have.
@@ -280,7 +291,7 @@ pub const fn table<O: CustomOp>() -> OrtCustomOp {
         GetVariadicOutputHomogeneity: Some(variadic_homogeneity),
         CreateKernelV2: Some(create_kernel::<O>),
         KernelComputeV2: Some(compute::<O>),
-        InferOutputShapeFn: Some(infer_shape::<O>),
+        InferOutputShapeFn: None,
         GetStartVersion: Some(start_version),
         GetEndVersion: Some(end_version),
     }
