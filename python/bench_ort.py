@@ -128,6 +128,10 @@ def build(impl: str, s: int, mode: str) -> bytes:
 
 
 def child(impl: str, s: int, mode: str, threads: int, reps: int, model_path: str) -> None:
+    # Cap the address space so a built-in that materialises S x S fails
+    # alone instead of pushing a shared machine into the OOM killer.
+    cap = int(float(os.environ.get("TESSERA_BENCH_MEM_GB", "14")) * 1e9)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     import onnxruntime as ort
 
     with open(model_path, "rb") as fh:
@@ -194,7 +198,8 @@ def main() -> int:
                     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
                     if out.returncode != 0:
                         tail = (out.stderr.strip().splitlines() or ["?"])[-1]
-                        res[impl] = {"error": ("OOM/killed" if out.returncode < 0 else tail[:80])}
+                        oom = out.returncode < 0 or "bad_alloc" in out.stderr or "Failed to allocate" in out.stderr
+                        res[impl] = {"error": ("out of memory (address space capped at TESSERA_BENCH_MEM_GB)" if oom else tail[:80])}
                     else:
                         res[impl] = json.loads(out.stdout.strip().splitlines()[-1])
                 except subprocess.TimeoutExpired:
