@@ -1,5 +1,148 @@
-//! The `tessera` graph tool. Subcommands arrive with the graph-tool issue.
-fn main() {
-    eprintln!("tessera: the graph tool (inspect, rewrite, verify, bench, demo) is not built yet; see README.md");
-    std::process::exit(2);
+//! `tessera`: inspect, rewrite and verify attention in ONNX models.
+//! See the README section "The tessera graph tool".
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tessera_cli::error::{Error, Result};
+use tessera_cli::rewrite::{parse_layers, rewrite, Policy};
+use tessera_cli::{bail, inspect, model, verify};
+
+const USAGE: &str = "usage:
+  tessera inspect MODEL.onnx [--json]
+  tessera rewrite IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]] [--layers LIST]
+  tessera verify ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]";
+
+/// Command-line words: positional arguments and `--flag [value]` pairs.
+struct Args {
+    positional: Vec<String>,
+    flags: Vec<(String, Option<String>)>,
+}
+
+impl Args {
+    fn parse(words: &[String], with_value: &[&str]) -> Result<Self> {
+        let (mut positional, mut flags) = (Vec::new(), Vec::new());
+        let mut it = words.iter();
+        while let Some(w) = it.next() {
+            if w.starts_with('-') && w.len() > 1 {
+                let (k, v) = match w.split_once('=') {
+                    Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
+                    _ => (w.clone(), None),
+                };
+                if with_value.contains(&k.as_str()) {
+                    let v = match v {
+                        Some(v) => v,
+                        None => it.next().cloned().ok_or_else(|| Error(format!("{k} needs a value\n{USAGE}")))?,
+                    };
+                    flags.push((k, Some(v)));
+                } else if v.is_none() && matches!(k.as_str(), "--json" | "-h" | "--help") {
+                    flags.push((k, None));
+                } else {
+                    bail!("unknown option '{w}'\n{USAGE}");
+                }
+            } else {
+                positional.push(w.clone());
+            }
+        }
+        Ok(Self { positional, flags })
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.flags.iter().rev().find(|(f, _)| f == k).and_then(|(_, v)| v.as_deref())
+    }
+    fn has(&self, k: &str) -> bool {
+        self.flags.iter().any(|(f, _)| f == k)
+    }
+    fn all<'a>(&'a self, k: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.flags.iter().filter(move |(f, _)| f == k).filter_map(|(_, v)| v.as_deref())
+    }
+    fn one(&self, n: usize, what: &str) -> Result<PathBuf> {
+        if self.positional.len() != n {
+            bail!("expected {what}\n{USAGE}");
+        }
+        Ok(PathBuf::from(&self.positional[0]))
+    }
+}
+
+fn run(words: &[String]) -> Result<i32> {
+    let Some(cmd) = words.first() else { bail!("{USAGE}") };
+    let rest = &words[1..];
+    match cmd.as_str() {
+        "inspect" => {
+            let a = Args::parse(rest, &[])?;
+            let path = a.one(1, "one model file")?;
+            let m = model::load(&path)?;
+            let sites = inspect::sites(&m);
+            if a.has("--json") {
+                println!("{}", serde_json::to_string_pretty(&inspect::json(&m, &sites)).expect("JSON values serialise"));
+            } else {
+                print!("{}", inspect::table(&m, &sites));
+            }
+            if sites.is_empty() {
+                eprintln!("{}: no attention found (no Attention node and no MatMul→Softmax→MatMul chain)", path.display());
+                return Ok(3);
+            }
+            Ok(0)
+        }
+        "rewrite" => {
+            let a = Args::parse(rest, &["-o", "--output", "--policy", "--layers"])?;
+            let input = a.one(1, "one input model and -o OUT.onnx")?;
+            let out = a.get("-o").or(a.get("--output")).ok_or_else(|| Error(format!("rewrite needs -o OUT.onnx\n{USAGE}")))?;
+            let policy = Policy::parse(a.get("--policy").unwrap_or("exact"))?;
+            let layers = a.get("--layers").map(parse_layers).transpose()?;
+            let mut m = model::load(&input)?;
+            let report = rewrite(&mut m, &policy, layers.as_ref())?;
+            for (layer, anchor, kind, note) in &report.rewritten {
+                eprintln!("rewrote site {layer} '{anchor}' ({kind}): {note}");
+            }
+            for (layer, anchor, why) in &report.skipped {
+                eprintln!("kept site {layer} '{anchor}': {why}");
+            }
+            if report.rewritten.is_empty() && report.skipped.is_empty() && inspect::sites(&m).is_empty() {
+                bail!("{}: no attention found (no Attention node and no MatMul→Softmax→MatMul chain)", input.display());
+            }
+            model::save(&m, std::path::Path::new(out))?;
+            eprintln!("wrote {out}: {} site(s) rewritten, {} kept, {} node(s) pruned", report.rewritten.len(), report.skipped.len(), report.pruned);
+            Ok(0)
+        }
+        "verify" => {
+            let a = Args::parse(rest, &["--seq", "--batch", "--tol", "--input", "--threads"])?;
+            if a.positional.len() != 2 {
+                bail!("verify needs ORIGINAL.onnx REWRITTEN.onnx\n{USAGE}");
+            }
+            let (orig, new) = (PathBuf::from(&a.positional[0]), PathBuf::from(&a.positional[1]));
+            let m = model::load(&orig)?;
+            model::load(&new)?;
+            let num = |k: &str, s: &str| -> Result<usize> { s.trim().parse().map_err(|_| Error(format!("{k} '{s}' is not a positive integer"))) };
+            let seqs = a.get("--seq").unwrap_or("128").split(',').map(|s| num("--seq", s)).collect::<Result<Vec<_>>>()?;
+            let given = a
+                .all("--input")
+                .map(|s| s.split_once('=').map(|(n, p)| (n.to_string(), PathBuf::from(p))).ok_or_else(|| Error(format!("--input '{s}': expected name=file.npy"))))
+                .collect::<Result<Vec<_>>>()?;
+            let opts = verify::Options {
+                seqs,
+                batch: num("--batch", a.get("--batch").unwrap_or("2"))?,
+                tol: a.get("--tol").unwrap_or("1e-4").parse().map_err(|_| Error("--tol must be a number".into()))?,
+                json: a.has("--json"),
+                given,
+                threads: num("--threads", a.get("--threads").unwrap_or("0"))?,
+            };
+            verify::verify(&orig, &new, &m, &opts)
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(0)
+        }
+        other => bail!("unknown command '{other}'\n{USAGE}"),
+    }
+}
+
+fn main() -> ExitCode {
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    match run(&words) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("tessera: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

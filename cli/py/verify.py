@@ -1,0 +1,166 @@
+"""Runs an original and a rewritten ONNX model in ONNX Runtime (with the
+Tessera plugin registered for both) on the same inputs and compares outputs.
+
+Driven by `tessera verify`, which writes a JSON spec (the graph inputs it
+found, with their roles) and calls this script with the venv's Python. Each
+model runs in a child process of its own so that its peak RSS is its own.
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64}
+
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(model, inputs_npz, out_npz, plugin, threads):
+    import onnxruntime as ort
+
+    base = rss_mb()
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(plugin)
+    if threads:
+        so.intra_op_num_threads = threads
+    t0 = time.perf_counter()
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    t1 = time.perf_counter()
+    feeds = dict(np.load(inputs_npz))
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(names, feeds)
+    t2 = time.perf_counter()
+    np.savez(out_npz, **{f"o{i}": o for i, o in enumerate(outs)})
+    json.dump({"load_s": t1 - t0, "run_s": t2 - t1, "peak_rss_mb": rss_mb(), "base_rss_mb": base, "outputs": names}, sys.stdout)
+
+
+def make_inputs(spec, batch, seq, rng):
+    feeds, lengths = {}, None
+    lengths = np.array([max(1, seq - (b * seq) // (2 * max(batch, 1))) for b in range(batch)], dtype=np.int64)
+    for inp in spec["inputs"]:
+        shape = []
+        for i, d in enumerate(inp["dims"]):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            else:
+                shape.append(batch if i == 0 else seq)
+        dt = DTYPES.get(inp["elem_type"])
+        if dt is None:
+            raise SystemExit(f"verify: input '{inp['name']}': element type {inp['elem_type']} is not supported; pass --input {inp['name']}=file.npy")
+        role = inp["role"]
+        if role == "token_ids":
+            x = rng.integers(0, inp.get("vocab") or 100, size=shape)
+        elif role == "attention_mask":
+            x = (np.arange(shape[-1])[None, :] < lengths[:, None]).astype(np.int64)
+        elif role == "position_ids":
+            x = np.broadcast_to(np.arange(shape[-1]), shape)
+        elif role == "token_type_ids":
+            x = np.zeros(shape)
+        else:
+            x = rng.standard_normal(shape)
+        feeds[inp["name"]] = np.ascontiguousarray(x.astype(dt))
+    has_mask = any(i["role"] == "attention_mask" for i in spec["inputs"])
+    return feeds, (lengths if has_mask else None)
+
+
+def compare(a, b, lengths, batch, seq):
+    where = "all positions"
+    if lengths is not None and a.ndim >= 2 and a.shape[0] == batch and a.shape[1] == seq:
+        keep = np.arange(seq)[None, :] < lengths[:, None]
+        a, b = a[keep], b[keep]
+        where = "unpadded positions"
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    diff = np.abs(a64 - b64)
+    nan_mismatch = int(np.sum(np.isnan(a64) != np.isnan(b64)))
+    finite = ~(np.isnan(a64) | np.isnan(b64))
+    max_abs = float(diff[finite].max()) if finite.any() else 0.0
+    scale = float(np.abs(a64[finite]).max()) if finite.any() else 0.0
+    na, nb = np.linalg.norm(a64[finite]), np.linalg.norm(b64[finite])
+    cos = float(a64[finite] @ b64[finite] / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+    return {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else 0.0, "cosine": cos, "nan_mismatch": nan_mismatch, "compared": where}
+
+
+def main(spec_path):
+    spec = json.load(open(spec_path))
+    rng = np.random.default_rng(spec.get("seed", 0))
+    report, ok = [], True
+    with tempfile.TemporaryDirectory() as tmp:
+        for seq in spec["seqs"]:
+            batch = spec["batch"]
+            if spec.get("given"):
+                feeds = {k: np.load(v) for k, v in spec["given"].items()}
+                lengths = None
+                missing = [i["name"] for i in spec["inputs"] if i["name"] not in feeds]
+                if missing:
+                    extra, lengths = make_inputs({"inputs": [i for i in spec["inputs"] if i["name"] in missing]}, batch, seq, rng)
+                    feeds.update(extra)
+            else:
+                feeds, lengths = make_inputs(spec, batch, seq, rng)
+            inp = os.path.join(tmp, f"in{seq}.npz")
+            np.savez(inp, **feeds)
+            runs = {}
+            for tag in ("original", "rewritten"):
+                out = os.path.join(tmp, f"{tag}{seq}.npz")
+                r = subprocess.run([sys.executable, __file__, "--run", spec[tag], inp, out, spec["plugin"], str(spec.get("threads", 0))],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    sys.stderr.write(r.stderr)
+                    raise SystemExit(f"verify: {spec[tag]} failed in ONNX Runtime at S={seq} (see above)")
+                runs[tag] = json.loads(r.stdout)
+                runs[tag]["values"] = np.load(out)
+            outs = []
+            for i, name in enumerate(runs["original"]["outputs"]):
+                a = runs["original"]["values"][f"o{i}"]
+                j = runs["rewritten"]["outputs"].index(name) if name in runs["rewritten"]["outputs"] else None
+                if j is None:
+                    outs.append({"output": name, "error": "missing in the rewritten model"})
+                    ok = False
+                    continue
+                b = runs["rewritten"]["values"][f"o{j}"]
+                if a.shape != b.shape:
+                    outs.append({"output": name, "error": f"shape {a.shape} vs {b.shape}"})
+                    ok = False
+                    continue
+                c = compare(a, b, lengths, batch, seq)
+                c["output"] = name
+                c["pass"] = c["max_abs"] <= spec["tol"] and c["nan_mismatch"] == 0
+                ok &= c["pass"]
+                outs.append(c)
+            timing = {t: {k: runs[t][k] for k in ("load_s", "run_s", "peak_rss_mb", "base_rss_mb")} for t in runs}
+            report.append({"seq": seq, "batch": batch, "outputs": outs, "timing": timing,
+                           "lengths": None if lengths is None else lengths.tolist()})
+            if not spec["json"]:
+                print(f"S={seq} B={batch} key lengths={None if lengths is None else lengths.tolist()}")
+                for c in outs:
+                    if "error" in c:
+                        print(f"  {c['output']:<24} ERROR {c['error']}")
+                    else:
+                        print(f"  {c['output']:<24} max_abs={c['max_abs']:.3e} max_rel={c['max_rel']:.3e} cosine={c['cosine']:.8f} "
+                              f"({c['compared']}) {'ok' if c['pass'] else 'OVER TOLERANCE ' + str(spec['tol'])}")
+                for t, m in timing.items():
+                    print(f"  {t:<10} run {m['run_s']*1e3:9.1f} ms  load {m['load_s']*1e3:7.1f} ms  peak RSS {m['peak_rss_mb']:8.1f} MB")
+                sys.stdout.flush()
+    if spec["json"]:
+        json.dump({"pass": bool(ok), "tol": spec["tol"], "runs": report}, sys.stdout, indent=1)
+        print()
+    else:
+        print("verify:", "PASS" if ok else "FAIL", f"(tolerance {spec['tol']} max abs)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--run":
+        run_one(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    else:
+        sys.exit(main(sys.argv[1]))
