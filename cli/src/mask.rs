@@ -76,9 +76,9 @@ pub fn analyse_additive(ix: &GraphIndex, tensor: &str) -> MaskInfo {
         }
     }
     if padding_only(ix, tensor) {
-        // e.g. (1 - mask) * finfo.min: attend where the input mask is 1.
-        info.padding = None;
-        info.opaque.push("additive padding bias".into());
+        // e.g. (1 - mask) * finfo.min (BERT's extended mask): padding only,
+        // kept as the additive tensor it is.
+        info.padding = Some(tensor.to_string());
         return info;
     }
     info.opaque.push(ix.producer(tensor).map_or("graph input".into(), |p| ix.node(p).op_type().to_string()));
@@ -92,6 +92,9 @@ fn bool_parts(ix: &GraphIndex, tensor: &str, info: &mut MaskInfo) {
     };
     let n = ix.node(p);
     match (is_onnx(n), n.op_type()) {
+        (true, "Expand" | "Unsqueeze" | "Identity" | "Reshape") if !padding_only(ix, tensor) => {
+            bool_parts(ix, &n.input[0], info);
+        }
         (true, "And") => {
             bool_parts(ix, &n.input[0], info);
             bool_parts(ix, &n.input[1], info);
@@ -111,6 +114,22 @@ fn bool_parts(ix: &GraphIndex, tensor: &str, info: &mut MaskInfo) {
             }
         }
         (_, op) => info.opaque.push(format!("{op} '{}'", n.name())),
+    }
+}
+
+/// Whether `tensor` is bool: declared so, or made by a comparison, a
+/// logical op or a `Cast` to bool (through shape-only ops).
+pub fn is_bool(ix: &GraphIndex, tensor: &str) -> bool {
+    if let Some(t) = ix.elem_type(tensor) {
+        return t == DataType::Bool as i32;
+    }
+    let Some(p) = ix.producer(tensor) else { return false };
+    let n = ix.node(p);
+    match n.op_type() {
+        "And" | "Or" | "Not" | "Xor" | "LessOrEqual" | "Less" | "Greater" | "GreaterOrEqual" | "Equal" | "IsNaN" | "IsInf" => true,
+        "Cast" => crate::graph::attr_i(n, "to") == Some(DataType::Bool as i64),
+        "Expand" | "Unsqueeze" | "Squeeze" | "Reshape" | "Transpose" | "Identity" => is_bool(ix, &n.input[0]),
+        _ => false,
     }
 }
 
@@ -142,7 +161,10 @@ fn padding_only(ix: &GraphIndex, tensor: &str) -> bool {
                 if matches!(n.op_type(), "Range" | "LessOrEqual" | "Less" | "Greater" | "GreaterOrEqual" | "Abs" | "Trilu") {
                     return false;
                 }
-                stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+                // Only the shape of what `Shape` reads matters (e.g. Expand to [B,1,S,S]).
+                if n.op_type() != "Shape" {
+                    stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+                }
             }
             None if ix.constant(&t).is_some() || ix.graph.initializer.iter().any(|i| i.name() == t) => {}
             None => inputs.push(t),

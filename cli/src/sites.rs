@@ -11,7 +11,7 @@
 //! Cost: one pass over the nodes; each matcher walks a bounded chain.
 
 use crate::graph::{attr_f, attr_i, attr_ints, is_onnx, Dim, GraphIndex};
-use crate::mask::{analyse_additive, analyse_bool, MaskInfo};
+use crate::mask::{analyse_additive, analyse_bool, is_bool, MaskInfo};
 
 /// The domain of Tessera's ops.
 pub const TESSERA_DOMAIN: &str = "ai.tessera";
@@ -167,14 +167,15 @@ fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> Option<Site>
     let n = ix.node(i);
     let input = |k: usize| n.input.get(k).filter(|s| !s.is_empty()).cloned();
     let q = input(0)?;
-    let (mut hq, mut d) = heads_from_shape(ix, &q);
-    let hkv = attr_i(n, "kv_num_heads").or(heads_from_shape(ix, input(1).as_deref().unwrap_or("")).0);
+    let (mut hq, mut d) = heads_from_reshape(ix, &q).map(|(h, d)| (Some(h), Some(d))).unwrap_or_else(|| heads_from_shape(ix, &q));
+    let k_name = input(1).unwrap_or_default();
+    let hkv = attr_i(n, "kv_num_heads").or(heads_from_reshape(ix, &k_name).map(|(h, _)| h)).or(heads_from_shape(ix, &k_name).0);
     hq = attr_i(n, "q_num_heads").or(hq);
     if d.is_some() && ix.shape(&q).is_some_and(|s| s.len() == 3) {
         d = hq.and_then(|h| d.map(|hd| hd / h));
     }
     let mask = match input(3) {
-        Some(m) if ix.elem_type(&m) == Some(9) => analyse_bool(ix, &m),
+        Some(m) if is_bool(ix, &m) => analyse_bool(ix, &m),
         Some(m) => analyse_additive(ix, &m),
         None => MaskInfo::default(),
     };
@@ -365,7 +366,7 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
         Err(format!("MatMul '{}': Q/V are not known to be 4-D (B,H,S,D); run shape inference first", qkn.name()))
     } else {
         Ok(if mask.form.is_some() {
-            "exact on rows with at least one visible key (a fully masked row gives 0, not the decomposed graph's mean of V)".into()
+            "exact; a fully masked row gives 0, not the graph's mean of V".into()
         } else {
             "exact".into()
         })
