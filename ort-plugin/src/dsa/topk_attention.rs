@@ -1,0 +1,575 @@
+//! `ai.tessera.TopKAttention` v1: attention restricted to selected keys.
+//!
+//! | # | input | type | shape |
+//! | --- | --- | --- | --- |
+//! | 0 | `Q` | T | `(B, Hq, Sq, D)` or `(B, Sq, Hq·D)` |
+//! | 1 | `K` | T | `(B, Hkv, Skv, D)` or `(B, Skv, Hkv·D)` |
+//! | 2 | `V` | T | `(B, Hkv, Skv, Dv)` or `(B, Skv, Hkv·Dv)` |
+//! | 3 | `indices` (opt.) | int64 | `(B, Sq, k)` shared by every head (`LightningIndexer`'s output) or `(B, Hkv, Sq, k)` per KV head; `-1` pads |
+//!
+//! | # | output | type | shape |
+//! | --- | --- | --- | --- |
+//! | 0 | `Y` | T | like Q with `Dv` |
+//! | 1 | `selected_indices` (opt.) | int64 | `(B, Hkv, Sq, W)`: the keys each query attended to, ascending, `-1`-padded |
+//! | 2 | `softmax_lse` (opt.) | float | `(B, Hq, Sq)`, natural log, `-inf` for a row that saw no key |
+//!
+//! T is float, float16 or bfloat16; arithmetic is f32. Attributes:
+//! `top_k`, `is_causal` (bottom-right, see [`crate::dsa`]), `scale`,
+//! `q_num_heads`/`kv_num_heads` (3-D inputs), `left_window_size` and
+//! `num_global_tokens`.
+//!
+//! **With `indices`** (index mode) each query attends to the listed keys
+//! that the causal rule lets it see; an entry outside `[0, Skv)` (other than
+//! `-1`) or a key listed twice in a row is refused, naming the row. `top_k`
+//! may be left out; when set it must equal the list width `k`, and
+//! `W = k`. Windows and sinks are the indexer's job here:
+//! `left_window_size`/`num_global_tokens` are refused, not ignored.
+//!
+//! **Without `indices`** (training-free mode, as Quest / NSA selection)
+//! keys are grouped in blocks of [`BK`]; each block keeps the element-wise
+//! min and max of its keys (f32), and for each (query tile of [`BQ`], KV
+//! head) the blocks with the highest upper bound `Σ_d max(q_d·min_d,
+//! q_d·max_d)` are chosen, `ceil(top_k / BK)` of them, plus the blocks of
+//! every query's local window `[p - left_window_size, p]` and of the first
+//! `num_global_tokens` keys, which are always kept. The exact flash kernel
+//! then runs on the chosen tiles. With `top_k` at least the keys a query
+//! may see the result is dense attention, bit for bit. `W` is
+//! `BK · min(blocks, max(ceil(top_k / BK) + 2, forced blocks))`.
+//!
+//! # Cost
+//! Index mode: `4·D` flops per listed key and query head, nothing that grows
+//! with `Skv` but an `Skv/8`-byte bitmap per task. Training-free: one pass
+//! over K for the summaries (`B·Hkv·2D·ceil(Skv/BK)` f32), `4·D·BQ·G` flops
+//! per (tile, block) to score, then `4·D·BQ·BK` per selected tile and head.
+
+use core::ffi::CStr;
+use core::marker::PhantomData;
+
+use tessera_core::blocksel::summary_len;
+use tessera_core::kernel::MicroKernel;
+use tessera_core::{
+    bf16, default_scale, f16, summarize, Attention, AttentionSpec, BlockSelector, BlockSummaries,
+    Flash, GatherAttention, IndexList, Keep, MaskSpec, SparseAttention, Stats, Strides,
+};
+
+use super::{
+    attr_at_least, attr_bool, causal_offset, chunks, dims, with_kernel, AttrRead, Disjoint,
+};
+use crate::attention::plan::{Attrs, Layout, Plan, RawAttrs, Shapes};
+use crate::attention::Dtype;
+use crate::error::{Error, Result};
+use crate::ffi::{elem, InputTensor, KernelContext, KernelInfo, ShapeInference};
+use crate::op::{CustomOp, Port, PortType};
+
+/// Query tile of the training-free mode.
+pub const BQ: usize = 32;
+/// Key block (summary block and flash key tile) of the training-free mode,
+/// and the gather width of the index mode.
+pub const BK: usize = 64;
+
+/// Port tables of the op for one element type.
+pub trait TopKDtype: Dtype {
+    /// Inputs.
+    const TOPK_INPUTS: &'static [Port];
+    /// Outputs.
+    const TOPK_OUTPUTS: &'static [Port];
+}
+
+macro_rules! topk_dtype {
+    ($t:ty, $code:expr) => {
+        impl TopKDtype for $t {
+            const TOPK_INPUTS: &'static [Port] = &[
+                Port::required("Q", PortType::Fixed($code)),
+                Port::required("K", PortType::Any),
+                Port::required("V", PortType::Any),
+                Port::optional("indices", PortType::Any),
+            ];
+            const TOPK_OUTPUTS: &'static [Port] = &[
+                Port::required("Y", PortType::Fixed($code)),
+                Port::optional("selected_indices", PortType::Fixed(elem::INT64)),
+                Port::optional("softmax_lse", PortType::Fixed(elem::FLOAT)),
+            ];
+        }
+    };
+}
+topk_dtype!(f32, elem::FLOAT);
+topk_dtype!(f16, elem::FLOAT16);
+topk_dtype!(bf16, elem::BFLOAT16);
+
+const INPUT_NAMES: [&str; 4] = ["Q", "K", "V", "indices"];
+
+/// The op, for element type `T`.
+#[derive(Debug)]
+pub struct TopKAttentionOp<T> {
+    attrs: Attrs,
+    top_k: Option<usize>,
+    keep: Keep,
+    _t: PhantomData<fn() -> T>,
+}
+
+/// Where the outputs of one call go.
+struct Outputs<'a, T> {
+    y: Disjoint<'a, T>,
+    selected: Option<Disjoint<'a, i64>>,
+    width: usize,
+    lse: Option<Disjoint<'a, f32>>,
+}
+
+impl<T: Dtype> Outputs<'_, T> {
+    /// Row `(b, h, i)` of Y and its lse.
+    ///
+    /// # Safety
+    /// Only the task that owns query `i` of head `h` in batch `b` writes it.
+    unsafe fn write_row(
+        &self,
+        s: &AttentionSpec,
+        b: usize,
+        h: usize,
+        i: usize,
+        row: &[f32],
+        lse: f32,
+    ) -> Result<()> {
+        // SAFETY: the caller owns row (b, h, i): one Dv run of Y and one lse.
+        let y = unsafe { self.y.range(s.out.offset(b, h, i), s.v_head_dim)? };
+        y.iter_mut()
+            .zip(row)
+            .for_each(|(d, &x)| *d = T::from_f32(x));
+        if let Some(l) = &self.lse {
+            // SAFETY: as above.
+            let slot = unsafe { l.range((b * s.q_heads + h) * s.q_len + i, 1)? };
+            slot[0] = lse;
+        }
+        Ok(())
+    }
+
+    /// Row `(b, hk, i)` of `selected_indices`, if requested.
+    ///
+    /// # Safety
+    /// Only the task that owns query `i` of KV head `hk` in batch `b` asks.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn selected_row(
+        &self,
+        s: &AttentionSpec,
+        b: usize,
+        hk: usize,
+        i: usize,
+    ) -> Result<Option<&mut [i64]>> {
+        match &self.selected {
+            None => Ok(None),
+            // SAFETY: the caller owns the row.
+            Some(sel) => unsafe {
+                sel.range(
+                    ((b * s.kv_heads + hk) * s.q_len + i) * self.width,
+                    self.width,
+                )
+            }
+            .map(Some),
+        }
+    }
+}
+
+/// Width of `selected_indices` in the training-free mode: every block the
+/// selector can choose for a tile, expanded to keys.
+fn block_width(top_k: usize, kv_len: usize, keep: Keep) -> usize {
+    let blocks = kv_len.div_ceil(BK);
+    let forced = keep.global_tokens.min(kv_len).div_ceil(BK)
+        + keep
+            .local_window
+            .map_or(0, |w| (BQ - 1).saturating_add(w) / BK + 2);
+    top_k.div_ceil(BK).saturating_add(2).max(forced).min(blocks) * BK
+}
+
+impl<T: TopKDtype> TopKAttentionOp<T> {
+    /// Index mode on micro-kernel `K`.
+    fn gather<K: MicroKernel>(
+        ctx: &KernelContext,
+        kernel: K,
+        p: &SparseAttention<'_, T, i64>,
+        out: &Outputs<'_, T>,
+    ) -> Result<()> {
+        type G<K> = GatherAttention<K, BK>;
+        let gk = G::new(kernel);
+        let s = *p.attention().spec();
+        let mask = *p.attention().mask();
+        let items = s.batch * s.kv_heads * s.q_len;
+        let (tasks, per_task) = chunks(items);
+        let scratch_len = G::<K>::scratch_len(s.group(), s.head_dim, s.v_head_dim);
+        ctx.parallel_for(tasks, &|task| {
+            let mut scratch = vec![0.0f32; scratch_len];
+            let mut seen = vec![0u64; G::<K>::seen_len(s.kv_len)];
+            for item in task * per_task..((task + 1) * per_task).min(items) {
+                let (b, hk, i) = (
+                    item / (s.kv_heads * s.q_len),
+                    item / s.q_len % s.kv_heads,
+                    item % s.q_len,
+                );
+                let o = gk.query(p, b, hk, i, &mut scratch, &mut seen)?;
+                for g in 0..o.heads {
+                    // SAFETY: item (b, hk, i) owns query i of the heads of KV head hk.
+                    unsafe { out.write_row(&s, b, o.head0 + g, i, o.row(g), o.lse(g))? };
+                }
+                // SAFETY: as above.
+                if let Some(dst) = unsafe { out.selected_row(&s, b, hk, i)? } {
+                    let span = mask.row_span(
+                        i as isize + mask.batch_offset(b, s.q_len),
+                        mask.batch_kv_len(b, s.kv_len),
+                    );
+                    let mut n = 0;
+                    for &j in p.list().row(b, hk, i) {
+                        // Entries were checked by `query`: -1 or in range, no repeats.
+                        if j >= 0 && span.contains(j as isize) {
+                            dst[n] = j;
+                            n += 1;
+                        }
+                    }
+                    dst[..n].sort_unstable();
+                    dst[n..].fill(-1);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Training-free mode on micro-kernel `K`.
+    fn blocks<K: MicroKernel>(
+        &self,
+        ctx: &KernelContext,
+        kernel: K,
+        att: &Attention<'_, T>,
+        top_k: usize,
+        out: &Outputs<'_, T>,
+    ) -> Result<()> {
+        type Sel<K> = BlockSelector<K, BQ, BK>;
+        let s = *att.spec();
+        let mask = *att.mask();
+        let mut sums = vec![
+            0.0f32;
+            summary_len(&s, BK).ok_or_else(|| Error::invalid(
+                "K: block summaries overflow the address space"
+            ))?
+        ];
+        summarize::<T, f32>(&s, att.k(), BK, &mut sums)?;
+        let sums = BlockSummaries::new(&s, BK, &sums)?;
+        let sel = Sel::new(kernel);
+        let q_tiles = s.q_len.div_ceil(BQ);
+        let items = s.batch * s.kv_heads * q_tiles;
+        let (tasks, per_task) = chunks(items);
+        let g = s.group();
+        let (scratch_len, flash_len, nb) = (
+            Sel::<K>::scratch_len(g, s.head_dim),
+            Flash::<K, BQ, BK>::scratch_len(s.head_dim, s.v_head_dim),
+            Sel::<K>::blocks(s.kv_len),
+        );
+        ctx.parallel_for(tasks, &|task| {
+            let mut scratch = vec![0.0f32; scratch_len];
+            let mut flash_scratch = vec![0.0f32; flash_len];
+            let mut block_scores = vec![0.0f32; nb];
+            let mut tiles = vec![0usize; nb];
+            let mut stats = Stats::default();
+            for item in task * per_task..((task + 1) * per_task).min(items) {
+                let (b, hk, t) = (
+                    item / (s.kv_heads * q_tiles),
+                    item / q_tiles % s.kv_heads,
+                    item % q_tiles,
+                );
+                let budget = sel.score_tile(
+                    att,
+                    att.q(),
+                    &sums,
+                    b,
+                    hk,
+                    t,
+                    top_k,
+                    self.keep,
+                    &mut block_scores,
+                    &mut scratch,
+                )?;
+                let n = Sel::<K>::select_tiles(&block_scores, budget, &mut tiles)?;
+                let tiles = &tiles[..n];
+                for h in hk * g..(hk + 1) * g {
+                    let o = sel.flash().tile_selected(
+                        att,
+                        b,
+                        h,
+                        t,
+                        tiles,
+                        &mut flash_scratch,
+                        &mut stats,
+                    )?;
+                    for r in 0..o.rows {
+                        // SAFETY: item (b, hk, t) owns the tile's queries of the group's heads.
+                        unsafe { out.write_row(&s, b, h, o.q_start + r, o.row(r), o.lse(r))? };
+                    }
+                }
+                for i in t * BQ..((t + 1) * BQ).min(s.q_len) {
+                    // SAFETY: as above.
+                    let Some(dst) = (unsafe { out.selected_row(&s, b, hk, i)? }) else {
+                        break;
+                    };
+                    let span = mask.row_span(
+                        i as isize + mask.batch_offset(b, s.q_len),
+                        mask.batch_kv_len(b, s.kv_len),
+                    );
+                    let keys = tiles
+                        .iter()
+                        .flat_map(|&n| n * BK..((n + 1) * BK).min(s.kv_len))
+                        .filter(|&j| span.contains(j as isize));
+                    let mut n = 0;
+                    for j in keys {
+                        let slot = dst.get_mut(n).ok_or_else(|| {
+                            Error::fail("internal: selected_indices row too narrow")
+                        })?;
+                        *slot = j as i64;
+                        n += 1;
+                    }
+                    dst[n..].fill(-1);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl<T: TopKDtype> CustomOp for TopKAttentionOp<T> {
+    const NAME: &'static CStr = c"TopKAttention";
+
+    fn inputs() -> &'static [Port] {
+        T::TOPK_INPUTS
+    }
+
+    fn outputs() -> &'static [Port] {
+        T::TOPK_OUTPUTS
+    }
+
+    fn attach(info: &KernelInfo) -> Result<Self> {
+        let raw = RawAttrs {
+            is_causal: info.attr_i64(c"is_causal").read()?,
+            scale: info.attr_f32(c"scale").read()?,
+            q_num_heads: info.attr_i64(c"q_num_heads").read()?,
+            kv_num_heads: info.attr_i64(c"kv_num_heads").read()?,
+            ..Default::default()
+        };
+        attr_bool("is_causal", raw.is_causal)?;
+        let window = attr_at_least(
+            "left_window_size",
+            info.attr_i64(c"left_window_size").read()?,
+            -1,
+        )?;
+        let globals = attr_at_least(
+            "num_global_tokens",
+            info.attr_i64(c"num_global_tokens").read()?,
+            0,
+        )?;
+        let too_large = |name: &str| Error::invalid(format!("{name} is too large"));
+        Ok(Self {
+            attrs: Attrs::parse(&raw)?,
+            top_k: super::indexer::top_k_attr(info.attr_i64(c"top_k").read()?)?,
+            keep: Keep {
+                local_window: match window {
+                    None | Some(-1) => None,
+                    Some(w) => Some(usize::try_from(w).map_err(|_| too_large("left_window_size"))?),
+                },
+                global_tokens: usize::try_from(globals.unwrap_or(0))
+                    .map_err(|_| too_large("num_global_tokens"))?,
+            },
+            _t: PhantomData,
+        })
+    }
+
+    fn compute(&self, ctx: &mut KernelContext) -> Result<()> {
+        let mut inputs: [Option<InputTensor>; 4] = Default::default();
+        for (i, slot) in inputs.iter_mut().enumerate() {
+            *slot = ctx.input(i)?;
+        }
+        let req = |i: usize| {
+            inputs[i]
+                .as_ref()
+                .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
+        };
+        let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
+        let plan = Plan::new(
+            &self.attrs,
+            &Shapes {
+                q: &q_in.ts.dims,
+                k: &k_in.ts.dims,
+                v: &v_in.ts.dims,
+                ..Default::default()
+            },
+        )?;
+        let typed = |i: usize| -> Result<&[T]> {
+            let t = req(i)?;
+            t.slice::<T>(INPUT_NAMES[i], T::ONNX).map_err(|_| {
+                Error::invalid(format!(
+                    "{}: element type {} must equal Q's {}",
+                    INPUT_NAMES[i],
+                    elem::name(t.ts.elem),
+                    elem::name(T::ONNX)
+                ))
+            })
+        };
+        let (q, k, v) = (typed(0)?, typed(1)?, typed(2)?);
+        let strides = |heads: usize, seq: usize, dim: usize| match plan.layout {
+            Layout::Bhsd => Strides::bhsd(heads, seq, dim),
+            Layout::Bshd => Strides::bshd(heads, seq, dim),
+        };
+        let (hq, hkv, sq, skv, d, dv) = (
+            plan.q_heads,
+            plan.kv_heads,
+            plan.q_len,
+            plan.kv_new,
+            plan.head_dim,
+            plan.v_head_dim,
+        );
+        let spec = AttentionSpec {
+            batch: plan.batch,
+            q_heads: hq,
+            kv_heads: hkv,
+            q_len: sq,
+            kv_len: skv,
+            head_dim: d,
+            v_head_dim: dv,
+            scale: self.attrs.scale.unwrap_or_else(|| default_scale(d)),
+            softcap: 0.0,
+            q: strides(hq, sq, d),
+            k: strides(hkv, skv, d),
+            v: strides(hkv, skv, dv),
+            out: strides(hq, sq, dv),
+        };
+        let mask = if self.attrs.is_causal {
+            MaskSpec::NONE.causal(causal_offset(sq, skv)?)
+        } else {
+            MaskSpec::NONE
+        };
+
+        // The index list (index mode) and the width of selected_indices.
+        let list = match &inputs[3] {
+            None => None,
+            Some(t) => Some(self.index_list(t, &plan)?),
+        };
+        let width = match (&list, self.top_k) {
+            (Some(l), _) => l.top_k,
+            (None, Some(top_k)) => block_width(top_k, skv, self.keep),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "top_k is required without an indices input (training-free mode: keys attended per query, >= 1)",
+                ))
+            }
+        };
+        let sel_dims = [plan.batch, hkv, sq, width];
+        super::product("selected_indices", &sel_dims)?;
+
+        let mut y_out = ctx
+            .output(0, &plan.y_dims())?
+            .ok_or_else(|| Error::fail("Y could not be allocated"))?;
+        let mut sel_out = ctx.output(1, &sel_dims.map(|x| x as i64))?;
+        let mut lse_out = ctx.output(2, &plan.lse_dims())?;
+        // SAFETY: output 0 is declared T, 1 int64 and 2 float (`TopKDtype::TOPK_OUTPUTS`).
+        let (y, selected, lse) = unsafe {
+            (
+                y_out.slice_mut::<T>(),
+                sel_out.as_mut().map(|o| o.slice_mut::<i64>()),
+                lse_out.as_mut().map(|o| o.slice_mut::<f32>()),
+            )
+        };
+        if plan.batch * hkv * sq == 0 {
+            return Ok(());
+        }
+        let out = Outputs {
+            y: Disjoint::new(y),
+            selected: selected.map(Disjoint::new),
+            width,
+            lse: lse.map(Disjoint::new),
+        };
+        match list {
+            Some(list) => {
+                let p = SparseAttention::new(&spec, &mask, q, k, v, list)?;
+                with_kernel!(kern => Self::gather(ctx, kern, &p, &out))
+            }
+            None => {
+                let att = Attention::new(&spec, &mask, q, k, v)?;
+                let top_k = self.top_k.unwrap_or(1);
+                with_kernel!(kern => self.blocks(ctx, kern, &att, top_k, &out))
+            }
+        }
+    }
+
+    fn infer(ctx: &ShapeInference) -> Result<()> {
+        // Y is shaped like Attention's Y.
+        crate::attention::AttentionOp::<T>::infer(ctx)
+    }
+}
+
+impl<T: TopKDtype> TopKAttentionOp<T> {
+    /// Check the `indices` input and view it as index lists.
+    fn index_list<'a>(&self, t: &'a InputTensor, plan: &Plan) -> Result<IndexList<'a, i64>> {
+        if self.keep != Keep::default() {
+            return Err(Error::invalid(
+                "left_window_size and num_global_tokens choose keys in the training-free mode only; with an indices input, list the window and sink keys in indices",
+            ));
+        }
+        let shape = dims(
+            "indices",
+            &t.ts.dims,
+            &[3, 4],
+            "3 (batch, q_seq, k) or 4 (batch, kv_num_heads, q_seq, k)",
+        )?;
+        let (b, sq, hkv) = (plan.batch, plan.q_len, plan.kv_heads);
+        let want: Vec<usize> = if shape.len() == 3 {
+            vec![b, sq]
+        } else {
+            vec![b, hkv, sq]
+        };
+        let k = shape[shape.len() - 1];
+        if shape[..shape.len() - 1] != want[..] {
+            return Err(Error::invalid(format!(
+                "indices: shape {shape:?} must be {} = {want:?} + [k] from Q and K",
+                if shape.len() == 3 {
+                    "(batch, q_seq, k)"
+                } else {
+                    "(batch, kv_num_heads, q_seq, k)"
+                }
+            )));
+        }
+        if k == 0 {
+            return Err(Error::invalid(
+                "indices: the last axis (k, keys per query) must be at least 1",
+            ));
+        }
+        if let Some(top_k) = self.top_k {
+            if top_k != k {
+                return Err(Error::invalid(format!(
+                    "indices: last axis {k} must equal the top_k attribute {top_k}"
+                )));
+            }
+        }
+        let data = t.slice::<i64>("indices", elem::INT64)?;
+        Ok(if shape.len() == 3 {
+            IndexList::shared(data, sq, k)
+        } else {
+            IndexList::per_kv_head(data, hkv, sq, k)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_width_covers_budget_and_forced_blocks() {
+        let keep = Keep::default();
+        assert_eq!(block_width(128, 1000, keep), 4 * BK);
+        assert_eq!(
+            block_width(5000, 1000, keep),
+            16 * BK,
+            "capped at every block"
+        );
+        let keep = Keep {
+            local_window: Some(100),
+            global_tokens: 3,
+        };
+        // 1 sink block + (31 + 100) / 64 + 2 = 4 window blocks.
+        assert_eq!(block_width(64, 4096, keep), 5 * BK);
+        assert_eq!(block_width(1, 0, keep), 0);
+    }
+}
