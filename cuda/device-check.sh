@@ -16,7 +16,7 @@
 #    results.json. Exits non-zero when any correctness check fails.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-${TESSERA_DEVICE_OUT:-$here/../device-out}}
+out=${1:-${TESSERA_DEVICE_OUT:-$here/device-out}}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 python=${PYTHON:-python3}
