@@ -1,0 +1,171 @@
+"""End-to-end tests of the `tessera` binary on the bundled models:
+inspect counts, rewrite + onnx.checker + verify in ONNX Runtime (with the
+plugin), external data, and bad input. Run by scripts/test.d/50-cli.sh."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TESSERA = os.path.join(ROOT, "target", "release", "tessera")
+PLUGIN = os.path.join(ROOT, "target", "release", "libtessera_ort.so")
+MODELS = os.path.join(ROOT, "models")
+ENV = dict(os.environ, TESSERA_PYTHON=sys.executable)
+
+# name: (sites, kind, windowed sites)
+EXPECTED = {
+    "bert_eager_opset17": (2, "decomposed(eager)", 0),
+    "bert_sdpa_opset20": (2, "decomposed(sdpa-split-scale)", 0),
+    "bert_attention_opset24": (2, "onnx.Attention", 0),
+    "modernbert_eager_opset17": (6, "decomposed(eager)", 4),
+    "modernbert_sdpa_opset20": (6, "decomposed(sdpa-split-scale)", 4),
+    "modernbert_attention_opset24": (6, "onnx.Attention", 4),
+}
+
+
+def tessera(*args, check=True):
+    r = subprocess.run([TESSERA, *args], capture_output=True, text=True, env=ENV)
+    if check and r.returncode != 0:
+        raise AssertionError(f"tessera {' '.join(args)} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def model(name):
+    return os.path.join(MODELS, f"{name}.onnx")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_inspect_lists_every_site(name):
+    sites, kind, windowed = EXPECTED[name]
+    report = json.loads(tessera("inspect", model(name), "--json").stdout)
+    assert len(report["sites"]) == sites
+    assert {s["kind"] for s in report["sites"]} == {kind}
+    assert all(s["exact_rewrite"] and s["q_heads"] == 4 and s["head_dim"] == 32 for s in report["sites"])
+    assert all(s["mask"]["padding"] for s in report["sites"])
+    wins = [s["layer"] for s in report["sites"] if s["mask"]["window"] == [64, 64]]
+    assert len(wins) == windowed and all(l % 3 != 0 for l in wins)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_rewrite_is_exact_on_unpadded_positions(name, tmp_path):
+    out = str(tmp_path / f"{name}.tessera.onnx")
+    tessera("rewrite", model(name), "-o", out)
+    m = onnx.load(out)
+    onnx.checker.check_model(m, full_check=True)
+    attn = [n for n in m.graph.node if n.domain == "ai.tessera"]
+    assert len(attn) == EXPECTED[name][0]
+    assert {(o.domain, o.version) for o in m.opset_import} >= {("ai.tessera", 1)}
+    # Recognised windows become attributes (tiles are skipped); the dense mask shrinks to padding.
+    windowed = [n for n in attn if any(a.name == "left_window_size" and a.i == 64 for a in n.attribute)]
+    assert len(windowed) == EXPECTED[name][2]
+    r = tessera("verify", model(name), out, "--seq", "128,512,2048", "--batch", "2", "--tol", "1e-4", "--json")
+    rep = json.loads(r.stdout)
+    assert rep["pass"]
+    for run in rep["runs"]:
+        assert run["lengths"][1] < run["seq"], "batch 2 is right-padded"
+        for o in run["outputs"]:
+            assert o["compared"] == "unpadded positions" and o["max_abs"] <= 1e-4 and o["cosine"] > 0.999999
+    # Rewriting twice is a no-op.
+    again = str(tmp_path / "again.onnx")
+    tessera("rewrite", out, "-o", again)
+    assert open(again, "rb").read() == open(out, "rb").read()
+
+
+def test_verify_fails_over_tolerance(tmp_path):
+    out = str(tmp_path / "narrow.onnx")
+    tessera("rewrite", model("bert_sdpa_opset20"), "-o", out, "--policy", "window=4,4")
+    r = tessera("verify", model("bert_sdpa_opset20"), out, "--seq", "128", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "OVER TOLERANCE" in r.stdout and "FAIL" in r.stdout
+
+
+def test_window_policy_keeps_global_layers(tmp_path):
+    out = str(tmp_path / "win.onnx")
+    tessera("rewrite", model("bert_attention_opset24"), "-o", out, "--policy", "window=16,16,global-every=2,globals=1")
+    attn = [n for n in onnx.load(out).graph.node if n.domain == "ai.tessera"]
+    wins = [{a.name: a.i for a in n.attribute}.get("left_window_size") for n in attn]
+    assert wins == [None, 16]
+    assert all({a.name: a.i for a in n.attribute}.get("num_global_tokens") == 1 for n in attn)
+
+
+def run_ort(path, feeds):
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(PLUGIN)
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def feeds(seq=64):
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, seq), dtype=np.int64)
+    mask[1, seq // 2:] = 0
+    return {"input_ids": rng.integers(0, 512, (2, seq)).astype(np.int64), "attention_mask": mask}
+
+
+def test_external_data_round_trip_keeps_paths_and_outputs(tmp_path):
+    src = tmp_path / "src"
+    (src / "weights").mkdir(parents=True)
+    m = onnx.load(model("modernbert_sdpa_opset20"))
+    onnx.save(m, str(src / "m.onnx"), save_as_external_data=True, location="weights/m.data", size_threshold=1024)
+    # --layers selecting nothing: a pure read -> write.
+    tessera("rewrite", str(src / "m.onnx"), "-o", str(tmp_path / "out" / "copy.onnx"), "--layers", "99")
+    copy = onnx.load(str(tmp_path / "out" / "copy.onnx"), load_external_data=False)
+    locs = {e.value for t in copy.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locs == {"weights/m.data"}
+    assert (tmp_path / "out" / "weights" / "m.data").exists()
+    onnx.checker.check_model(str(tmp_path / "out" / "copy.onnx"))
+    f = feeds()
+    for a, b in zip(run_ort(str(src / "m.onnx"), f), run_ort(str(tmp_path / "out" / "copy.onnx"), f)):
+        np.testing.assert_array_equal(a, b)
+    # The rewrite of the external-data model runs and matches.
+    out = str(tmp_path / "out" / "rewritten.onnx")
+    tessera("rewrite", str(src / "m.onnx"), "-o", out)
+    a, b = run_ort(str(src / "m.onnx"), f)[0], run_ort(out, f)[0]
+    keep = f["attention_mask"].astype(bool)
+    assert np.abs(a[keep] - b[keep]).max() <= 1e-4
+
+
+def test_bad_inputs_are_refused_with_the_file_and_the_problem(tmp_path):
+    text = tmp_path / "readme.onnx"
+    text.write_text("not a model\n")
+    r = tessera("inspect", str(text), check=False)
+    assert r.returncode == 2 and "readme.onnx" in r.stderr and "not an ONNX model" in r.stderr
+
+    data = open(model("bert_eager_opset17"), "rb").read()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 3])
+    r = tessera("rewrite", str(cut), "-o", str(tmp_path / "x.onnx"), check=False)
+    assert r.returncode == 2 and "cut.onnx" in r.stderr and "truncated" in r.stderr
+
+    # External data pointing outside the model's folder.
+    (tmp_path / "inner").mkdir()
+    m = onnx.load(model("bert_eager_opset17"))
+    onnx.save(m, str(tmp_path / "inner" / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=1024)
+    shutil.move(str(tmp_path / "inner" / "m.data"), str(tmp_path / "m.data"))
+    ext = onnx.load(str(tmp_path / "inner" / "m.onnx"), load_external_data=False)
+    for t in ext.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../m.data"
+    onnx.save(ext, str(tmp_path / "inner" / "m.onnx"))
+    r = tessera("inspect", str(tmp_path / "inner" / "m.onnx"), check=False)
+    assert r.returncode == 2 and "outside the model's folder" in r.stderr, r.stderr
+
+    # No attention at all.
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("Softmax", ["y"], ["z"], name="sm")],
+                          "plain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])], initializer=[w])
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(plain))
+    r = tessera("inspect", str(plain), check=False)
+    assert r.returncode == 3 and "no attention found" in r.stderr
+    r = tessera("rewrite", str(plain), "-o", str(tmp_path / "p2.onnx"), check=False)
+    assert r.returncode == 2 and "no attention found" in r.stderr
+    assert not (tmp_path / "p2.onnx").exists()
