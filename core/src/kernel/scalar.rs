@@ -340,8 +340,8 @@ mod tests {
         fill(&mut q, 3);
         fill(&mut k, 5);
         fill(&mut v, 9);
-        let seg_q: std::vec::Vec<i32> = (0..2 * 37).map(|i| ((i % 37) / 11) as i32).collect();
-        let seg_kv: std::vec::Vec<i32> = (0..2 * 45).map(|j| ((j % 45) / 13) as i32).collect();
+        let seg_q: std::vec::Vec<i32> = (0..2 * 37).map(|i| (i % 37) / 11).collect();
+        let seg_kv: std::vec::Vec<i32> = (0..2 * 45).map(|j| (j % 45) / 13).collect();
         let masks = [
             MaskSpec::NONE,
             MaskSpec::NONE.causal(8),
