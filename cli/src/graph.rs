@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use crate::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, type_proto, tensor_shape_proto::dimension,
-    AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
+    type_proto, AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto,
 };
 
 /// One dimension of a declared shape.
@@ -62,7 +62,13 @@ impl<'g> GraphIndex<'g> {
             .chain(&graph.output)
             .map(|v| (v.name(), v))
             .collect();
-        Self { graph, producer, consumers, initializers, infos }
+        Self {
+            graph,
+            producer,
+            consumers,
+            initializers,
+            infos,
+        }
     }
 
     /// Node `i`.
@@ -77,7 +83,8 @@ impl<'g> GraphIndex<'g> {
 
     /// The producer of `tensor` if its op type is `op` (ONNX domain).
     pub fn producer_op(&self, tensor: &str, op: &str) -> Option<usize> {
-        self.producer(tensor).filter(|&i| is_onnx(self.node(i)) && self.node(i).op_type() == op)
+        self.producer(tensor)
+            .filter(|&i| is_onnx(self.node(i)) && self.node(i).op_type() == op)
     }
 
     /// Nodes reading `tensor`.
@@ -99,10 +106,22 @@ impl<'g> GraphIndex<'g> {
         let a = n.attribute.first()?;
         match a.name() {
             "value" => Constant::from_tensor(a.t.as_ref()?),
-            "value_float" => Some(Constant { dims: vec![], values: vec![f64::from(a.f())] }),
-            "value_int" => Some(Constant { dims: vec![], values: vec![a.i() as f64] }),
-            "value_floats" => Some(Constant { dims: vec![a.floats.len() as i64], values: a.floats.iter().map(|&f| f64::from(f)).collect() }),
-            "value_ints" => Some(Constant { dims: vec![a.ints.len() as i64], values: a.ints.iter().map(|&f| f as f64).collect() }),
+            "value_float" => Some(Constant {
+                dims: vec![],
+                values: vec![f64::from(a.f())],
+            }),
+            "value_int" => Some(Constant {
+                dims: vec![],
+                values: vec![a.i() as f64],
+            }),
+            "value_floats" => Some(Constant {
+                dims: vec![a.floats.len() as i64],
+                values: a.floats.iter().map(|&f| f64::from(f)).collect(),
+            }),
+            "value_ints" => Some(Constant {
+                dims: vec![a.ints.len() as i64],
+                values: a.ints.iter().map(|&f| f as f64).collect(),
+            }),
             _ => None,
         }
     }
@@ -152,12 +171,16 @@ pub fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
 
 /// Integer attribute `name` of `n`.
 pub fn attr_i(n: &NodeProto, name: &str) -> Option<i64> {
-    attr(n, name).filter(|a| a.r#type() == AttributeType::Int || a.i.is_some()).map(|a| a.i())
+    attr(n, name)
+        .filter(|a| a.r#type() == AttributeType::Int || a.i.is_some())
+        .map(|a| a.i())
 }
 
 /// Float attribute `name` of `n`.
 pub fn attr_f(n: &NodeProto, name: &str) -> Option<f32> {
-    attr(n, name).filter(|a| a.r#type() == AttributeType::Float || a.f.is_some()).map(|a| a.f())
+    attr(n, name)
+        .filter(|a| a.r#type() == AttributeType::Float || a.f.is_some())
+        .map(|a| a.f())
 }
 
 /// Integer-list attribute `name` of `n`.
@@ -185,20 +208,42 @@ impl Constant {
         let raw = t.raw_data.as_deref().unwrap_or(&[]);
         let dt = DataType::try_from(t.data_type()).ok()?;
         let values: Vec<f64> = match dt {
-            DataType::Float if !raw.is_empty() => raw.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap()))).collect(),
+            DataType::Float if !raw.is_empty() => raw
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
             DataType::Float => t.float_data.iter().map(|&v| f64::from(v)).collect(),
-            DataType::Double if !raw.is_empty() => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            DataType::Double if !raw.is_empty() => raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
             DataType::Double => t.double_data.clone(),
-            DataType::Int64 if !raw.is_empty() => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            DataType::Int64 if !raw.is_empty() => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
             DataType::Int64 => t.int64_data.iter().map(|&v| v as f64).collect(),
-            DataType::Int32 if !raw.is_empty() => raw.chunks_exact(4).map(|c| f64::from(i32::from_le_bytes(c.try_into().unwrap()))).collect(),
-            DataType::Int32 | DataType::Bool | DataType::Int8 | DataType::Uint8 if raw.is_empty() => t.int32_data.iter().map(|&v| f64::from(v)).collect(),
+            DataType::Int32 if !raw.is_empty() => raw
+                .chunks_exact(4)
+                .map(|c| f64::from(i32::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            DataType::Int32 | DataType::Bool | DataType::Int8 | DataType::Uint8
+                if raw.is_empty() =>
+            {
+                t.int32_data.iter().map(|&v| f64::from(v)).collect()
+            }
             DataType::Bool | DataType::Uint8 => raw.iter().map(|&b| f64::from(b)).collect(),
-            DataType::Float16 if !raw.is_empty() => raw.chunks_exact(2).map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            DataType::Float16 if !raw.is_empty() => raw
+                .chunks_exact(2)
+                .map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
             DataType::Float16 => t.int32_data.iter().map(|&v| f16_to_f64(v as u16)).collect(),
             _ => return None,
         };
-        (values.len() as i64 == count).then(|| Self { dims: t.dims.clone(), values })
+        (values.len() as i64 == count).then(|| Self {
+            dims: t.dims.clone(),
+            values,
+        })
     }
 }
 

@@ -26,11 +26,22 @@ pub fn table(model: &Model, sites: &[Site]) -> String {
             .proto
             .opset_import
             .iter()
-            .map(|o| format!("{}:{}", if o.domain().is_empty() { "ai.onnx" } else { o.domain() }, o.version()))
+            .map(|o| format!(
+                "{}:{}",
+                if o.domain().is_empty() {
+                    "ai.onnx"
+                } else {
+                    o.domain()
+                },
+                o.version()
+            ))
             .collect::<Vec<_>>()
             .join(",")
     );
-    s += &format!("{:>5}  {:<30} {:<28} {:>5} {:>5} {:>5} {:>9}  {:<40} {}\n", "layer", "anchor", "kind", "heads", "kv", "dim", "scale", "mask", "rewrite");
+    s += &format!(
+        "{:>5}  {:<30} {:<28} {:>5} {:>5} {:>5} {:>9}  {:<40} {}\n",
+        "layer", "anchor", "kind", "heads", "kv", "dim", "scale", "mask", "rewrite"
+    );
     for t in sites {
         s += &format!(
             "{:>5}  {:<30} {:<28} {:>5} {:>5} {:>5} {:>9}  {:<40} {}\n",
@@ -41,7 +52,11 @@ pub fn table(model: &Model, sites: &[Site]) -> String {
             opt(t.kv_heads),
             opt(t.head_dim),
             t.scale.map_or("default".into(), |v| format!("{v:.6}")),
-            format!("{}{}", if t.causal { "causal, " } else { "" }, t.mask.describe()),
+            format!(
+                "{}{}",
+                if t.causal { "causal, " } else { "" },
+                t.mask.describe()
+            ),
             match &t.exact {
                 Ok(n) => format!("exact ({n})"),
                 Err(e) => format!("no: {e}"),

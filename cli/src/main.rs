@@ -32,7 +32,10 @@ impl Args {
                 if with_value.contains(&k.as_str()) {
                     let v = match v {
                         Some(v) => v,
-                        None => it.next().cloned().ok_or_else(|| Error(format!("{k} needs a value\n{USAGE}")))?,
+                        None => it
+                            .next()
+                            .cloned()
+                            .ok_or_else(|| Error(format!("{k} needs a value\n{USAGE}")))?,
                     };
                     flags.push((k, Some(v)));
                 } else if v.is_none() && matches!(k.as_str(), "--json" | "-h" | "--help") {
@@ -47,13 +50,20 @@ impl Args {
         Ok(Self { positional, flags })
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.flags.iter().rev().find(|(f, _)| f == k).and_then(|(_, v)| v.as_deref())
+        self.flags
+            .iter()
+            .rev()
+            .find(|(f, _)| f == k)
+            .and_then(|(_, v)| v.as_deref())
     }
     fn has(&self, k: &str) -> bool {
         self.flags.iter().any(|(f, _)| f == k)
     }
     fn all<'a>(&'a self, k: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.flags.iter().filter(move |(f, _)| f == k).filter_map(|(_, v)| v.as_deref())
+        self.flags
+            .iter()
+            .filter(move |(f, _)| f == k)
+            .filter_map(|(_, v)| v.as_deref())
     }
     fn one(&self, n: usize, what: &str) -> Result<PathBuf> {
         if self.positional.len() != n {
@@ -64,7 +74,9 @@ impl Args {
 }
 
 fn run(words: &[String]) -> Result<i32> {
-    let Some(cmd) = words.first() else { bail!("{USAGE}") };
+    let Some(cmd) = words.first() else {
+        bail!("{USAGE}")
+    };
     let rest = &words[1..];
     match cmd.as_str() {
         "inspect" => {
@@ -73,12 +85,19 @@ fn run(words: &[String]) -> Result<i32> {
             let m = model::load(&path)?;
             let sites = inspect::sites(&m);
             if a.has("--json") {
-                println!("{}", serde_json::to_string_pretty(&inspect::json(&m, &sites)).expect("JSON values serialise"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&inspect::json(&m, &sites))
+                        .expect("JSON values serialise")
+                );
             } else {
                 print!("{}", inspect::table(&m, &sites));
             }
             if sites.is_empty() {
-                eprintln!("{}: no attention found (no Attention node and no MatMul→Softmax→MatMul chain)", path.display());
+                eprintln!(
+                    "{}: no attention found (no Attention node and no MatMul→Softmax→MatMul chain)",
+                    path.display()
+                );
                 return Ok(3);
             }
             Ok(0)
@@ -86,7 +105,10 @@ fn run(words: &[String]) -> Result<i32> {
         "rewrite" => {
             let a = Args::parse(rest, &["-o", "--output", "--policy", "--layers"])?;
             let input = a.one(1, "one input model and -o OUT.onnx")?;
-            let out = a.get("-o").or(a.get("--output")).ok_or_else(|| Error(format!("rewrite needs -o OUT.onnx\n{USAGE}")))?;
+            let out = a
+                .get("-o")
+                .or(a.get("--output"))
+                .ok_or_else(|| Error(format!("rewrite needs -o OUT.onnx\n{USAGE}")))?;
             let policy = Policy::parse(a.get("--policy").unwrap_or("exact"))?;
             let layers = a.get("--layers").map(parse_layers).transpose()?;
             let mut m = model::load(&input)?;
@@ -97,11 +119,22 @@ fn run(words: &[String]) -> Result<i32> {
             for (layer, anchor, why) in &report.skipped {
                 eprintln!("kept site {layer} '{anchor}': {why}");
             }
-            if report.rewritten.is_empty() && report.skipped.is_empty() && inspect::sites(&m).is_empty() {
-                bail!("{}: no attention found (no Attention node and no MatMul→Softmax→MatMul chain)", input.display());
+            if report.rewritten.is_empty()
+                && report.skipped.is_empty()
+                && inspect::sites(&m).is_empty()
+            {
+                bail!(
+                    "{}: no attention found (no Attention node and no MatMul→Softmax→MatMul chain)",
+                    input.display()
+                );
             }
             model::save(&m, std::path::Path::new(out))?;
-            eprintln!("wrote {out}: {} site(s) rewritten, {} kept, {} node(s) pruned", report.rewritten.len(), report.skipped.len(), report.pruned);
+            eprintln!(
+                "wrote {out}: {} site(s) rewritten, {} kept, {} node(s) pruned",
+                report.rewritten.len(),
+                report.skipped.len(),
+                report.pruned
+            );
             Ok(0)
         }
         "verify" => {
@@ -109,19 +142,39 @@ fn run(words: &[String]) -> Result<i32> {
             if a.positional.len() != 2 {
                 bail!("verify needs ORIGINAL.onnx REWRITTEN.onnx\n{USAGE}");
             }
-            let (orig, new) = (PathBuf::from(&a.positional[0]), PathBuf::from(&a.positional[1]));
+            let (orig, new) = (
+                PathBuf::from(&a.positional[0]),
+                PathBuf::from(&a.positional[1]),
+            );
             let m = model::load(&orig)?;
             model::load(&new)?;
-            let num = |k: &str, s: &str| -> Result<usize> { s.trim().parse().map_err(|_| Error(format!("{k} '{s}' is not a positive integer"))) };
-            let seqs = a.get("--seq").unwrap_or("128").split(',').map(|s| num("--seq", s)).collect::<Result<Vec<_>>>()?;
+            let num = |k: &str, s: &str| -> Result<usize> {
+                s.trim()
+                    .parse()
+                    .map_err(|_| Error(format!("{k} '{s}' is not a positive integer")))
+            };
+            let seqs = a
+                .get("--seq")
+                .unwrap_or("128")
+                .split(',')
+                .map(|s| num("--seq", s))
+                .collect::<Result<Vec<_>>>()?;
             let given = a
                 .all("--input")
-                .map(|s| s.split_once('=').map(|(n, p)| (n.to_string(), PathBuf::from(p))).ok_or_else(|| Error(format!("--input '{s}': expected name=file.npy"))))
+                .map(|s| {
+                    s.split_once('=')
+                        .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+                        .ok_or_else(|| Error(format!("--input '{s}': expected name=file.npy")))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let opts = verify::Options {
                 seqs,
                 batch: num("--batch", a.get("--batch").unwrap_or("2"))?,
-                tol: a.get("--tol").unwrap_or("1e-4").parse().map_err(|_| Error("--tol must be a number".into()))?,
+                tol: a
+                    .get("--tol")
+                    .unwrap_or("1e-4")
+                    .parse()
+                    .map_err(|_| Error("--tol must be a number".into()))?,
                 json: a.has("--json"),
                 given,
                 threads: num("--threads", a.get("--threads").unwrap_or("0"))?,

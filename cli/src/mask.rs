@@ -32,7 +32,9 @@ pub struct MaskInfo {
 impl MaskInfo {
     /// One-line description for `inspect`.
     pub fn describe(&self) -> String {
-        let Some(form) = self.form else { return "none".into() };
+        let Some(form) = self.form else {
+            return "none".into();
+        };
         let mut parts = Vec::new();
         if self.padding.is_some() {
             parts.push("padding".to_string());
@@ -52,20 +54,30 @@ impl MaskInfo {
     /// Whether every part was recognised (so the dense mask can shrink to
     /// the padding part plus window attributes).
     pub fn fully_recognised(&self) -> bool {
-        self.form.is_some() && self.opaque.is_empty() && (self.padding.is_some() || self.window.is_some())
+        self.form.is_some()
+            && self.opaque.is_empty()
+            && (self.padding.is_some() || self.window.is_some())
     }
 }
 
 /// Analyse a bool mask tensor (true = attend).
 pub fn analyse_bool(ix: &GraphIndex, tensor: &str) -> MaskInfo {
-    let mut info = MaskInfo { tensor: Some(tensor.into()), form: Some("bool"), ..Default::default() };
+    let mut info = MaskInfo {
+        tensor: Some(tensor.into()),
+        form: Some("bool"),
+        ..Default::default()
+    };
     bool_parts(ix, tensor, &mut info);
     info
 }
 
 /// Analyse an additive float mask.
 pub fn analyse_additive(ix: &GraphIndex, tensor: &str) -> MaskInfo {
-    let mut info = MaskInfo { tensor: Some(tensor.into()), form: Some("additive"), ..Default::default() };
+    let mut info = MaskInfo {
+        tensor: Some(tensor.into()),
+        form: Some("additive"),
+        ..Default::default()
+    };
     if let Some(w) = ix.producer_op(tensor, "Where") {
         let n = ix.node(w);
         let zero = ix.scalar(&n.input[1]) == Some(0.0);
@@ -81,7 +93,10 @@ pub fn analyse_additive(ix: &GraphIndex, tensor: &str) -> MaskInfo {
         info.padding = Some(tensor.to_string());
         return info;
     }
-    info.opaque.push(ix.producer(tensor).map_or("graph input".into(), |p| ix.node(p).op_type().to_string()));
+    info.opaque.push(
+        ix.producer(tensor)
+            .map_or("graph input".into(), |p| ix.node(p).op_type().to_string()),
+    );
     info
 }
 
@@ -123,12 +138,17 @@ pub fn is_bool(ix: &GraphIndex, tensor: &str) -> bool {
     if let Some(t) = ix.elem_type(tensor) {
         return t == DataType::Bool as i32;
     }
-    let Some(p) = ix.producer(tensor) else { return false };
+    let Some(p) = ix.producer(tensor) else {
+        return false;
+    };
     let n = ix.node(p);
     match n.op_type() {
-        "And" | "Or" | "Not" | "Xor" | "LessOrEqual" | "Less" | "Greater" | "GreaterOrEqual" | "Equal" | "IsNaN" | "IsInf" => true,
+        "And" | "Or" | "Not" | "Xor" | "LessOrEqual" | "Less" | "Greater" | "GreaterOrEqual"
+        | "Equal" | "IsNaN" | "IsInf" => true,
         "Cast" => crate::graph::attr_i(n, "to") == Some(DataType::Bool as i64),
-        "Expand" | "Unsqueeze" | "Squeeze" | "Reshape" | "Transpose" | "Identity" => is_bool(ix, &n.input[0]),
+        "Expand" | "Unsqueeze" | "Squeeze" | "Reshape" | "Transpose" | "Identity" => {
+            is_bool(ix, &n.input[0])
+        }
         _ => false,
     }
 }
@@ -158,7 +178,16 @@ fn padding_only(ix: &GraphIndex, tensor: &str) -> bool {
         match ix.producer(&t) {
             Some(p) => {
                 let n = ix.node(p);
-                if matches!(n.op_type(), "Range" | "LessOrEqual" | "Less" | "Greater" | "GreaterOrEqual" | "Abs" | "Trilu") {
+                if matches!(
+                    n.op_type(),
+                    "Range"
+                        | "LessOrEqual"
+                        | "Less"
+                        | "Greater"
+                        | "GreaterOrEqual"
+                        | "Abs"
+                        | "Trilu"
+                ) {
                     return false;
                 }
                 // Only the shape of what `Shape` reads matters (e.g. Expand to [B,1,S,S]).
@@ -166,11 +195,14 @@ fn padding_only(ix: &GraphIndex, tensor: &str) -> bool {
                     stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
                 }
             }
-            None if ix.constant(&t).is_some() || ix.graph.initializer.iter().any(|i| i.name() == t) => {}
+            None if ix.constant(&t).is_some()
+                || ix.graph.initializer.iter().any(|i| i.name() == t) => {}
             None => inputs.push(t),
         }
     }
-    let [input] = inputs.as_slice() else { return false };
+    let [input] = inputs.as_slice() else {
+        return false;
+    };
     let int_like = matches!(
         ix.elem_type(input).and_then(|e| DataType::try_from(e).ok()),
         Some(DataType::Int64 | DataType::Int32 | DataType::Bool | DataType::Float)

@@ -35,12 +35,18 @@ impl Model {
 
     /// The main graph.
     pub fn graph(&self) -> &GraphProto {
-        self.proto.graph.as_ref().expect("load() guarantees a graph")
+        self.proto
+            .graph
+            .as_ref()
+            .expect("load() guarantees a graph")
     }
 
     /// The main graph, mutably.
     pub fn graph_mut(&mut self) -> &mut GraphProto {
-        self.proto.graph.as_mut().expect("load() guarantees a graph")
+        self.proto
+            .graph
+            .as_mut()
+            .expect("load() guarantees a graph")
     }
 
     /// The opset version imported for `domain` (`""` = the ONNX domain).
@@ -48,7 +54,10 @@ impl Model {
         self.proto
             .opset_import
             .iter()
-            .find(|o| o.domain.as_deref().unwrap_or("") == domain || (domain.is_empty() && o.domain.as_deref() == Some("ai.onnx")))
+            .find(|o| {
+                o.domain.as_deref().unwrap_or("") == domain
+                    || (domain.is_empty() && o.domain.as_deref() == Some("ai.onnx"))
+            })
             .and_then(|o| o.version)
     }
 }
@@ -83,10 +92,17 @@ pub fn load(path: &Path) -> Result<Model> {
     if proto.ir_version.is_none() || proto.graph.is_none() {
         bail!(
             "{shown}: not an ONNX model (or truncated): {} missing",
-            if proto.graph.is_none() { "the graph is" } else { "ir_version is" }
+            if proto.graph.is_none() {
+                "the graph is"
+            } else {
+                "ir_version is"
+            }
         );
     }
-    let model = Model { proto, path: path.to_path_buf() };
+    let model = Model {
+        proto,
+        path: path.to_path_buf(),
+    };
     for (owner, t) in external_tensors(model.graph()) {
         check_external(&model.dir(), &shown.to_string(), &owner, t)?;
     }
@@ -98,7 +114,8 @@ pub fn load(path: &Path) -> Result<Model> {
 pub fn save(model: &Model, out: &Path) -> Result<()> {
     let src_dir = model.dir();
     let dst_dir = folder_of(out);
-    fs::create_dir_all(&dst_dir).map_err(|e| Error(format!("{}: cannot create folder: {e}", dst_dir.display())))?;
+    fs::create_dir_all(&dst_dir)
+        .map_err(|e| Error(format!("{}: cannot create folder: {e}", dst_dir.display())))?;
     let same = match (src_dir.canonicalize(), dst_dir.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -112,10 +129,15 @@ pub fn save(model: &Model, out: &Path) -> Result<()> {
             let from = src_dir.join(&loc);
             let to = dst_dir.join(&loc);
             if let Some(parent) = to.parent() {
-                fs::create_dir_all(parent).map_err(|e| Error(format!("{}: {e}", parent.display())))?;
+                fs::create_dir_all(parent)
+                    .map_err(|e| Error(format!("{}: {e}", parent.display())))?;
             }
             fs::copy(&from, &to).map_err(|e| {
-                Error(format!("cannot copy external data {} to {}: {e}", from.display(), to.display()))
+                Error(format!(
+                    "cannot copy external data {} to {}: {e}",
+                    from.display(),
+                    to.display()
+                ))
             })?;
         }
     }
@@ -168,7 +190,14 @@ fn collect_attr_tensors<'g>(
     a: &'g AttributeProto,
     f: &mut dyn FnMut(String, &'g TensorProto),
 ) {
-    let owner = || format!("node '{}' ({}) attribute '{}'", n.name(), n.op_type(), a.name());
+    let owner = || {
+        format!(
+            "node '{}' ({}) attribute '{}'",
+            n.name(),
+            n.op_type(),
+            a.name()
+        )
+    };
     if let Some(t) = &a.t {
         f(owner(), t);
     }
@@ -212,14 +241,21 @@ fn check_external(dir: &Path, model: &str, owner: &str, t: &TensorProto) -> Resu
         }
     }
     let size = fs::metadata(&file)
-        .map_err(|e| Error(format!("{model}: {owner}: external data file {}: {e}", file.display())))?
+        .map_err(|e| {
+            Error(format!(
+                "{model}: {owner}: external data file {}: {e}",
+                file.display()
+            ))
+        })?
         .len();
     let num = |key: &str| -> Result<u64> {
         match external_entry(t, key) {
             None => Ok(0),
-            Some(v) => v
-                .parse()
-                .map_err(|_| Error(format!("{model}: {owner}: external data '{key}' = '{v}' is not a number"))),
+            Some(v) => v.parse().map_err(|_| {
+                Error(format!(
+                    "{model}: {owner}: external data '{key}' = '{v}' is not a number"
+                ))
+            }),
         }
     };
     let offset = num("offset")?;

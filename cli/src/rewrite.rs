@@ -65,7 +65,12 @@ impl Policy {
                 bail!("--policy '{s}': unknown part '{p}' (expected global-every=N or globals=G)");
             }
         }
-        Ok(Self::Window { left, right, global_every, globals })
+        Ok(Self::Window {
+            left,
+            right,
+            global_every,
+            globals,
+        })
     }
 }
 
@@ -76,7 +81,8 @@ pub fn parse_layers(s: &str) -> Result<HashSet<usize>> {
         let bad = || crate::error::Error(format!("--layers '{s}': '{part}' is not N or N-M"));
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
                 }
@@ -102,11 +108,21 @@ pub struct Report {
 }
 
 fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
 }
 
 fn float_attr(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(v), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Float as i32),
+        f: Some(v),
+        ..Default::default()
+    }
 }
 
 fn set_attr(n: &mut NodeProto, a: AttributeProto) {
@@ -121,17 +137,40 @@ fn mask_plan(site: &Site, policy: &Policy) -> (Option<(i64, i64)>, Option<String
         _ => s.mask.tensor.clone(),
     };
     match policy {
-        Policy::Exact => (site.mask.fully_recognised().then_some(site.mask.window).flatten(), kept(site), 0),
-        Policy::Window { left, right, global_every, globals } => {
+        Policy::Exact => (
+            site.mask
+                .fully_recognised()
+                .then_some(site.mask.window)
+                .flatten(),
+            kept(site),
+            0,
+        ),
+        Policy::Window {
+            left,
+            right,
+            global_every,
+            globals,
+        } => {
             let global = *global_every > 0 && site.layer % global_every == 0;
-            let win = if global { site.mask.fully_recognised().then_some(site.mask.window).flatten() } else { Some((*left, *right)) };
+            let win = if global {
+                site.mask
+                    .fully_recognised()
+                    .then_some(site.mask.window)
+                    .flatten()
+            } else {
+                Some((*left, *right))
+            };
             (win, kept(site), *globals)
         }
     }
 }
 
 /// Rewrite the sites of `model` chosen by `layers` (all when `None`).
-pub fn rewrite(model: &mut Model, policy: &Policy, layers: Option<&HashSet<usize>>) -> Result<Report> {
+pub fn rewrite(
+    model: &mut Model,
+    policy: &Policy,
+    layers: Option<&HashSet<usize>>,
+) -> Result<Report> {
     let graph = model.graph().clone();
     let ix = GraphIndex::new(&graph);
     let sites = find_sites(&ix);
@@ -143,13 +182,17 @@ pub fn rewrite(model: &mut Model, policy: &Policy, layers: Option<&HashSet<usize
             continue;
         }
         if layers.is_some_and(|l| !l.contains(&site.layer)) {
-            report.skipped.push((site.layer, site.anchor.clone(), "not in --layers".into()));
+            report
+                .skipped
+                .push((site.layer, site.anchor.clone(), "not in --layers".into()));
             continue;
         }
         let note = match &site.exact {
             Ok(n) => n.clone(),
             Err(why) => {
-                report.skipped.push((site.layer, site.anchor.clone(), why.clone()));
+                report
+                    .skipped
+                    .push((site.layer, site.anchor.clone(), why.clone()));
                 continue;
             }
         };
@@ -160,7 +203,9 @@ pub fn rewrite(model: &mut Model, policy: &Policy, layers: Option<&HashSet<usize
         };
         removed.extend(site.nodes.iter().copied());
         inserts.insert(at, new);
-        report.rewritten.push((site.layer, site.anchor.clone(), site.kind.name(), note));
+        report
+            .rewritten
+            .push((site.layer, site.anchor.clone(), site.kind.name(), note));
     }
     if report.rewritten.is_empty() {
         return Ok(report);
@@ -180,14 +225,22 @@ pub fn rewrite(model: &mut Model, policy: &Policy, layers: Option<&HashSet<usize
         .collect();
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
     loop {
-        let used: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+        let used: HashSet<&str> = nodes
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .collect();
         let dead: Vec<usize> = nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| {
                 n.output.iter().any(|o| candidates.contains(o))
-                    && n.output.iter().all(|o| o.is_empty() || (!used.contains(o.as_str()) && !outputs.contains(o.as_str())))
-                    && n.attribute.iter().all(|a| a.g.is_none() && a.graphs.is_empty())
+                    && n.output.iter().all(|o| {
+                        o.is_empty()
+                            || (!used.contains(o.as_str()) && !outputs.contains(o.as_str()))
+                    })
+                    && n.attribute
+                        .iter()
+                        .all(|a| a.g.is_none() && a.graphs.is_empty())
             })
             .map(|(i, _)| i)
             .collect();
@@ -195,16 +248,31 @@ pub fn rewrite(model: &mut Model, policy: &Policy, layers: Option<&HashSet<usize
             break;
         }
         let dead_set: HashSet<usize> = dead.iter().copied().collect();
-        candidates = dead.iter().flat_map(|&i| nodes[i].input.iter().cloned()).collect();
+        candidates = dead
+            .iter()
+            .flat_map(|&i| nodes[i].input.iter().cloned())
+            .collect();
         report.pruned += dead.len();
-        nodes = nodes.into_iter().enumerate().filter(|(i, _)| !dead_set.contains(i)).map(|(_, n)| n).collect();
+        nodes = nodes
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !dead_set.contains(i))
+            .map(|(_, n)| n)
+            .collect();
     }
     let g = model.graph_mut();
     g.node = nodes;
-    let live: HashSet<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
+    let live: HashSet<String> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().cloned())
+        .collect();
     g.value_info.retain(|v| live.contains(v.name()));
     if model.opset(TESSERA_DOMAIN).is_none() {
-        model.proto.opset_import.push(OperatorSetIdProto { domain: Some(TESSERA_DOMAIN.into()), version: Some(1) });
+        model.proto.opset_import.push(OperatorSetIdProto {
+            domain: Some(TESSERA_DOMAIN.into()),
+            version: Some(1),
+        });
     }
     Ok(report)
 }
@@ -238,13 +306,22 @@ fn swap_onnx_attention(n: &NodeProto, site: &Site, policy: &Policy) -> Vec<NodeP
 
 /// The decomposed chain → (optional K transpose) + `ai.tessera.Attention`.
 fn build_decomposed(site: &Site, policy: &Policy) -> Vec<NodeProto> {
-    let prefix = if site.anchor.is_empty() { format!("tessera_site{}", site.layer) } else { site.anchor.clone() };
+    let prefix = if site.anchor.is_empty() {
+        format!("tessera_site{}", site.layer)
+    } else {
+        site.anchor.clone()
+    };
     let mut out = Vec::new();
     let k = match &site.k {
         (k, None) => k.clone(),
         (k, Some(perm)) => {
             let name = format!("{prefix}.tessera_k");
-            let attr = AttributeProto { name: Some("perm".into()), r#type: Some(AttributeType::Ints as i32), ints: perm.clone(), ..Default::default() };
+            let attr = AttributeProto {
+                name: Some("perm".into()),
+                r#type: Some(AttributeType::Ints as i32),
+                ints: perm.clone(),
+                ..Default::default()
+            };
             out.push(NodeProto {
                 name: Some(format!("{prefix}.k_transpose")),
                 op_type: Some("Transpose".into()),

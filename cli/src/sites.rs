@@ -151,7 +151,9 @@ fn rank4(ix: &GraphIndex, t: &str) -> bool {
         match ix.producer(&cur).map(|p| ix.node(p)) {
             Some(n) if is_onnx(n) && matches!(n.op_type(), "Mul" | "Div" | "Reshape") => {
                 if n.op_type() == "Reshape" {
-                    return ix.constant(&n.input[1]).is_some_and(|c| c.values.len() == 4);
+                    return ix
+                        .constant(&n.input[1])
+                        .is_some_and(|c| c.values.len() == 4);
                 }
                 cur = n.input[0].clone();
             }
@@ -167,9 +169,13 @@ fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> Option<Site>
     let n = ix.node(i);
     let input = |k: usize| n.input.get(k).filter(|s| !s.is_empty()).cloned();
     let q = input(0)?;
-    let (mut hq, mut d) = heads_from_reshape(ix, &q).map(|(h, d)| (Some(h), Some(d))).unwrap_or_else(|| heads_from_shape(ix, &q));
+    let (mut hq, mut d) = heads_from_reshape(ix, &q)
+        .map(|(h, d)| (Some(h), Some(d)))
+        .unwrap_or_else(|| heads_from_shape(ix, &q));
     let k_name = input(1).unwrap_or_default();
-    let hkv = attr_i(n, "kv_num_heads").or(heads_from_reshape(ix, &k_name).map(|(h, _)| h)).or(heads_from_shape(ix, &k_name).0);
+    let hkv = attr_i(n, "kv_num_heads")
+        .or(heads_from_reshape(ix, &k_name).map(|(h, _)| h))
+        .or(heads_from_shape(ix, &k_name).0);
     hq = attr_i(n, "q_num_heads").or(hq);
     if d.is_some() && ix.shape(&q).is_some_and(|s| s.len() == 3) {
         d = hq.and_then(|h| d.map(|hd| hd / h));
@@ -227,8 +233,12 @@ fn match_microsoft(ix: &GraphIndex, i: usize, layer: usize) -> Option<Site> {
         kv_heads: kv,
         head_dim: None,
         mask: MaskInfo::default(),
-        causal: attr_i(n, "unidirectional") == Some(1) || kind == SiteKind::MicrosoftGroupQueryAttention,
-        exact: Err(format!("{}: rewriting com.microsoft fused attention is not implemented yet (listed only)", n.op_type())),
+        causal: attr_i(n, "unidirectional") == Some(1)
+            || kind == SiteKind::MicrosoftGroupQueryAttention,
+        exact: Err(format!(
+            "{}: rewriting com.microsoft fused attention is not implemented yet (listed only)",
+            n.op_type()
+        )),
         q,
     })
 }
@@ -267,10 +277,20 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
         let cs = ix.consumers(&p);
         let &[c] = cs else {
             // IsNaN guard: IsNaN(P) and Where(IsNaN(P), 0, P) both read P.
-            let isnan = cs.iter().copied().find(|&c| ix.node(c).op_type() == "IsNaN")?;
-            let wh = cs.iter().copied().find(|&c| ix.node(c).op_type() == "Where")?;
+            let isnan = cs
+                .iter()
+                .copied()
+                .find(|&c| ix.node(c).op_type() == "IsNaN")?;
+            let wh = cs
+                .iter()
+                .copied()
+                .find(|&c| ix.node(c).op_type() == "Where")?;
             let w = ix.node(wh);
-            if cs.len() != 2 || w.input[0] != ix.node(isnan).output[0] || w.input[2] != p || ix.scalar(&w.input[1]) != Some(0.0) {
+            if cs.len() != 2
+                || w.input[0] != ix.node(isnan).output[0]
+                || w.input[2] != p
+                || ix.scalar(&w.input[1]) != Some(0.0)
+            {
                 return None;
             }
             nodes.extend([isnan, wh]);
@@ -295,7 +315,11 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
     let mut mask = MaskInfo::default();
     if let Some(a) = ix.producer_op(&s, "Add") {
         let n = ix.node(a);
-        let (scores, bias) = if leads_to_matmul(ix, &n.input[0]) { (&n.input[0], &n.input[1]) } else { (&n.input[1], &n.input[0]) };
+        let (scores, bias) = if leads_to_matmul(ix, &n.input[0]) {
+            (&n.input[0], &n.input[1])
+        } else {
+            (&n.input[1], &n.input[0])
+        };
         mask = analyse_additive(ix, bias);
         nodes.push(a);
         s = scores.clone();
@@ -311,9 +335,16 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
     }
     let mut scale = 1.0f64;
     let mut split_scale = false;
-    if let Some(m) = ix.producer(&s).filter(|&m| matches!(ix.node(m).op_type(), "Mul" | "Div") && is_onnx(ix.node(m))) {
+    if let Some(m) = ix
+        .producer(&s)
+        .filter(|&m| matches!(ix.node(m).op_type(), "Mul" | "Div") && is_onnx(ix.node(m)))
+    {
         let n = ix.node(m);
-        let (x, c) = if ix.scalar(&n.input[1]).is_some() { (&n.input[0], ix.scalar(&n.input[1])?) } else { (&n.input[1], ix.scalar(&n.input[0])?) };
+        let (x, c) = if ix.scalar(&n.input[1]).is_some() {
+            (&n.input[0], ix.scalar(&n.input[1])?)
+        } else {
+            (&n.input[1], ix.scalar(&n.input[0])?)
+        };
         scale = if n.op_type() == "Div" { 1.0 / c } else { c };
         nodes.push(m);
         s = x.clone();
@@ -357,13 +388,23 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
         None => (kt.clone(), Some(vec![0, 1, 3, 2])),
     };
     let v = pvn.input[1].clone();
-    let (hq, d) = heads_from_reshape(ix, &q).map(|(h, d)| (Some(h), Some(d))).unwrap_or_else(|| heads_from_shape(ix, &q));
-    let hkv = heads_from_reshape(ix, &v).map(|(h, _)| h).or(heads_from_shape(ix, &v).0);
+    let (hq, d) = heads_from_reshape(ix, &q)
+        .map(|(h, d)| (Some(h), Some(d)))
+        .unwrap_or_else(|| heads_from_shape(ix, &q));
+    let hkv = heads_from_reshape(ix, &v)
+        .map(|(h, _)| h)
+        .or(heads_from_shape(ix, &v).0);
 
     let exact = if !(axis == -1 || axis == 3) {
-        Err(format!("Softmax '{}' axis {axis} is not the key axis", sm.name()))
+        Err(format!(
+            "Softmax '{}' axis {axis} is not the key axis",
+            sm.name()
+        ))
     } else if !rank4(ix, &q) || !rank4(ix, &v) {
-        Err(format!("MatMul '{}': Q/V are not known to be 4-D (B,H,S,D); run shape inference first", qkn.name()))
+        Err(format!(
+            "MatMul '{}': Q/V are not known to be 4-D (B,H,S,D); run shape inference first",
+            qkn.name()
+        ))
     } else {
         Ok(if mask.form.is_some() {
             "exact; a fully masked row gives 0, not the graph's mean of V".into()
@@ -372,7 +413,11 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
         })
     };
     Some(Site {
-        kind: if split_scale { SiteKind::DecomposedSplitScale } else { SiteKind::DecomposedEager },
+        kind: if split_scale {
+            SiteKind::DecomposedSplitScale
+        } else {
+            SiteKind::DecomposedEager
+        },
         layer,
         anchor: sm.name().to_string(),
         nodes,
@@ -395,7 +440,7 @@ fn leads_to_matmul(ix: &GraphIndex, t: &str) -> bool {
     if ix.producer_op(t, "MatMul").is_some() {
         return true;
     }
-    ix.producer(t)
-        .map(|p| ix.node(p))
-        .is_some_and(|n| matches!(n.op_type(), "Mul" | "Div") && ix.producer_op(&n.input[0], "MatMul").is_some())
+    ix.producer(t).map(|p| ix.node(p)).is_some_and(|n| {
+        matches!(n.op_type(), "Mul" | "Div") && ix.producer_op(&n.input[0], "MatMul").is_some()
+    })
 }

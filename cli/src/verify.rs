@@ -105,7 +105,8 @@ pub fn plugin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TESSERA_PLUGIN") {
         return Ok(p.into());
     }
-    let exe = std::env::current_exe().map_err(|e| Error(format!("cannot locate the tessera executable: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error(format!("cannot locate the tessera executable: {e}")))?;
     let p = exe.with_file_name("libtessera_ort.so");
     if !p.exists() {
         bail!("{} not found; build it with `cargo build --release -p tessera-ort` or set TESSERA_PLUGIN", p.display());
@@ -132,7 +133,8 @@ pub fn verify(original: &Path, rewritten: &Path, model: &Model, opts: &Options) 
         "given": opts.given.iter().map(|(n, p)| (n.clone(), json!(p.display().to_string()))).collect::<serde_json::Map<_, _>>(),
     });
     std::fs::write(&driver, DRIVER).map_err(|e| Error(format!("{}: {e}", driver.display())))?;
-    std::fs::write(&spec_path, spec.to_string()).map_err(|e| Error(format!("{}: {e}", spec_path.display())))?;
+    std::fs::write(&spec_path, spec.to_string())
+        .map_err(|e| Error(format!("{}: {e}", spec_path.display())))?;
     let py = python()?;
     let status = Command::new(&py)
         .arg(&driver)
