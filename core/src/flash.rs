@@ -21,14 +21,15 @@
 //! Time is `4·D` flops (with `Dv = D`) per visited (query, key) pair plus
 //! `O((BQ + BK)·D)` loads per visited tile pair; tiles outside the rows'
 //! visible spans are never touched, so a window of `w` costs `O(S·w)`.
-//! Memory is the caller's scratch, [`Flash::scratch_len`] f32s, and a stack
-//! array of `BQ` [`RowSpan`]s (24 bytes each on 64-bit targets).
+//! Memory is the caller's scratch, [`Flash::scratch_len`] f32s; the stack
+//! holds only scalars (row spans are recomputed per tile, `O(BQ)` integer
+//! work against `O(BQ·BK·D)` flops).
 
 use core::ops::Range;
 
 use crate::element::Element;
 use crate::kernel::MicroKernel;
-use crate::mask::{MaskSpec, RowSpan, TileClass};
+use crate::mask::{MaskSpec, TileClass};
 use crate::spec::{AttentionSpec, SpecError, Tensor};
 use crate::stats::Stats;
 
@@ -308,17 +309,17 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         // Row spans and the key range the tile can touch.
         let offset = mask.batch_offset(b, spec.q_len);
         let valid = mask.batch_kv_len(b, spec.kv_len);
-        let mut spans = [RowSpan::EMPTY; BQ];
+        // Spans are recomputed where needed (a few integer ops per row per
+        // tile) rather than stored: no BQ-sized array on the stack.
+        let span_of = |r: usize| mask.row_span((i0 + r) as isize + offset, valid);
         let (mut g_hi, mut l_lo, mut l_hi) = (-1isize, isize::MAX, -1isize);
-        for (r, span) in spans.iter_mut().enumerate().take(rows) {
-            *span = mask.row_span((i0 + r) as isize + offset, valid);
+        for span in (0..rows).map(span_of) {
             g_hi = g_hi.max(span.global_hi);
             if span.lo <= span.hi {
                 l_lo = l_lo.min(span.lo);
                 l_hi = l_hi.max(span.hi);
             }
         }
-        let spans = &spans[..rows];
         let tiles_in = |lo: isize, hi: isize| -> Range<usize> {
             let lo = (lo.max(kv.start as isize)) as usize;
             let hi = (hi + 1).min(kv.end as isize);
@@ -359,7 +360,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         for t in sel.into_iter().flatten().chain(all.into_iter().flatten()) {
             let j0 = (t * BK).max(kv.start);
             let j1 = ((t + 1) * BK).min(kv.end);
-            let class = mask.classify(spans, j0, j1);
+            let class = mask.classify((0..rows).map(span_of), j0, j1);
             if class == TileClass::Empty {
                 continue;
             }
@@ -418,7 +419,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
                 if class == TileClass::Partial {
                     // Structural rules first (branch-free, vectorises), then
                     // segments and dense masks only where they exist.
-                    let span = spans[r];
+                    let span = span_of(r);
                     for (cc, x) in live.iter_mut().enumerate() {
                         if !span.contains((j0 + cc) as isize) {
                             *x = f32::NEG_INFINITY;

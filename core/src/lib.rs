@@ -11,8 +11,9 @@
 //!   test, and `Partial` tiles test each element. A sliding window of width
 //!   `w` over `S` tokens therefore costs `O(S·w)`, not `O(S²)`.
 //! - **Memory**: the caller passes all of it. One [`Flash`] call needs
-//!   [`Flash::scratch_len`]`(D, Dv)` f32s of scratch, plus a stack array of
-//!   `BQ` row spans. Output and lse are written in place.
+//!   [`Flash::scratch_len`]`(D, Dv)` f32s of scratch and a small, fixed
+//!   stack frame (no arrays sized by the tiles). Output and lse are written
+//!   in place.
 //! - **Accuracy**: accumulation is always f32; results hold to ~1e-5
 //!   relative of the f64 [`reference`] for f32 inputs.
 //!

@@ -386,11 +386,17 @@ impl<'a> MaskSpec<'a> {
 
     /// Classify keys `[j0, j1)` against a block of row spans.
     #[inline]
-    pub fn classify(&self, spans: &[RowSpan], j0: usize, j1: usize) -> TileClass {
+    pub fn classify<S: core::borrow::Borrow<RowSpan>>(
+        &self,
+        spans: impl IntoIterator<Item = S>,
+        j0: usize,
+        j1: usize,
+    ) -> TileClass {
         let (a, z) = (j0 as isize, j1 as isize - 1);
         let mut any = false;
         let mut all = true;
         for s in spans {
+            let s = s.borrow();
             any |= s.intersects(a, z);
             all &= s.covers(a, z);
         }
