@@ -8,6 +8,7 @@ export TESSERA_REQUIRE_ORT=1
 cargo build --release -p tessera-ort
 cargo test -p tessera-ort
 cargo test -p tessera-tests --test ort_attention
+cargo test -p tessera-tests --test dsa_ops
 "$VENV/bin/python" -m pytest -q python/tests
 "$VENV/bin/python" python/conformance.py
 # The same binary in the oldest runtime it supports (C API 17 = ORT 1.17).
