@@ -5,6 +5,8 @@
 //! - `naive`: materialised scores (S×S), softmax, then P·V;
 //! - `tessera/dense` and `tessera/window128`: the flash kernel.
 //!
+//! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not
+//! wall time, so that other processes on a shared machine distort it less.
 //! Effective GFLOP/s counts `4·visible_pairs·D`. For S ≥ 16K a sample of 512
 //! query rows from the middle of the sequence is timed and scaled by S/512
 //! (cost is linear in the number of query rows). After the criterion runs a
@@ -17,8 +19,48 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion};
 use tessera_core::{kernel, Attention, AttentionSpec, Element, Flash, MaskSpec};
+
+/// Criterion measurement of this thread's CPU time.
+struct ThreadCpuTime;
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+static WALL: WallTime = WallTime;
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        thread_cpu()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
 
 const SAMPLE_ROWS: usize = 512;
 const WINDOW: isize = 128;
@@ -164,7 +206,7 @@ const FMA_ITERS: usize = 1 << 20;
 const FMA_FLOPS: f64 = (FMA_ITERS * 10 * 16) as f64;
 const GEMM_N: usize = 1024;
 
-fn benches(c: &mut Criterion, quick: bool) -> Vec<(String, f64, f64)> {
+fn benches(c: &mut Criterion<ThreadCpuTime>, quick: bool) -> Vec<(String, f64, f64)> {
     let mut results = Vec::new(); // (id, flops per iteration, scale)
     let mut g = c.benchmark_group("ceilings");
     g.sample_size(10)
@@ -262,7 +304,9 @@ fn mean_ns(id: &str) -> Option<f64> {
 
 fn main() {
     let quick = std::env::var_os("TESSERA_BENCH_QUICK").is_some();
-    let mut c = Criterion::default().configure_from_args();
+    let mut c = Criterion::default()
+        .with_measurement(ThreadCpuTime)
+        .configure_from_args();
     let results = benches(&mut c, quick);
     c.final_summary();
 
@@ -275,7 +319,7 @@ fn main() {
         .map(|x| x.1);
     let mut table = String::new();
     table.push_str(&format!(
-        "kernel: {}; {} threads: 1\n\n",
+        "kernel: {}, element {}, 1 thread, time = thread CPU time (mean)\n\n",
         kernel::detect().name(),
         f32::NAME
     ));

@@ -22,15 +22,25 @@ pub fn merge<A: Element, B: Element, O: Element>(
     v_head_dim: usize,
 ) -> Result<(), SpecError> {
     let rows = lse.len();
-    let need = rows.checked_mul(v_head_dim).ok_or(SpecError::Overflow(Tensor::Y))?;
+    let need = rows
+        .checked_mul(v_head_dim)
+        .ok_or(SpecError::Overflow(Tensor::Y))?;
     for (t, got) in [(Tensor::Lse, lse_a.len()), (Tensor::Lse, lse_b.len())] {
         if got != rows {
-            return Err(SpecError::WrongLength { tensor: t, expected: rows, got });
+            return Err(SpecError::WrongLength {
+                tensor: t,
+                expected: rows,
+                got,
+            });
         }
     }
     for got in [y_a.len(), y_b.len(), y.len()] {
         if got != need {
-            return Err(SpecError::WrongLength { tensor: Tensor::Y, expected: need, got });
+            return Err(SpecError::WrongLength {
+                tensor: Tensor::Y,
+                expected: need,
+                got,
+            });
         }
     }
     if v_head_dim == 0 {
@@ -38,7 +48,11 @@ pub fn merge<A: Element, B: Element, O: Element>(
     }
     let rows_a = y_a.chunks_exact(v_head_dim);
     let rows_b = y_b.chunks_exact(v_head_dim);
-    for (r, ((ya, yb), yo)) in rows_a.zip(rows_b).zip(y.chunks_exact_mut(v_head_dim)).enumerate() {
+    for (r, ((ya, yb), yo)) in rows_a
+        .zip(rows_b)
+        .zip(y.chunks_exact_mut(v_head_dim))
+        .enumerate()
+    {
         let (wa, wb, l) = weights(lse_a[r], lse_b[r]);
         lse[r] = l;
         for ((o, a), b) in yo.iter_mut().zip(ya).zip(yb) {
@@ -51,21 +65,41 @@ pub fn merge<A: Element, B: Element, O: Element>(
 }
 
 /// Merge `(y_b, lse_b)` into an f32 accumulator in place.
-pub fn merge_into(y: &mut [f32], lse: &mut [f32], y_b: &[f32], lse_b: &[f32], v_head_dim: usize) -> Result<(), SpecError> {
+pub fn merge_into(
+    y: &mut [f32],
+    lse: &mut [f32],
+    y_b: &[f32],
+    lse_b: &[f32],
+    v_head_dim: usize,
+) -> Result<(), SpecError> {
     let rows = lse.len();
-    let need = rows.checked_mul(v_head_dim).ok_or(SpecError::Overflow(Tensor::Y))?;
+    let need = rows
+        .checked_mul(v_head_dim)
+        .ok_or(SpecError::Overflow(Tensor::Y))?;
     if lse_b.len() != rows {
-        return Err(SpecError::WrongLength { tensor: Tensor::Lse, expected: rows, got: lse_b.len() });
+        return Err(SpecError::WrongLength {
+            tensor: Tensor::Lse,
+            expected: rows,
+            got: lse_b.len(),
+        });
     }
     for got in [y.len(), y_b.len()] {
         if got != need {
-            return Err(SpecError::WrongLength { tensor: Tensor::Y, expected: need, got });
+            return Err(SpecError::WrongLength {
+                tensor: Tensor::Y,
+                expected: need,
+                got,
+            });
         }
     }
     if v_head_dim == 0 {
         return Err(SpecError::ZeroHeadDim);
     }
-    for (r, (ya, yb)) in y.chunks_exact_mut(v_head_dim).zip(y_b.chunks_exact(v_head_dim)).enumerate() {
+    for (r, (ya, yb)) in y
+        .chunks_exact_mut(v_head_dim)
+        .zip(y_b.chunks_exact(v_head_dim))
+        .enumerate()
+    {
         let (wa, wb, l) = weights(lse[r], lse_b[r]);
         lse[r] = l;
         for (a, &b) in ya.iter_mut().zip(yb) {

@@ -10,13 +10,17 @@ type F = Flash<Portable, BQ, BK>;
 fn stats(s: usize, mask: &MaskSpec<'_>) -> Stats {
     let (d, dv) = (8, 8);
     let spec = AttentionSpec::bhsd(1, 1, 1, s, s, d, dv);
-    let q: Vec<f32> = (0..s * d).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
+    let q: Vec<f32> = (0..s * d)
+        .map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5)
+        .collect();
     let k = q.clone();
     let v = q.clone();
     let att = Attention::new(&spec, mask, &q, &k, &v).unwrap();
     let mut y = vec![f32::NAN; s * dv];
     let mut scratch = vec![0.0; F::scratch_len(d, dv)];
-    let st = F::new(Portable).run(&att, &mut y, None, &mut scratch).unwrap();
+    let st = F::new(Portable)
+        .run(&att, &mut y, None, &mut scratch)
+        .unwrap();
     assert!(y.iter().all(|x| x.is_finite()));
     st
 }
@@ -32,7 +36,11 @@ fn window_visits_linear_tiles() {
         assert_eq!(st.visited() + st.tiles_skipped, tiles as u64);
         // Each q-tile sees at most (BQ + 2w) / BK + 2 key tiles.
         let bound = (s / BQ) * ((BQ + 2 * w as usize) / BK + 2);
-        assert!(st.visited() as usize <= bound, "S={s}: visited {} > {bound}", st.visited());
+        assert!(
+            st.visited() as usize <= bound,
+            "S={s}: visited {} > {bound}",
+            st.visited()
+        );
         // Most visited tiles are Full: only the window edges are Partial.
         assert!(st.tiles_full > st.tiles_partial, "S={s}: {st:?}");
         if let Some(p) = prev {
@@ -64,7 +72,10 @@ fn sinks_add_only_their_tiles() {
     let sinks = stats(s, &MaskSpec::NONE.causal(0).window(64, 0).globals(4));
     // One extra key tile (the sinks) per q-tile that does not already reach it.
     let extra = sinks.visited() - plain.visited();
-    assert!(extra <= (s / BQ) as u64 && extra >= (s / BQ) as u64 - 4, "extra {extra}");
+    assert!(
+        extra <= (s / BQ) as u64 && extra >= (s / BQ) as u64 - 4,
+        "extra {extra}"
+    );
 }
 
 #[test]
@@ -78,7 +89,9 @@ fn fully_masked_rows_are_zero_with_minus_inf_lse() {
     let mut y = vec![f32::NAN; s * d];
     let mut lse = vec![f32::NAN; s];
     let mut scratch = vec![f32::NAN; F::scratch_len(d, d)];
-    F::new(Portable).run(&att, &mut y, Some(&mut lse), &mut scratch).unwrap();
+    F::new(Portable)
+        .run(&att, &mut y, Some(&mut lse), &mut scratch)
+        .unwrap();
     for i in 0..10 {
         assert!(y[i * d..(i + 1) * d].iter().all(|&x| x == 0.0), "row {i}");
         assert_eq!(lse[i], f32::NEG_INFINITY);

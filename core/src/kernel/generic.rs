@@ -14,7 +14,19 @@ impl MicroKernel for Portable {
     const NAME: &'static str = "portable";
 
     #[inline]
-    unsafe fn gemm(self, m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+    unsafe fn gemm(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
         gemm_blocked::<4, 8>(m, n, k, a, lda, b, ldb, c, ldc, accumulate)
     }
 

@@ -31,10 +31,35 @@ impl MicroKernel for Neon {
     const NAME: &'static str = "neon";
 
     #[inline]
-    unsafe fn gemm(self, m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+    unsafe fn gemm(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
         debug_assert!(m % MR == 0 && n % NR == 0);
         // SAFETY: the caller upholds the bounds contract; NEON is baseline.
-        unsafe { gemm_neon(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, accumulate) }
+        unsafe {
+            gemm_neon(
+                m,
+                n,
+                k,
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                ldb,
+                c.as_mut_ptr(),
+                ldc,
+                accumulate,
+            )
+        }
     }
 
     #[inline]
@@ -50,7 +75,18 @@ impl MicroKernel for Neon {
 
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon")]
-unsafe fn gemm_neon(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
+unsafe fn gemm_neon(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     for i in (0..m).step_by(MR) {
         for j in (0..n).step_by(NR) {
             // SAFETY: pointers stay inside the A rows, B columns and C block
