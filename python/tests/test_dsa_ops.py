@@ -227,6 +227,25 @@ def test_topk_index_mode_matches_masked_reference(lib, per_head, causal):
     assert np.isneginf(lse[empty]).all() and np.isfinite(lse[~empty]).all()
 
 
+@pytest.mark.parametrize("causal", [0, 1])
+def test_topk_index_mode_keeps_window_and_sinks(lib, causal):
+    rng = np.random.default_rng(13 + causal)
+    b, hq, hkv, sq, skv, d, kk, window, sinks = 1, 2, 1, 20, 90, 8, 6, 5, 3
+    q, k, v = rand(rng, b, hq, sq, d), rand(rng, b, hkv, skv, d), rand(rng, b, hkv, skv, d)
+    idx = random_lists(rng, b, sq, skv, kk)
+    y, sel, _ = run(lib, "TopKAttention", {"Q": q, "K": k, "V": v, "indices": idx}, TOPK_OUT,
+                    {"is_causal": causal, "left_window_size": window, "num_global_tokens": sinks})
+    assert sel.shape == (b, hkv, sq, kk + window + 1 + sinks)
+    pos = np.arange(sq)[:, None] + skv - sq
+    j = np.arange(skv)[None, :]
+    kept = ((j >= pos - window) & (j <= pos)) | (j < sinks)
+    allowed = (lists_to_mask(idx, skv, hkv, hq) | kept[None, None]) & visible(sq, skv, causal)[None, None]
+    np.testing.assert_allclose(y, sparse_reference(q, k, v, allowed), rtol=1e-4, atol=2e-5)
+    for t in range(sq):
+        row = sel[0, 0, t]
+        assert (row[:(row >= 0).sum()] == np.flatnonzero(allowed[0, 0, t])).all() and (np.sort(row[row >= 0]) == row[row >= 0]).all()
+
+
 def test_topk_index_mode_3d_layout_and_scale(lib):
     rng = np.random.default_rng(12)
     b, hq, hkv, sq, skv, d = 1, 4, 2, 9, 70, 8
@@ -427,7 +446,6 @@ BAD = [
     ("TopKAttention", {}, topk_feeds(np.zeros((1, 3, 4, 2), np.int64)), TOPK_OUT, "indices: shape [1, 3, 4, 2] must be (batch, kv_num_heads, q_seq, k)"),
     ("TopKAttention", {}, topk_feeds(np.zeros((1, 4, 0), np.int64)), TOPK_OUT, "at least 1"),
     ("TopKAttention", {"top_k": 3}, topk_feeds(GOOD_IDX), TOPK_OUT, "indices: last axis 2 must equal the top_k attribute 3"),
-    ("TopKAttention", {"left_window_size": 4}, topk_feeds(GOOD_IDX), TOPK_OUT, "training-free mode only"),
     ("TopKAttention", {"top_k": 4, "left_window_size": -2}, topk_feeds(), TOPK_OUT, "left_window_size must be >= -1"),
     ("TopKAttention", {"top_k": 4}, topk_feeds(q=(1, 3, 4, 8)), TOPK_OUT, "must be a positive multiple of kv_num_heads"),
     ("TopKAttention", {"top_k": 4}, topk_feeds(k=(1, 2, 6, 7)), TOPK_OUT, "D mismatch"),

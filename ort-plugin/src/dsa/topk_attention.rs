@@ -21,9 +21,11 @@
 //! **With `indices`** (index mode) each query attends to the listed keys
 //! that the causal rule lets it see; an entry outside `[0, Skv)` (other than
 //! `-1`) or a key listed twice in a row is refused, naming the row. `top_k`
-//! may be left out; when set it must equal the list width `k`, and
-//! `W = k`. Windows and sinks are the indexer's job here:
-//! `left_window_size`/`num_global_tokens` are refused, not ignored.
+//! may be left out; when set it must equal the list width `k`. The window
+//! `[p - left_window_size, p]` and the sinks `[0, num_global_tokens)` are
+//! always kept here too: keys of theirs a row does not list are appended
+//! to it, so `W = k + min(left_window_size + 1 + num_global_tokens, Skv)`
+//! (`W = k` without them).
 //!
 //! **Without `indices`** (training-free mode, as Quest / NSA selection)
 //! keys are grouped in blocks of [`BK`]; each block keeps the element-wise
@@ -44,6 +46,7 @@
 
 use core::ffi::CStr;
 use core::marker::PhantomData;
+use std::borrow::Cow;
 
 use tessera_core::blocksel::summary_len;
 use tessera_core::kernel::MicroKernel;
@@ -442,10 +445,11 @@ impl<T: TopKDtype> CustomOp for TopKAttentionOp<T> {
         };
 
         // The index list (index mode) and the width of selected_indices.
-        let list = match &inputs[3] {
+        let lists = match &inputs[3] {
             None => None,
-            Some(t) => Some(self.index_list(t, &plan)?),
+            Some(t) => Some(self.index_list(ctx, t, &plan)?),
         };
+        let list = lists.as_ref().map(|l| l.view(sq));
         let width = match (&list, self.top_k) {
             (Some(l), _) => l.top_k,
             (None, Some(top_k)) => block_width(top_k, skv, self.keep),
@@ -501,12 +505,12 @@ impl<T: TopKDtype> CustomOp for TopKAttentionOp<T> {
 
 impl<T: TopKDtype> TopKAttentionOp<T> {
     /// Check the `indices` input and view it as index lists.
-    fn index_list<'a>(&self, t: &'a InputTensor, plan: &Plan) -> Result<IndexList<'a, i64>> {
-        if self.keep != Keep::default() {
-            return Err(Error::invalid(
-                "left_window_size and num_global_tokens choose keys in the training-free mode only; with an indices input, list the window and sink keys in indices",
-            ));
-        }
+    fn index_list<'a>(
+        &self,
+        ctx: &KernelContext,
+        t: &'a InputTensor,
+        plan: &Plan,
+    ) -> Result<Lists<'a>> {
         let shape = dims(
             "indices",
             &t.ts.dims,
@@ -543,12 +547,102 @@ impl<T: TopKDtype> TopKAttentionOp<T> {
             }
         }
         let data = t.slice::<i64>("indices", elem::INT64)?;
-        Ok(if shape.len() == 3 {
-            IndexList::shared(data, sq, k)
-        } else {
-            IndexList::per_kv_head(data, hkv, sq, k)
+        let kv_heads = (shape.len() == 4).then_some(hkv);
+        if self.keep == Keep::default() {
+            return Ok(Lists {
+                data: Cow::Borrowed(data),
+                kv_heads,
+                width: k,
+            });
+        }
+        let offset = causal_offset(sq, plan.kv_new)?;
+        let (data, width) = widen(ctx, data, k, sq, plan.kv_new, offset, self.keep)?;
+        Ok(Lists {
+            data: Cow::Owned(data),
+            kv_heads,
+            width,
         })
     }
+}
+
+/// The index lists of one call: the `indices` input, or a copy widened
+/// with the always-kept window and sink keys.
+struct Lists<'a> {
+    data: Cow<'a, [i64]>,
+    /// `Some(Hkv)` for `(B, Hkv, Sq, k)` lists, `None` for shared ones.
+    kv_heads: Option<usize>,
+    /// Entries per row.
+    width: usize,
+}
+
+impl Lists<'_> {
+    fn view(&self, q_len: usize) -> IndexList<'_, i64> {
+        match self.kv_heads {
+            None => IndexList::shared(&self.data, q_len, self.width),
+            Some(h) => IndexList::per_kv_head(&self.data, h, q_len, self.width),
+        }
+    }
+}
+
+/// Each `k`-entry row of `src` (query `row % sq`, at position `i + offset`)
+/// followed by the keys of `keep` it does not list yet: the sinks
+/// `[0, global_tokens)` and the window `[p - local_window, p]`, then `-1`.
+/// Rows are `k + min(window + 1 + sinks, Skv)` wide. Entries of `src` are
+/// copied as they are (the gather checks them). `O(rows · width)`, split
+/// over the pool, one `Skv`-bit map per task.
+fn widen(
+    ctx: &KernelContext,
+    src: &[i64],
+    k: usize,
+    sq: usize,
+    skv: usize,
+    offset: isize,
+    keep: Keep,
+) -> Result<(Vec<i64>, usize)> {
+    let window = keep
+        .local_window
+        .map_or(0, |w| w.saturating_add(1).min(skv));
+    let width = k + window.saturating_add(keep.global_tokens.min(skv)).min(skv);
+    let rows = src.len() / k;
+    super::product("indices", &[rows, width])?;
+    let mut out = vec![-1i64; rows * width];
+    let (tasks, per_task) = chunks(rows);
+    let dst = Disjoint::new(&mut out);
+    let in_range = |j: i64| usize::try_from(j).ok().filter(|&j| j < skv);
+    ctx.parallel_for(tasks, &|task| {
+        let mut seen = vec![0u64; skv.div_ceil(64)];
+        for r in task * per_task..((task + 1) * per_task).min(rows) {
+            // SAFETY: row r belongs to this task alone.
+            let row = unsafe { dst.range(r * width, width)? };
+            row[..k].copy_from_slice(&src[r * k..][..k]);
+            for j in row[..k].iter().filter_map(|&j| in_range(j)) {
+                seen[j / 64] |= 1 << (j % 64);
+            }
+            let p = (r % sq) as isize + offset;
+            let local = match keep.local_window {
+                Some(w) if p >= 0 && skv > 0 => {
+                    let lo = p.saturating_sub_unsigned(w).max(0) as usize;
+                    lo..(p as usize).min(skv - 1) + 1
+                }
+                _ => 0..0,
+            };
+            let mut n = k;
+            for j in (0..keep.global_tokens.min(skv)).chain(local) {
+                if seen[j / 64] & (1 << (j % 64)) == 0 {
+                    seen[j / 64] |= 1 << (j % 64);
+                    *row.get_mut(n)
+                        .ok_or_else(|| Error::fail("internal: widened index row too narrow"))? =
+                        j as i64;
+                    n += 1;
+                }
+            }
+            for j in row[..n].iter().filter_map(|&j| in_range(j)) {
+                seen[j / 64] &= !(1 << (j % 64));
+            }
+        }
+        Ok(())
+    })?;
+    Ok((out, width))
 }
 
 #[cfg(test)]
