@@ -27,6 +27,8 @@ mod tests {
 }
 
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dsa;
 pub mod error;
 pub mod ffi;
@@ -161,10 +163,15 @@ pub unsafe extern "C" fn RegisterCustomOps(
             CStr::from_ptr(p).to_string_lossy().into_owned()
         }
     };
-    let ops: &[&OrtCustomOp] = match parse_version(&version) {
-        Some(v) if v >= INFERENCE_SAFE_FROM => &OPS,
-        _ => &OPS_WITHOUT_INFERENCE,
+    let with_inference = matches!(parse_version(&version), Some(v) if v >= INFERENCE_SAFE_FROM);
+    let ops: &[&OrtCustomOp] = if with_inference {
+        &OPS
+    } else {
+        &OPS_WITHOUT_INFERENCE
     };
+    // The CUDA-EP kernels follow the CPU ones under the same names.
+    #[cfg(feature = "cuda")]
+    let ops = &[ops, cuda::ops(with_inference)].concat();
     let r = catch_unwind(AssertUnwindSafe(|| register(api, options, ops)))
         .unwrap_or_else(|p| Err(Error::fail(format!("panic: {}", ffi::panic_message(&*p)))));
     match r {

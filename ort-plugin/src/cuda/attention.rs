@@ -1,0 +1,317 @@
+//! `ai.tessera.Attention` on the CUDA EP: the schema and shape rules of the
+//! CPU op ([`crate::attention`]), run by `tessera-cuda`'s flash kernel.
+//!
+//! The CUDA path implements: float16/bfloat16; `D = Dv` in {64, 128}; 3-D
+//! and 4-D Q/K/V; GQA; `is_causal`, `scale`, `softcap`, windows and global
+//! tokens; a bool or float `attn_mask` whose last axis is the full key length
+//! (broadcast on the other axes); `nonpad_kv_seqlen` (read by the kernel
+//! from device memory, with the external-cache offset); 4-D
+//! `past_key`/`past_value` (concatenated on the stream into `present_*`, or
+//! into scratch when the node does not ask for them); `softmax_lse`.
+//!
+//! Refused with `ORT_INVALID_ARGUMENT`, naming the rule: other head dims,
+//! float16/bfloat16 additive masks, masks shorter than the key length,
+//! `qk_matmul_output`, and a cache with 3-D K/V. Not checked here, unlike
+//! on the CPU: the values of `nonpad_kv_seqlen` (the host cannot read
+//! them; the kernel clamps them to the key length).
+//!
+//! # Cost
+//! One flash launch; with a cache, `2·B·Hkv` device-to-device copies per
+//! cache tensor (past rows, then new rows, per (batch, head)).
+
+use core::ffi::CStr;
+use core::marker::PhantomData;
+
+use tessera_core::{bf16, default_scale, f16, AttentionSpec, MaskSpec, MaskStrides, Strides};
+use tessera_cuda::{
+    AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Driver, Dtype, Module,
+};
+
+use super::device::{DeviceContext, DeviceTensor, Scratch};
+use super::{from_cuda, host_compute_refused, DeviceKernel};
+use crate::attention::plan::{Attrs, Layout, Plan, RawAttrs, Shapes};
+use crate::attention::{AttentionOp, Dtype as HostDtype};
+use crate::error::{ensure, Error, Result};
+use crate::ffi::{elem, KernelContext, KernelInfo, ShapeInference};
+use crate::op::{CustomOp, Port};
+
+/// A half type with a flash kernel.
+pub trait HalfDtype: HostDtype {
+    /// The kernel's dtype.
+    const CUDA: Dtype;
+}
+
+impl HalfDtype for f16 {
+    const CUDA: Dtype = Dtype::F16;
+}
+
+impl HalfDtype for bf16 {
+    const CUDA: Dtype = Dtype::Bf16;
+}
+
+/// The CUDA-EP op, for element type `T`.
+#[derive(Debug)]
+pub struct CudaAttentionOp<T> {
+    attrs: Attrs,
+    _t: PhantomData<fn() -> T>,
+}
+
+const INPUT_NAMES: [&str; 7] = [
+    "Q",
+    "K",
+    "V",
+    "attn_mask",
+    "past_key",
+    "past_value",
+    "nonpad_kv_seqlen",
+];
+
+impl<T: HalfDtype> CustomOp for CudaAttentionOp<T> {
+    const NAME: &'static CStr = c"Attention";
+
+    fn inputs() -> &'static [Port] {
+        T::INPUTS
+    }
+
+    fn outputs() -> &'static [Port] {
+        T::OUTPUTS
+    }
+
+    fn attach(info: &KernelInfo) -> Result<Self> {
+        let raw = RawAttrs {
+            is_causal: info.attr_i64(c"is_causal"),
+            scale: info.attr_f32(c"scale"),
+            softcap: info.attr_f32(c"softcap"),
+            q_num_heads: info.attr_i64(c"q_num_heads"),
+            kv_num_heads: info.attr_i64(c"kv_num_heads"),
+            left_window_size: info.attr_i64(c"left_window_size"),
+            right_window_size: info.attr_i64(c"right_window_size"),
+            num_global_tokens: info.attr_i64(c"num_global_tokens"),
+            qk_matmul_output_mode: info.attr_i64(c"qk_matmul_output_mode"),
+            softmax_precision: info.attr_i64(c"softmax_precision"),
+        };
+        Ok(Self {
+            attrs: Attrs::parse(&raw)?,
+            _t: PhantomData,
+        })
+    }
+
+    fn compute(&self, _ctx: &mut KernelContext) -> Result<()> {
+        Err(host_compute_refused())
+    }
+
+    fn infer(ctx: &ShapeInference) -> Result<()> {
+        AttentionOp::<T>::infer(ctx)
+    }
+}
+
+/// `(B, Hkv, P+Skv, dim)` keys or values: `past` then the new rows, copied
+/// on `stream` into `dst`. New rows are read BHSD (4-D K/V only).
+///
+/// # Safety
+/// Every address is device memory of the current context holding its
+/// tensor's elements, and `dst` holds `B·Hkv·(P+Skv)·dim` elements.
+unsafe fn concat_cache(
+    driver: &Driver,
+    plan: &Plan,
+    dim: usize,
+    (past, new, dst): (DevicePtr, DevicePtr, DevicePtr),
+    stream: tessera_cuda::Stream,
+    elem_bytes: usize,
+) -> Result<()> {
+    let (p, n) = (plan.past, plan.kv_new);
+    let row = dim * elem_bytes;
+    for bh in 0..plan.batch * plan.kv_heads {
+        let to = dst.0 + (bh * (p + n) * row) as u64;
+        for (src, len, at) in [
+            (past.0 + (bh * p * row) as u64, p * row, to),
+            (
+                new.0 + (bh * n * row) as u64,
+                n * row,
+                to + (p * row) as u64,
+            ),
+        ] {
+            if len > 0 {
+                // SAFETY: both ranges lie inside their tensors (caller's
+                // contract and the offsets above); the copy is queued on
+                // the node's stream, ahead of the flash launch.
+                unsafe { driver.copy_async(at, src, len, stream.0) }.map_err(from_cuda)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
+    fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
+        let mut inputs: [Option<DeviceTensor>; 7] = Default::default();
+        for (i, slot) in inputs.iter_mut().enumerate() {
+            *slot = ctx.input(i)?;
+        }
+        let req = |i: usize| {
+            inputs[i]
+                .as_ref()
+                .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
+        };
+        let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
+        let shape = |i: usize| inputs[i].as_ref().map(|t| t.ts.dims.as_slice());
+        let plan = Plan::new(
+            &self.attrs,
+            &Shapes {
+                q: &q_in.ts.dims,
+                k: &k_in.ts.dims,
+                v: &v_in.ts.dims,
+                mask: shape(3),
+                past_key: shape(4),
+                past_value: shape(5),
+                nonpad: shape(6),
+            },
+        )?;
+        for i in [0, 1, 2, 4, 5] {
+            if let Some(t) = &inputs[i] {
+                ensure!(
+                    t.ts.elem == T::ONNX,
+                    "{}: element type {} must equal Q's {}",
+                    INPUT_NAMES[i],
+                    elem::name(t.ts.elem),
+                    elem::name(T::ONNX)
+                );
+            }
+        }
+        if let Some(t) = &inputs[6] {
+            ensure!(
+                t.ts.elem == elem::INT64,
+                "nonpad_kv_seqlen: element type {} must be int64",
+                elem::name(t.ts.elem)
+            );
+        }
+        ensure!(
+            !plan.has_past || plan.layout == Layout::Bhsd,
+            "past_key: a cache with 3-D K/V is not supported by the CUDA kernels (use 4-D K/V)"
+        );
+        let total = plan.kv_total();
+        let dense = match (&inputs[3], plan.mask) {
+            (Some(t), Some(d)) => {
+                let is_bool = match t.ts.elem {
+                    elem::BOOL => true,
+                    elem::FLOAT => false,
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "attn_mask: element type {} is not supported by the CUDA kernels (bool or float)",
+                            elem::name(other)
+                        )))
+                    }
+                };
+                ensure!(
+                    d[3] == total,
+                    "attn_mask: last axis {} must be the total key length {total} on the CUDA kernels (shorter masks are padded only on the CPU)",
+                    d[3]
+                );
+                Some(DeviceDenseMask {
+                    ptr: t.ptr,
+                    is_bool,
+                    strides: MaskStrides::broadcast(d[0], d[1], d[2], total),
+                })
+            }
+            _ => None,
+        };
+        if ctx.output_count()? > 4 {
+            ensure!(
+                ctx.output(4, &plan.qk_dims())?.is_none(),
+                "qk_matmul_output is not supported by the CUDA kernels (run the node on the CPU EP)"
+            );
+        }
+
+        let stream = ctx.stream()?;
+        let module = Module::for_current_context().map_err(from_cuda)?;
+        let y = ctx
+            .output(0, &plan.y_dims())?
+            .ok_or_else(|| Error::fail("Y could not be allocated"))?;
+        let present_k = ctx.output(1, &plan.present_key_dims())?;
+        let present_v = ctx.output(2, &plan.present_value_dims())?;
+        let lse = ctx.output(3, &plan.lse_dims())?;
+
+        let in_strides = |heads: usize, seq: usize, dim: usize| match plan.layout {
+            Layout::Bhsd => Strides::bhsd(heads, seq, dim),
+            Layout::Bshd => Strides::bshd(heads, seq, dim),
+        };
+        let (hkv, d, dv) = (plan.kv_heads, plan.head_dim, plan.v_head_dim);
+        let bytes = T::CUDA.size() as usize;
+        // Keys and values: read in place, or concatenated with the cache.
+        let mut scratch: Vec<Scratch> = Vec::new();
+        let mut with_cache = |present: Option<DevicePtr>,
+                              past: usize,
+                              new: &DeviceTensor,
+                              dim: usize|
+         -> Result<(DevicePtr, Strides)> {
+            if !plan.has_past {
+                let s = in_strides(hkv, plan.kv_new, dim);
+                return Ok((new.ptr, s));
+            }
+            let dst = match present {
+                Some(p) => p,
+                None => {
+                    let n = plan.batch * hkv * total * dim * bytes;
+                    let s = ctx.scratch(new, n)?;
+                    let p = s.ptr();
+                    scratch.push(s);
+                    p
+                }
+            };
+            let past = req(past)?;
+            let driver = Driver::get().map_err(from_cuda)?;
+            // SAFETY: past, new and dst are device tensors of this node with
+            // the shapes `plan` checked; dst holds B·Hkv·(P+Skv)·dim elements.
+            unsafe {
+                concat_cache(driver, &plan, dim, (past.ptr, new.ptr, dst), stream, bytes)?;
+            }
+            Ok((dst, Strides::bhsd(hkv, total, dim)))
+        };
+        let (k_ptr, k_strides) = with_cache(present_k, 4, k_in, d)?;
+        let (v_ptr, v_strides) = with_cache(present_v, 5, v_in, dv)?;
+
+        let spec = AttentionSpec {
+            batch: plan.batch,
+            q_heads: plan.q_heads,
+            kv_heads: hkv,
+            q_len: plan.q_len,
+            kv_len: total,
+            head_dim: d,
+            v_head_dim: dv,
+            scale: self.attrs.scale.unwrap_or_else(|| default_scale(d)),
+            softcap: self.attrs.softcap,
+            q: in_strides(plan.q_heads, plan.q_len, d),
+            k: k_strides,
+            v: v_strides,
+            out: in_strides(plan.q_heads, plan.q_len, dv),
+        };
+        let offset = isize::try_from(plan.past)
+            .map_err(|_| Error::invalid("past_key: past length too large"))?;
+        let mask = if self.attrs.is_causal {
+            MaskSpec::NONE.causal(offset)
+        } else {
+            MaskSpec::NONE.offset(offset)
+        }
+        .window(self.attrs.left_window, self.attrs.right_window)
+        .globals(self.attrs.global_tokens);
+        let device_mask = DeviceMask {
+            kv_lens: inputs[6].as_ref().map(|t| t.ptr),
+            align_to_kv_lens: inputs[6].is_some(),
+            dense,
+        };
+        let bufs = AttentionBuffers {
+            q: q_in.ptr,
+            k: k_ptr,
+            v: v_ptr,
+            y,
+            lse,
+        };
+        module
+            .attention(stream, &spec, &mask, &device_mask, T::CUDA, &bufs)
+            .map_err(from_cuda)?;
+        // Scratch is freed only now, after every kernel using it is queued
+        // on the stream (see `DeviceContext::scratch`).
+        drop(scratch);
+        Ok(())
+    }
+}
