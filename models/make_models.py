@@ -60,31 +60,53 @@ def layer_norm(b, x):
     return b.op("LayerNormalization", [x, b.const(np.ones(HIDDEN)), b.const(np.zeros(HIDDEN))], axis=-1, epsilon=1e-5)
 
 
-def heads(b, x, perm):
-    r = b.op("Reshape", [x, b.const([0, 0, HEADS, HEAD], dtype=np.int64)])
+def heads(b, x, perm, n=HEADS):
+    r = b.op("Reshape", [x, b.const([0, 0, n, HEAD], dtype=np.int64)])
     return b.op("Transpose", [r], perm=perm)
 
 
-def attention(b, x, form, mask, layer):
-    """One attention block; `mask` is (bool [B,1,S,S]|[B,1,1,S]) for sdpa/attention, float bias for eager."""
+def repeat_kv(b, x, kv):
+    """Llama's repeat_kv: x[:, :, None].expand(B, kv, n_rep, S, D).reshape(B, kv*n_rep, S, D)."""
+    n_rep = HEADS // kv
+    u = b.op("Unsqueeze", [x, b.const([2], dtype=np.int64)])
+    shape = b.op("Shape", [u])
+    target = b.op("Concat", [b.op("Slice", [shape, b.const([0], dtype=np.int64), b.const([2], dtype=np.int64)]),
+                             b.const([n_rep], dtype=np.int64),
+                             b.op("Slice", [shape, b.const([3], dtype=np.int64), b.const([5], dtype=np.int64)])], axis=0)
+    e = b.op("Expand", [u, target])
+    return b.op("Reshape", [e, b.const([0, HEADS, -1, HEAD], dtype=np.int64)])
+
+
+def attention(b, x, form, mask, layer, kv=HEADS):
+    """One attention block; `mask` is (bool [B,1,S,S]|[B,1,1,S]) for sdpa/attention, float bias for eager.
+    With kv < HEADS (GQA) K and V are repeated to HEADS heads first, as Llama's eager/sdpa code does."""
     p = f"layer{layer}.attn"
     q = heads(b, linear(b, x, HIDDEN, HIDDEN), [0, 2, 1, 3])
-    kx = linear(b, x, HIDDEN, HIDDEN)
-    v = heads(b, linear(b, x, HIDDEN, HIDDEN), [0, 2, 1, 3])
+    kx = linear(b, x, HIDDEN, HEAD * kv)
+    v = heads(b, linear(b, x, HIDDEN, HEAD * kv), [0, 2, 1, 3], kv)
+    if kv < HEADS:
+        v = repeat_kv(b, v, kv)
     scale = 1.0 / np.sqrt(HEAD)
+    if kv < HEADS:
+        k = repeat_kv(b, heads(b, kx, [0, 2, 1, 3], kv), kv)
+        kt = b.op("Transpose", [k], perm=[0, 1, 3, 2])
+        if form == "eager":
+            form = "eager_kt"
     if form == "attention":
-        k = heads(b, kx, [0, 2, 1, 3])
+        k = heads(b, kx, [0, 2, 1, 3]) if kv == HEADS else k
         y = b.op("Attention", [q, k, v, mask], name=f"{p}.Attention", scale=float(scale))
-    elif form == "eager":
-        kt = heads(b, kx, [0, 2, 3, 1])
+    elif form in ("eager", "eager_kt"):
+        if form == "eager":
+            kt = heads(b, kx, [0, 2, 3, 1])
         s = b.op("MatMul", [q, kt], name=f"{p}.MatMul_qk")
         s = b.op("Mul", [s, b.const(scale)], name=f"{p}.Mul_scale")
         s = b.op("Add", [s, mask], name=f"{p}.Add_mask")
         pr = b.op("Softmax", [s], name=f"{p}.Softmax", axis=-1)
         y = b.op("MatMul", [pr, v], name=f"{p}.MatMul_pv")
     elif form == "sdpa":
-        k = heads(b, kx, [0, 2, 1, 3])
-        kt = b.op("Transpose", [k], perm=[0, 1, 3, 2])
+        if kv == HEADS:
+            k = heads(b, kx, [0, 2, 1, 3])
+            kt = b.op("Transpose", [k], perm=[0, 1, 3, 2])
         rs = b.const(np.sqrt(scale))
         qs = b.op("Mul", [q, rs])
         ks = b.op("Mul", [kt, rs])
@@ -101,8 +123,9 @@ def attention(b, x, form, mask, layer):
     return linear(b, y, HIDDEN, HIDDEN)
 
 
-def encoder(form, opset, layers, window=None, global_every=0, seed=0, name="encoder"):
-    """BERT-style (window=None) or ModernBERT-style (window=w: |i−j| ≤ w on local layers)."""
+def encoder(form, opset, layers, window=None, global_every=0, seed=0, name="encoder", causal=False, kv=HEADS):
+    """BERT-style (window=None), ModernBERT-style (window=w: |i−j| ≤ w on local layers),
+    or Llama-style (causal=True: k_pos ≤ q_pos on every layer, kv < HEADS KV heads)."""
     b = Builder(seed)
     ids, am = "input_ids", "attention_mask"
     x = b.op("Gather", [b.weight(VOCAB, HIDDEN, scale=1.0), ids], name="embeddings.Gather")
@@ -110,6 +133,12 @@ def encoder(form, opset, layers, window=None, global_every=0, seed=0, name="enco
     # Padding: [B,1,1,S] bool.
     pad = b.op("Unsqueeze", [b.op("Cast", [am], to=TensorProto.BOOL), b.const([1, 2], dtype=np.int64)], name="mask.padding")
     local = None
+    if causal:
+        seq = b.op("Gather", [b.op("Shape", [ids]), b.const(1, dtype=np.int64)], axis=0)
+        pos = b.op("Range", [b.const(0, dtype=np.int64), seq, b.const(1, dtype=np.int64)])
+        kp = b.op("Unsqueeze", [pos, b.const([0], dtype=np.int64)])
+        qp = b.op("Unsqueeze", [pos, b.const([1], dtype=np.int64)])
+        pad = b.op("And", [pad, b.op("LessOrEqual", [kp, qp], name="mask.causal")], name="mask.causal_padding")
     if window is not None:
         seq = b.op("Gather", [b.op("Shape", [ids]), b.const(1, dtype=np.int64)], axis=0)
         pos = b.op("Range", [b.const(0, dtype=np.int64), seq, b.const(1, dtype=np.int64)])
@@ -131,13 +160,13 @@ def encoder(form, opset, layers, window=None, global_every=0, seed=0, name="enco
             masks[kind] = b.op("Where", [m, b.const(0.0), b.const(NEG)], name=f"mask.{kind}.bias")
         else:
             masks[kind] = m
-    if window is None and form == "eager":
+    if window is None and form == "eager" and not causal:
         # BERT's extended mask: (1 - mask) * finfo.min, [B,1,1,S].
         ext = b.op("Cast", [b.op("Unsqueeze", [am, b.const([1, 2], dtype=np.int64)])], to=TensorProto.FLOAT)
         masks["global"] = b.op("Mul", [b.op("Sub", [b.const(1.0), ext]), b.const(NEG)], name="mask.extended")
     for i in range(layers):
         is_global = window is None or (global_every and i % global_every == 0)
-        a = attention(b, x, form, masks["global" if is_global else "local"], i)
+        a = attention(b, x, form, masks["global" if is_global else "local"], i, kv)
         x = layer_norm(b, b.op("Add", [x, a]))
         f = linear(b, b.op("Relu", [linear(b, x, HIDDEN, FFN)]), FFN, HIDDEN)
         x = layer_norm(b, b.op("Add", [x, f]))
@@ -165,6 +194,10 @@ MODELS = {
     "modernbert_eager_opset17": lambda: encoder("eager", 17, 6, window=64, global_every=3, seed=2, name="modernbert"),
     "modernbert_sdpa_opset20": lambda: encoder("sdpa", 20, 6, window=64, global_every=3, seed=2, name="modernbert"),
     "modernbert_attention_opset24": lambda: encoder("attention", 24, 6, window=64, global_every=3, seed=2, name="modernbert"),
+    # Llama-style decoder: causal, GQA 4:2 with repeat_kv before attention.
+    "llama_eager_opset17": lambda: encoder("eager", 17, 2, seed=3, name="llama", causal=True, kv=2),
+    "llama_sdpa_opset20": lambda: encoder("sdpa", 20, 2, seed=3, name="llama", causal=True, kv=2),
+    "llama_attention_opset24": lambda: encoder("attention", 24, 2, seed=3, name="llama", causal=True, kv=2),
 }
 
 

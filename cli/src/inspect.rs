@@ -84,6 +84,7 @@ pub fn json(model: &Model, sites: &[Site]) -> Value {
                 "form": t.mask.form,
                 "tensor": t.mask.tensor,
                 "padding": t.mask.padding.is_some(),
+                "causal": t.mask.causal,
                 "window": t.mask.window.map(|(l, r)| json!([l, r])),
                 "opaque": t.mask.opaque,
             },

@@ -25,6 +25,8 @@ pub struct MaskInfo {
     pub padding: Option<String>,
     /// A symmetric or asymmetric window `(left, right)`, inclusive.
     pub window: Option<(i64, i64)>,
+    /// A causal part `k_pos <= q_pos` was found.
+    pub causal: bool,
     /// Parts that were not recognised (op types), kept as a dense mask.
     pub opaque: Vec<String>,
 }
@@ -38,6 +40,9 @@ impl MaskInfo {
         let mut parts = Vec::new();
         if self.padding.is_some() {
             parts.push("padding".to_string());
+        }
+        if self.causal {
+            parts.push("causal".to_string());
         }
         if let Some((l, r)) = self.window {
             parts.push(format!("window(left={l},right={r})"));
@@ -56,7 +61,7 @@ impl MaskInfo {
     pub fn fully_recognised(&self) -> bool {
         self.form.is_some()
             && self.opaque.is_empty()
-            && (self.padding.is_some() || self.window.is_some())
+            && (self.padding.is_some() || self.window.is_some() || self.causal)
     }
 }
 
@@ -121,6 +126,7 @@ fn bool_parts(ix: &GraphIndex, tensor: &str, info: &mut MaskInfo) {
                 None => (w, w),
             });
         }
+        (true, "LessOrEqual") if is_causal(ix, tensor) => info.causal = true,
         _ if padding_only(ix, tensor) => {
             if info.padding.is_none() {
                 info.padding = Some(tensor.to_string());
@@ -149,6 +155,30 @@ pub fn is_bool(ix: &GraphIndex, tensor: &str) -> bool {
         "Expand" | "Unsqueeze" | "Squeeze" | "Reshape" | "Transpose" | "Identity" => {
             is_bool(ix, &n.input[0])
         }
+        _ => false,
+    }
+}
+
+/// `LessOrEqual(Unsqueeze(pos, [0]), Unsqueeze(pos, [1]))`: key position
+/// (last axis) ≤ query position (second-to-last axis), i.e. causal.
+fn is_causal(ix: &GraphIndex, tensor: &str) -> bool {
+    let Some(le) = ix.producer_op(tensor, "LessOrEqual") else {
+        return false;
+    };
+    let le = ix.node(le);
+    let unsq = |t: &str| -> Option<(String, Vec<f64>)> {
+        let u = ix.node(ix.producer_op(t, "Unsqueeze")?);
+        let axes = match u.input.get(1) {
+            Some(a) => ix.constant(a)?.values,
+            None => crate::graph::attr_ints(u, "axes")?
+                .iter()
+                .map(|&a| a as f64)
+                .collect(),
+        };
+        Some((u.input[0].clone(), axes))
+    };
+    match (unsq(&le.input[0]), unsq(&le.input[1])) {
+        (Some((k, ka)), Some((q, qa))) => k == q && ka == [0.0] && (qa == [1.0] || qa == [-1.0]),
         _ => false,
     }
 }

@@ -132,9 +132,12 @@ fn set_attr(n: &mut NodeProto, a: AttributeProto) {
 
 /// Window attributes for `site` under `policy`, and the mask input to keep.
 fn mask_plan(site: &Site, policy: &Policy) -> (Option<(i64, i64)>, Option<String>, i64) {
-    let kept = |s: &Site| match (s.mask.fully_recognised(), s.mask.window) {
-        (true, Some(_)) => s.mask.padding.clone(),
-        _ => s.mask.tensor.clone(),
+    let kept = |s: &Site| {
+        if s.mask.fully_recognised() && (s.mask.window.is_some() || s.mask.causal) {
+            s.mask.padding.clone()
+        } else {
+            s.mask.tensor.clone()
+        }
     };
     match policy {
         Policy::Exact => (
@@ -282,6 +285,8 @@ pub fn rewrite(
 fn swap_onnx_attention(n: &NodeProto, site: &Site, policy: &Policy) -> Vec<NodeProto> {
     let mut t = n.clone();
     t.domain = Some(TESSERA_DOMAIN.into());
+    t.input[1].clone_from(&site.k.0);
+    t.input[2].clone_from(&site.v);
     if t.output.len() > 3 {
         let qk = t.output.remove(3);
         t.output.push(String::new());
@@ -291,9 +296,12 @@ fn swap_onnx_attention(n: &NodeProto, site: &Site, policy: &Policy) -> Vec<NodeP
     if let Some((l, r)) = win {
         set_attr(&mut t, int_attr("left_window_size", l));
         set_attr(&mut t, int_attr("right_window_size", r));
-        if t.input.len() > 3 {
-            t.input[3] = mask.unwrap_or_default();
-        }
+    }
+    if site.mask.fully_recognised() && site.mask.causal {
+        set_attr(&mut t, int_attr("is_causal", 1));
+    }
+    if t.input.len() > 3 {
+        t.input[3] = mask.unwrap_or_default();
     }
     if globals > 0 {
         set_attr(&mut t, int_attr("num_global_tokens", globals));
@@ -347,6 +355,9 @@ fn build_decomposed(site: &Site, policy: &Policy) -> Vec<NodeProto> {
     }
     if let Some(s) = site.scale {
         node.attribute.push(float_attr("scale", s as f32));
+    }
+    if site.mask.fully_recognised() && site.mask.causal {
+        node.attribute.push(int_attr("is_causal", 1));
     }
     if let Some((l, r)) = win {
         node.attribute.push(int_attr("left_window_size", l));

@@ -185,6 +185,15 @@ fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> Option<Site>
         Some(m) => analyse_additive(ix, &m),
         None => MaskInfo::default(),
     };
+    // GQA exported as repeat_kv before a plain Attention: read the KV heads directly.
+    let (mut k, mut v, mut hkv) = (input(1)?, input(2)?, hkv);
+    if let (Some((k0, nk)), Some((v0, nv)), Some(h)) =
+        (fold_repeat_kv(ix, &k), fold_repeat_kv(ix, &v), hq)
+    {
+        if nk == nv && ix.shape(&q).is_none_or(|s| s.len() == 4) {
+            (k, v, hkv) = (k0, v0, Some(h / nk));
+        }
+    }
     let exact = if input(4).is_some() != input(5).is_some() {
         Err("past_key without past_value".into())
     } else {
@@ -196,8 +205,8 @@ fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> Option<Site>
         anchor: n.name().to_string(),
         nodes: vec![i],
         q,
-        k: (input(1)?, None),
-        v: input(2)?,
+        k: (k, None),
+        v,
         y: n.output.first()?.clone(),
         scale: attr_f(n, "scale").map(f64::from),
         q_heads: hq,
@@ -387,13 +396,29 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
         }
         None => (kt.clone(), Some(vec![0, 1, 3, 2])),
     };
-    let v = pvn.input[1].clone();
+    // GQA: fold the exporter's repeat_kv back to the KV heads.
+    let mut k = k;
+    let mut v = pvn.input[1].clone();
+    let mut n_rep = None;
+    if k.1.is_none() {
+        if let (Some((k0, nk)), Some((v0, nv))) = (fold_repeat_kv(ix, &k.0), fold_repeat_kv(ix, &v))
+        {
+            if nk == nv {
+                k.0 = k0;
+                v = v0;
+                n_rep = Some(nk);
+            }
+        }
+    }
     let (hq, d) = heads_from_reshape(ix, &q)
         .map(|(h, d)| (Some(h), Some(d)))
         .unwrap_or_else(|| heads_from_shape(ix, &q));
-    let hkv = heads_from_reshape(ix, &v)
-        .map(|(h, _)| h)
-        .or(heads_from_shape(ix, &v).0);
+    let hkv = match n_rep {
+        Some(n) => hq.map(|h| h / n),
+        None => heads_from_reshape(ix, &v)
+            .map(|(h, _)| h)
+            .or(heads_from_shape(ix, &v).0),
+    };
 
     let exact = if !(axis == -1 || axis == 3) {
         Err(format!(
@@ -433,6 +458,38 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
         causal: false,
         exact,
     })
+}
+
+/// `Reshape(Expand(Unsqueeze(x, axes=[2]), [.., .., n, .., ..]), ..)`: Llama's
+/// `repeat_kv`. Returns `x` (the KV heads) and `n`.
+fn fold_repeat_kv(ix: &GraphIndex, t: &str) -> Option<(String, i64)> {
+    let rs = ix.node(ix.producer_op(t, "Reshape")?);
+    let ex = ix.node(ix.producer_op(&rs.input[0], "Expand")?);
+    let un = ix.node(ix.producer_op(&ex.input[0], "Unsqueeze")?);
+    let axes = match un.input.get(1) {
+        Some(a) => ix.constant(a)?.values,
+        None => attr_ints(un, "axes")?.iter().map(|&a| a as f64).collect(),
+    };
+    if axes != [2.0] {
+        return None;
+    }
+    let n = match ix.constant(&ex.input[1]) {
+        Some(c) if c.values.len() == 5 => c.values[2],
+        _ => {
+            // One input per dimension (n at index 2), or slices of a Shape around one constant n.
+            let cat = ix.node(ix.producer_op(&ex.input[1], "Concat")?);
+            if cat.input.len() == 5 {
+                ix.scalar(&cat.input[2])?
+            } else {
+                let consts: Vec<f64> = cat.input.iter().filter_map(|i| ix.scalar(i)).collect();
+                match consts.as_slice() {
+                    [n] => *n,
+                    _ => return None,
+                }
+            }
+        }
+    };
+    (n >= 1.0 && n.fract() == 0.0).then(|| (un.input[0].clone(), n as i64))
 }
 
 /// Whether `t` is a MatMul output, possibly through a scale Mul/Div.

@@ -150,7 +150,7 @@ fn external_data_outside_the_folder_or_past_its_end_is_refused() {
     );
 }
 
-/// (model, sites, kinds, windowed sites)
+/// (model, sites, kinds, windowed sites); the Llama-style models are causal with 2 KV heads.
 const EXPECTED: &[(&str, usize, SiteKind, usize)] = &[
     ("bert_eager_opset17", 2, SiteKind::DecomposedEager, 0),
     ("bert_sdpa_opset20", 2, SiteKind::DecomposedSplitScale, 0),
@@ -168,19 +168,23 @@ const EXPECTED: &[(&str, usize, SiteKind, usize)] = &[
         SiteKind::OnnxAttention,
         4,
     ),
+    ("llama_eager_opset17", 2, SiteKind::DecomposedEager, 0),
+    ("llama_sdpa_opset20", 2, SiteKind::DecomposedSplitScale, 0),
+    ("llama_attention_opset24", 2, SiteKind::OnnxAttention, 0),
 ];
 
 #[test]
 fn bundled_models_have_the_expected_sites() {
     for &(name, count, kind, windowed) in EXPECTED {
+        let llama = name.starts_with("llama");
         let m = load(&models().join(format!("{name}.onnx"))).unwrap();
         let sites = find_sites(&GraphIndex::new(m.graph()));
         assert_eq!(sites.len(), count, "{name}");
         for s in &sites {
             assert_eq!(s.kind, kind, "{name} site {}", s.layer);
             assert_eq!(
-                (s.q_heads, s.kv_heads, s.head_dim),
-                (Some(4), Some(4), Some(32)),
+                (s.q_heads, s.kv_heads, s.head_dim, s.mask.causal),
+                (Some(4), Some(if llama { 2 } else { 4 }), Some(32), llama),
                 "{name} site {}",
                 s.layer
             );

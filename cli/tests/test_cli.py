@@ -27,6 +27,9 @@ EXPECTED = {
     "modernbert_eager_opset17": (6, "decomposed(eager)", 4),
     "modernbert_sdpa_opset20": (6, "decomposed(sdpa-split-scale)", 4),
     "modernbert_attention_opset24": (6, "onnx.Attention", 4),
+    "llama_eager_opset17": (2, "decomposed(eager)", 0),
+    "llama_sdpa_opset20": (2, "decomposed(sdpa-split-scale)", 0),
+    "llama_attention_opset24": (2, "onnx.Attention", 0),
 }
 
 
@@ -47,7 +50,10 @@ def test_inspect_lists_every_site(name):
     report = json.loads(tessera("inspect", model(name), "--json").stdout)
     assert len(report["sites"]) == sites
     assert {s["kind"] for s in report["sites"]} == {kind}
+    llama = name.startswith("llama")
     assert all(s["exact_rewrite"] and s["q_heads"] == 4 and s["head_dim"] == 32 for s in report["sites"])
+    # Llama-style GQA: repeat_kv folded back to 2 KV heads; the causal mask recognised.
+    assert all(s["kv_heads"] == (2 if llama else 4) and s["mask"]["causal"] == llama for s in report["sites"])
     assert all(s["mask"]["padding"] for s in report["sites"])
     wins = [s["layer"] for s in report["sites"] if s["mask"]["window"] == [64, 64]]
     assert len(wins) == windowed and all(l % 3 != 0 for l in wins)
@@ -65,6 +71,8 @@ def test_rewrite_is_exact_on_unpadded_positions(name, tmp_path):
     # Recognised windows become attributes (tiles are skipped); the dense mask shrinks to padding.
     windowed = [n for n in attn if any(a.name == "left_window_size" and a.i == 64 for a in n.attribute)]
     assert len(windowed) == EXPECTED[name][2]
+    causal = [n for n in attn if any(a.name == "is_causal" and a.i == 1 for a in n.attribute)]
+    assert len(causal) == (len(attn) if name.startswith("llama") else 0)
     r = tessera("verify", model(name), out, "--seq", "128,512,2048", "--batch", "2", "--tol", "1e-4", "--json")
     rep = json.loads(r.stdout)
     assert rep["pass"]
