@@ -44,3 +44,21 @@ want = {"TesseraFlashParams": 264, "TesseraIndexerParams": 80, "TesseraTopkParam
 assert sizes == want, sizes
 print("device harness: parameter blocks match the Rust mirrors")
 PY
+
+# The ORT plugin with its CUDA-EP kernels (ort-plugin/src/cuda): clippy, the
+# table tests, and the acceptance test that can run here -- the cuda-featured
+# library loads into the CPU-only onnxruntime wheel (1.32 and, when 20-ort
+# made it, 1.17.3), runs Attention/MergeAttention on the CPU EP with correct
+# results and maps no CUDA library.
+log "tessera-ort --features cuda (CUDA-EP registration on CPU-only ORT)"
+cargo clippy -p tessera-ort --no-deps --features cuda --all-targets -- -D warnings
+cargo test -p tessera-ort --features cuda --lib cuda
+cargo build -p tessera-ort --features cuda
+mkdir -p target/cuda-plugin
+cp target/debug/libtessera_ort.so target/cuda-plugin/libtessera_ort.so
+command -v readelf >/dev/null || need_apt binutils
+TESSERA_ORT_CUDA_LIB="$TESSERA_ROOT/target/cuda-plugin/libtessera_ort.so" \
+    "$VENV/bin/python" -m pytest -q python/tests/test_cuda_registration.py
+if [ -x "$VENV/ort-1.17.3/bin/python" ] && [ -e "$VENV/smoke_old_ort.onnx" ]; then
+    "$VENV/ort-1.17.3/bin/python" python/smoke_old_ort.py --run "$VENV/smoke_old_ort.onnx" target/cuda-plugin/libtessera_ort.so
+fi
