@@ -6,12 +6,13 @@
 //! tokens; a bool or float `attn_mask` whose last axis is the full key length
 //! (broadcast on the other axes); `nonpad_kv_seqlen` (read by the kernel
 //! from device memory, with the external-cache offset); 4-D
-//! `past_key`/`past_value` (concatenated on the stream into `present_*`, or
-//! into scratch when the node does not ask for them); `softmax_lse`.
+//! `past_key`/`past_value` and `present_key`/`present_value` (keys copied
+//! on the stream into `present_*`, or into scratch when the node does not
+//! ask for them); `softmax_lse`.
 //!
 //! Refused with `ORT_INVALID_ARGUMENT`, naming the rule: other head dims,
 //! float16/bfloat16 additive masks, masks shorter than the key length,
-//! `qk_matmul_output`, and a cache with 3-D K/V. Not checked here, unlike
+//! `qk_matmul_output`, and a cache or present outputs with 3-D K/V. Not checked here, unlike
 //! on the CPU: the values of `nonpad_kv_seqlen` (the host cannot read
 //! them; the kernel clamps them to the key length).
 //!
@@ -105,8 +106,9 @@ impl<T: HalfDtype> CustomOp for CudaAttentionOp<T> {
     }
 }
 
-/// `(B, Hkv, P+Skv, dim)` keys or values: `past` then the new rows, copied
-/// on `stream` into `dst`. New rows are read BHSD (4-D K/V only).
+/// `(B, Hkv, P+Skv, dim)` keys or values: `past` (P rows, none when P = 0)
+/// then the new rows, copied on `stream` into `dst`. New rows are read BHSD
+/// (4-D K/V only).
 ///
 /// # Safety
 /// Every address is device memory of the current context holding its
@@ -185,10 +187,6 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
                 elem::name(t.ts.elem)
             );
         }
-        ensure!(
-            !plan.has_past || plan.layout == Layout::Bhsd,
-            "past_key: a cache with 3-D K/V is not supported by the CUDA kernels (use 4-D K/V)"
-        );
         let total = plan.kv_total();
         let dense = match (&inputs[3], plan.mask) {
             (Some(t), Some(d)) => {
@@ -223,13 +221,19 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
         }
 
         let stream = ctx.stream()?;
-        let module = Module::for_current_context().map_err(from_cuda)?;
         let y = ctx
             .output(0, &plan.y_dims())?
             .ok_or_else(|| Error::fail("Y could not be allocated"))?;
         let present_k = ctx.output(1, &plan.present_key_dims())?;
         let present_v = ctx.output(2, &plan.present_value_dims())?;
         let lse = ctx.output(3, &plan.lse_dims())?;
+        let concat = plan.has_past || present_k.is_some() || present_v.is_some();
+        ensure!(
+            !concat || plan.layout == Layout::Bhsd,
+            "K: past_key/past_value or present_key/present_value with 3-D K/V are not supported by the CUDA kernels (use 4-D K/V)"
+        );
+        // After ORT's allocations, so the EP's context is current here.
+        let module = Module::for_current_context().map_err(from_cuda)?;
 
         let in_strides = |heads: usize, seq: usize, dim: usize| match plan.layout {
             Layout::Bhsd => Strides::bhsd(heads, seq, dim),
@@ -244,7 +248,7 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
                               new: &DeviceTensor,
                               dim: usize|
          -> Result<(DevicePtr, Strides)> {
-            if !plan.has_past {
+            if !plan.has_past && present.is_none() {
                 let s = in_strides(hkv, plan.kv_new, dim);
                 return Ok((new.ptr, s));
             }
@@ -258,12 +262,17 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
                     p
                 }
             };
-            let past = req(past)?;
+            // P = 0 without a cache: only the new rows are copied.
+            let past = match &inputs[past] {
+                Some(t) if plan.has_past => t.ptr,
+                _ => DevicePtr::NULL,
+            };
             let driver = Driver::get().map_err(from_cuda)?;
-            // SAFETY: past, new and dst are device tensors of this node with
-            // the shapes `plan` checked; dst holds B·Hkv·(P+Skv)·dim elements.
+            // SAFETY: past (P rows, P = 0 when absent), new and dst are
+            // device tensors of this node, 4-D (checked above) with the
+            // shapes `plan` checked; dst holds B·Hkv·(P+Skv)·dim elements.
             unsafe {
-                concat_cache(driver, &plan, dim, (past.ptr, new.ptr, dst), stream, bytes)?;
+                concat_cache(driver, &plan, dim, (past, new.ptr, dst), stream, bytes)?;
             }
             Ok((dst, Strides::bhsd(hkv, total, dim)))
         };

@@ -145,7 +145,6 @@ impl<T: MergeKernelDtype> DeviceKernel for CudaMergeOp<T> {
         }
         let (rows, dv) = rows_and_width(&ya.ts.dims, &la.ts.dims)?;
         let stream = ctx.stream()?;
-        let module = Module::for_current_context().map_err(from_cuda)?;
         let y = ctx
             .output(0, &ya.ts.dims)?
             .ok_or_else(|| Error::fail("Y could not be allocated"))?;
@@ -153,6 +152,8 @@ impl<T: MergeKernelDtype> DeviceKernel for CudaMergeOp<T> {
         if rows == 0 || dv == 0 {
             return Ok(());
         }
+        // After ORT's allocations, so the EP's context is current here.
+        let module = Module::for_current_context().map_err(from_cuda)?;
         let scratch = match lse_out {
             Some(_) => None,
             None => Some(ctx.scratch(la, rows * 4)?),

@@ -101,8 +101,8 @@ unsafe extern "system" fn compute<O: DeviceKernel>(
             return Err(Error::fail("null pointer from ORT"));
         }
         let api = ffi::api()?;
-        // SAFETY: `kernel` came from op.rs's `create_kernel::<O>` (the table
-        // is built from `op::table::<O>`) and lives until `destroy_kernel`;
+        // SAFETY: `kernel` came from op.rs's `create_kernel::<O>` (`table::<O>`
+        // builds both entries from the same `O`) and lives until `destroy_kernel`;
         // ORT may run several nodes at once, hence a shared reference.
         let op = unsafe { &*(kernel as *const O) };
         // SAFETY: `ctx` is valid for this call.
@@ -119,10 +119,16 @@ unsafe extern "system" fn compute<O: DeviceKernel>(
     status(r)
 }
 
-/// The CUDA-EP table of `O`, from the CPU table `base` (with or without
-/// shape inference, see [`op::table_without_inference`]).
-pub const fn table<O: DeviceKernel>(base: OrtCustomOp) -> OrtCustomOp {
-    let mut t = base;
+/// The CUDA-EP table of `O`: its [`op::table`] (or, without shape
+/// inference, [`op::table_without_inference`]) with the EP and the compute
+/// entry replaced. Building both from one `O` keeps `compute::<O>` reading
+/// the kernel that `create_kernel::<O>` made.
+pub const fn table<O: DeviceKernel>(with_inference: bool) -> OrtCustomOp {
+    let mut t = if with_inference {
+        op::table::<O>()
+    } else {
+        op::table_without_inference::<O>()
+    };
     t.GetExecutionProviderType = Some(get_ep);
     t.KernelComputeV2 = Some(compute::<O>);
     t
@@ -134,11 +140,11 @@ type MergeF32 = merge::CudaMergeOp<f32>;
 type MergeF16 = merge::CudaMergeOp<tessera_core::f16>;
 type MergeBf16 = merge::CudaMergeOp<tessera_core::bf16>;
 
-static ATTENTION_F16: OrtCustomOp = table::<AttentionF16>(op::table::<AttentionF16>());
-static ATTENTION_BF16: OrtCustomOp = table::<AttentionBf16>(op::table::<AttentionBf16>());
-static MERGE_F32: OrtCustomOp = table::<MergeF32>(op::table::<MergeF32>());
-static MERGE_F16: OrtCustomOp = table::<MergeF16>(op::table::<MergeF16>());
-static MERGE_BF16: OrtCustomOp = table::<MergeBf16>(op::table::<MergeBf16>());
+static ATTENTION_F16: OrtCustomOp = table::<AttentionF16>(true);
+static ATTENTION_BF16: OrtCustomOp = table::<AttentionBf16>(true);
+static MERGE_F32: OrtCustomOp = table::<MergeF32>(true);
+static MERGE_F16: OrtCustomOp = table::<MergeF16>(true);
+static MERGE_BF16: OrtCustomOp = table::<MergeBf16>(true);
 
 /// The CUDA-EP kernels, registered after the CPU ones of the same names.
 pub static OPS: [&OrtCustomOp; 5] = [
@@ -149,13 +155,11 @@ pub static OPS: [&OrtCustomOp; 5] = [
     &MERGE_BF16,
 ];
 
-static ATTENTION_F16_NI: OrtCustomOp =
-    table::<AttentionF16>(op::table_without_inference::<AttentionF16>());
-static ATTENTION_BF16_NI: OrtCustomOp =
-    table::<AttentionBf16>(op::table_without_inference::<AttentionBf16>());
-static MERGE_F32_NI: OrtCustomOp = table::<MergeF32>(op::table_without_inference::<MergeF32>());
-static MERGE_F16_NI: OrtCustomOp = table::<MergeF16>(op::table_without_inference::<MergeF16>());
-static MERGE_BF16_NI: OrtCustomOp = table::<MergeBf16>(op::table_without_inference::<MergeBf16>());
+static ATTENTION_F16_NI: OrtCustomOp = table::<AttentionF16>(false);
+static ATTENTION_BF16_NI: OrtCustomOp = table::<AttentionBf16>(false);
+static MERGE_F32_NI: OrtCustomOp = table::<MergeF32>(false);
+static MERGE_F16_NI: OrtCustomOp = table::<MergeF16>(false);
+static MERGE_BF16_NI: OrtCustomOp = table::<MergeBf16>(false);
 
 /// [`OPS`] without shape inference, for runtimes before 1.24.
 pub static OPS_WITHOUT_INFERENCE: [&OrtCustomOp; 5] = [
