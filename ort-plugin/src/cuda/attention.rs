@@ -144,6 +144,81 @@ unsafe fn concat_cache(
     Ok(())
 }
 
+fn layout_strides(layout: Layout, heads: usize, seq: usize, dim: usize) -> Strides {
+    match layout {
+        Layout::Bhsd => Strides::bhsd(heads, seq, dim),
+        Layout::Bshd => Strides::bshd(heads, seq, dim),
+    }
+}
+
+/// The kernel's view of a dense `attn_mask` whose dims, right-aligned to
+/// `(B, Hq, Sq, kv)`, are `d`: bool or float, its last axis the full key
+/// length `total`, broadcast on the others.
+fn dense_mask(
+    elem_type: i32,
+    d: [usize; 4],
+    total: usize,
+    ptr: DevicePtr,
+) -> Result<DeviceDenseMask> {
+    let is_bool = match elem_type {
+        elem::BOOL => true,
+        elem::FLOAT => false,
+        other => {
+            return Err(Error::invalid(format!(
+                "attn_mask: element type {} is not supported by the CUDA kernels (bool or float)",
+                elem::name(other)
+            )))
+        }
+    };
+    ensure!(
+        d[3] == total,
+        "attn_mask: last axis {} must be the total key length {total} on the CUDA kernels (shorter masks are padded only on the CPU)",
+        d[3]
+    );
+    Ok(DeviceDenseMask {
+        ptr,
+        is_bool,
+        strides: MaskStrides::broadcast(d[0], d[1], d[2], total),
+    })
+}
+
+/// The spec and structural mask of one call: Q and Y in the node's layout,
+/// K and V with `k`/`v` strides (in place, or the BHSD concatenation with
+/// the cache), positions offset by the cache length as on the CPU.
+fn kernel_call(
+    attrs: &Attrs,
+    plan: &Plan,
+    k: Strides,
+    v: Strides,
+) -> Result<(AttentionSpec, MaskSpec<'static>)> {
+    let (d, dv) = (plan.head_dim, plan.v_head_dim);
+    let spec = AttentionSpec {
+        batch: plan.batch,
+        q_heads: plan.q_heads,
+        kv_heads: plan.kv_heads,
+        q_len: plan.q_len,
+        kv_len: plan.kv_total(),
+        head_dim: d,
+        v_head_dim: dv,
+        scale: attrs.scale.unwrap_or_else(|| default_scale(d)),
+        softcap: attrs.softcap,
+        q: layout_strides(plan.layout, plan.q_heads, plan.q_len, d),
+        k,
+        v,
+        out: layout_strides(plan.layout, plan.q_heads, plan.q_len, dv),
+    };
+    let offset = isize::try_from(plan.past)
+        .map_err(|_| Error::invalid("past_key: past length too large"))?;
+    let mask = if attrs.is_causal {
+        MaskSpec::NONE.causal(offset)
+    } else {
+        MaskSpec::NONE.offset(offset)
+    }
+    .window(attrs.left_window, attrs.right_window)
+    .globals(attrs.global_tokens);
+    Ok((spec, mask))
+}
+
 impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
     fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
         let mut inputs: [Option<DeviceTensor>; 7] = Default::default();
@@ -189,28 +264,7 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
         }
         let total = plan.kv_total();
         let dense = match (&inputs[3], plan.mask) {
-            (Some(t), Some(d)) => {
-                let is_bool = match t.ts.elem {
-                    elem::BOOL => true,
-                    elem::FLOAT => false,
-                    other => {
-                        return Err(Error::invalid(format!(
-                            "attn_mask: element type {} is not supported by the CUDA kernels (bool or float)",
-                            elem::name(other)
-                        )))
-                    }
-                };
-                ensure!(
-                    d[3] == total,
-                    "attn_mask: last axis {} must be the total key length {total} on the CUDA kernels (shorter masks are padded only on the CPU)",
-                    d[3]
-                );
-                Some(DeviceDenseMask {
-                    ptr: t.ptr,
-                    is_bool,
-                    strides: MaskStrides::broadcast(d[0], d[1], d[2], total),
-                })
-            }
+            (Some(t), Some(d)) => Some(dense_mask(t.ts.elem, d, total, t.ptr)?),
             _ => None,
         };
         if ctx.output_count()? > 4 {
@@ -235,10 +289,7 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
         // After ORT's allocations, so the EP's context is current here.
         let module = Module::for_current_context().map_err(from_cuda)?;
 
-        let in_strides = |heads: usize, seq: usize, dim: usize| match plan.layout {
-            Layout::Bhsd => Strides::bhsd(heads, seq, dim),
-            Layout::Bshd => Strides::bshd(heads, seq, dim),
-        };
+        let in_strides = |heads, seq, dim| layout_strides(plan.layout, heads, seq, dim);
         let (hkv, d, dv) = (plan.kv_heads, plan.head_dim, plan.v_head_dim);
         let bytes = T::CUDA.size() as usize;
         // Keys and values: read in place, or concatenated with the cache.
@@ -279,30 +330,7 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
         let (k_ptr, k_strides) = with_cache(present_k, 4, k_in, d)?;
         let (v_ptr, v_strides) = with_cache(present_v, 5, v_in, dv)?;
 
-        let spec = AttentionSpec {
-            batch: plan.batch,
-            q_heads: plan.q_heads,
-            kv_heads: hkv,
-            q_len: plan.q_len,
-            kv_len: total,
-            head_dim: d,
-            v_head_dim: dv,
-            scale: self.attrs.scale.unwrap_or_else(|| default_scale(d)),
-            softcap: self.attrs.softcap,
-            q: in_strides(plan.q_heads, plan.q_len, d),
-            k: k_strides,
-            v: v_strides,
-            out: in_strides(plan.q_heads, plan.q_len, dv),
-        };
-        let offset = isize::try_from(plan.past)
-            .map_err(|_| Error::invalid("past_key: past length too large"))?;
-        let mask = if self.attrs.is_causal {
-            MaskSpec::NONE.causal(offset)
-        } else {
-            MaskSpec::NONE.offset(offset)
-        }
-        .window(self.attrs.left_window, self.attrs.right_window)
-        .globals(self.attrs.global_tokens);
+        let (spec, mask) = kernel_call(&self.attrs, &plan, k_strides, v_strides)?;
         let device_mask = DeviceMask {
             kv_lens: inputs[6].as_ref().map(|t| t.ptr),
             align_to_kv_lens: inputs[6].is_some(),
@@ -322,5 +350,190 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
         // on the stream (see `DeviceContext::scratch`).
         drop(scratch);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The plugin's calls checked against `tessera_cuda::plan`, the same
+    //! validation a launch runs first, with aligned stand-in addresses: no
+    //! GPU is needed to see that every supported node becomes a valid launch
+    //! with the CPU op's geometry and mask.
+    use super::*;
+    use tessera_cuda::plan;
+
+    const Q: DevicePtr = DevicePtr(0x10_0000);
+    const K: DevicePtr = DevicePtr(0x20_0000);
+    const V: DevicePtr = DevicePtr(0x30_0000);
+    const Y: DevicePtr = DevicePtr(0x40_0000);
+    const LSE: DevicePtr = DevicePtr(0x50_0000);
+    const LENS: DevicePtr = DevicePtr(0x60_0000);
+    const MASK: DevicePtr = DevicePtr(0x70_0000);
+
+    fn attrs(raw: RawAttrs) -> Attrs {
+        Attrs::parse(&raw).unwrap()
+    }
+
+    /// Plan + kernel call + the CUDA plan for a node, as `run` builds them
+    /// (K/V concatenated with the cache into BHSD when `past` is given).
+    fn launch(
+        a: &Attrs,
+        shapes: Shapes<'_>,
+        mask_elem: Option<i32>,
+        dtype: Dtype,
+    ) -> Result<plan::Launch<tessera_cuda::params::FlashParams>> {
+        let p = Plan::new(a, &shapes)?;
+        let (k, v) = if p.has_past {
+            (
+                Strides::bhsd(p.kv_heads, p.kv_total(), p.head_dim),
+                Strides::bhsd(p.kv_heads, p.kv_total(), p.v_head_dim),
+            )
+        } else {
+            (
+                layout_strides(p.layout, p.kv_heads, p.kv_new, p.head_dim),
+                layout_strides(p.layout, p.kv_heads, p.kv_new, p.v_head_dim),
+            )
+        };
+        let (spec, mask) = kernel_call(a, &p, k, v)?;
+        let dense = match (mask_elem, p.mask) {
+            (Some(e), Some(d)) => Some(dense_mask(e, d, p.kv_total(), MASK)?),
+            _ => None,
+        };
+        let dm = DeviceMask {
+            kv_lens: shapes.nonpad.map(|_| LENS),
+            align_to_kv_lens: shapes.nonpad.is_some(),
+            dense,
+        };
+        let bufs = AttentionBuffers {
+            q: Q,
+            k: K,
+            v: V,
+            y: Y,
+            lse: Some(LSE),
+        };
+        plan::attention(&spec, &mask, &dm, dtype, &bufs).map_err(from_cuda)
+    }
+
+    #[test]
+    fn a_4d_gqa_causal_node_with_a_cache_launches_with_the_cpu_geometry() {
+        let a = attrs(RawAttrs {
+            is_causal: Some(1),
+            softcap: Some(30.0),
+            left_window_size: Some(100),
+            num_global_tokens: Some(4),
+            ..Default::default()
+        });
+        let l = launch(
+            &a,
+            Shapes {
+                q: &[2, 8, 5, 128],
+                k: &[2, 2, 5, 128],
+                v: &[2, 2, 5, 128],
+                past_key: Some(&[2, 2, 300, 128]),
+                past_value: Some(&[2, 2, 300, 128]),
+                ..Default::default()
+            },
+            None,
+            Dtype::Bf16,
+        )
+        .unwrap();
+        let f = l.params;
+        assert_eq!(l.kernel, "tessera_flash_bf16_d128_sc1_dm0");
+        assert_eq!(
+            (f.batch, f.q_heads, f.kv_heads, f.q_len, f.kv_len),
+            (2, 8, 2, 5, 305)
+        );
+        assert_eq!((f.causal, f.q_offset, f.offset_from_kv_lens), (1, 300, 0));
+        assert_eq!(
+            (f.left_window, f.right_window, f.global_tokens),
+            (100, -1, 4)
+        );
+        assert_eq!(
+            (f.k_batch, f.k_head, f.k_seq),
+            (2 * 305 * 128, 305 * 128, 128)
+        );
+        assert_eq!((f.q_batch, f.q_head, f.q_seq), (8 * 5 * 128, 5 * 128, 128));
+        assert_eq!(f.scale, 1.0 / (128f32).sqrt());
+        assert_eq!((f.softcap, f.lse, f.kv_lens, f.mask), (30.0, LSE.0, 0, 0));
+    }
+
+    #[test]
+    fn a_3d_node_with_nonpad_and_a_bool_mask_launches_in_place() {
+        let a = attrs(RawAttrs {
+            q_num_heads: Some(4),
+            kv_num_heads: Some(4),
+            scale: Some(0.25),
+            ..Default::default()
+        });
+        let l = launch(
+            &a,
+            Shapes {
+                q: &[3, 7, 4 * 64],
+                k: &[3, 9, 4 * 64],
+                v: &[3, 9, 4 * 64],
+                mask: Some(&[3, 1, 7, 9]),
+                nonpad: Some(&[3]),
+                ..Default::default()
+            },
+            Some(elem::BOOL),
+            Dtype::F16,
+        )
+        .unwrap();
+        let f = l.params;
+        assert_eq!(l.kernel, "tessera_flash_f16_d64_sc0_dm1");
+        // (B, S, H·D): heads are D apart, positions H·D.
+        assert_eq!((f.q_batch, f.q_head, f.q_seq), (7 * 256, 64, 256));
+        assert_eq!((f.k_batch, f.k_head, f.k_seq), (9 * 256, 64, 256));
+        assert_eq!((f.y_batch, f.y_head, f.y_seq), (7 * 256, 64, 256));
+        assert_eq!((f.kv_lens, f.offset_from_kv_lens, f.causal), (LENS.0, 1, 0));
+        assert_eq!((f.mask, f.mask_is_bool), (MASK.0, 1));
+        // The mask broadcasts over heads: (B, 1, Sq, Skv) contiguous.
+        assert_eq!((f.m_batch, f.m_head, f.m_q, f.m_k), (7 * 9, 0, 9, 1));
+        assert_eq!(f.scale, 0.25);
+    }
+
+    #[test]
+    fn what_the_cuda_kernels_lack_is_bad_input_naming_the_rule() {
+        let a = Attrs::default();
+        let q = [1, 2, 4, 96];
+        let e = launch(
+            &a,
+            Shapes {
+                q: &q,
+                k: &q,
+                v: &q,
+                ..Default::default()
+            },
+            None,
+            Dtype::F16,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::InvalidArgument);
+        assert!(e.message.contains("D=96"), "{}", e.message);
+        let short = dense_mask(elem::BOOL, [1, 1, 4, 3], 4, MASK).unwrap_err();
+        assert!(
+            short
+                .message
+                .contains("last axis 3 must be the total key length 4"),
+            "{}",
+            short.message
+        );
+        let half = dense_mask(elem::FLOAT16, [1, 1, 4, 4], 4, MASK).unwrap_err();
+        assert!(
+            half.message.contains("float16 is not supported"),
+            "{}",
+            half.message
+        );
+        let ok = dense_mask(elem::FLOAT, [1, 1, 1, 4], 4, MASK).unwrap();
+        assert!(!ok.is_bool);
+        assert_eq!(
+            (
+                ok.strides.batch,
+                ok.strides.head,
+                ok.strides.q,
+                ok.strides.k
+            ),
+            (0, 0, 0, 1)
+        );
     }
 }
