@@ -96,21 +96,25 @@ def test_merge_runs_on_the_cpu_ep_in_float16(cuda_lib):
     np.testing.assert_allclose(lse, np.log(wa + wb), rtol=1e-5, atol=1e-6)
 
 
-def test_no_cuda_library_is_opened(cuda_lib):
-    """A fresh process registers the library, runs both ops, and then reads
-    its own memory map: the plugin is mapped, no CUDA library is."""
+def test_registration_is_silent_and_opens_no_cuda_library(cuda_lib):
+    """A fresh process registers the library with ORT's verbose log on, runs
+    Attention in float16, and then reads its own memory map: ORT logged no
+    warning or error, the plugin is mapped, no CUDA library is."""
     script = textwrap.dedent(
         """
         import json, sys
         import numpy as np
         import onnxruntime as ort
         sys.path.insert(0, sys.argv[2])
-        from conftest import attention_model, session
+        from conftest import attention_model
         from onnx import TensorProto as TP
-        lib = sys.argv[1]
+        so = ort.SessionOptions()
+        so.register_custom_ops_library(sys.argv[1])
+        so.log_severity_level = 0  # verbose: every warning of ORT's shows
         m = attention_model([("Q", TP.FLOAT16), ("K", TP.FLOAT16), ("V", TP.FLOAT16)])
         x = np.ones((1, 1, 4, 64), np.float16)
-        sess = session(lib, m)  # kept alive: the library stays mapped while it is
+        # Kept alive: the library stays mapped while the session is.
+        sess = ort.InferenceSession(m, so, providers=["CPUExecutionProvider"])
         (y,) = sess.run(None, {"Q": x, "K": x, "V": x})
         maps = [l.split()[-1] for l in open("/proc/self/maps") if "/" in l]
         print(json.dumps({"y": float(y.astype(np.float32).sum()), "maps": sorted(set(maps))}))
@@ -119,6 +123,9 @@ def test_no_cuda_library_is_opened(cuda_lib):
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, "-c", script, cuda_lib, here], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+    log = out.stderr.splitlines()
+    assert any("[I:onnxruntime" in line for line in log), "ORT's verbose log did not show"
+    assert not [line for line in log if "[W:" in line or "[E:" in line], log
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["y"] == 4 * 64, got["y"]  # V is all ones
     maps = got["maps"]
