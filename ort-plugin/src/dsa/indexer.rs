@@ -34,9 +34,7 @@ use tessera_core::{
     Element, Fp8, Indexer, IndexerSpec, LightningIndexer, MaskSpec, Scales, E4M3, E5M2,
 };
 
-use super::{
-    attr_at_least, attr_bool, causal_offset, chunks, dims, with_kernel, AttrRead, Disjoint,
-};
+use super::{attr_at_least, attr_bool, causal_offset, chunks, dims, with_kernel, Disjoint};
 use crate::error::{Error, Result};
 use crate::ffi::{elem, Dim, InputTensor, KernelContext, KernelInfo, ShapeInference};
 use crate::op::{CustomOp, Port, PortType};
@@ -200,12 +198,12 @@ impl CustomOp for LightningIndexerOp {
     }
 
     fn attach(info: &KernelInfo) -> Result<Self> {
-        let top_k = top_k_attr(info.attr_i64(c"top_k").read()?)?
+        let top_k = top_k_attr(info.attr_i64(c"top_k"))?
             .ok_or_else(|| Error::invalid("top_k is required (the keys kept per query, >= 1)"))?;
         Ok(Self {
             top_k,
-            causal: attr_bool("is_causal", info.attr_i64(c"is_causal").read()?)?,
-            format: Format::parse(info.attr_string(c"format").read()?.as_deref())?,
+            causal: attr_bool("is_causal", info.attr_i64(c"is_causal"))?,
+            format: Format::parse(info.attr_string(c"format").as_deref())?,
         })
     }
 
@@ -291,7 +289,7 @@ impl CustomOp for LightningIndexerOp {
     }
 
     fn infer(ctx: &ShapeInference) -> Result<()> {
-        let (Some(q), Some(k)) = (ctx.attr_i64(c"top_k").read()?, ctx.input(0)?) else {
+        let (Some(q), Some(k)) = (ctx.attr_i64(c"top_k"), ctx.input(0)?) else {
             return Ok(());
         };
         if q < 1 || k.dims.len() != 4 {

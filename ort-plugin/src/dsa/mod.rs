@@ -175,23 +175,3 @@ pub(crate) fn chunks(items: usize) -> (usize, usize) {
     let tasks = items.clamp(1, MAX_TASKS);
     (tasks, items.div_ceil(tasks))
 }
-
-/// An attribute read as `Result<Option<T>>`, from either form the
-/// [`KernelInfo`](crate::ffi::KernelInfo) readers return (`Option<T>`, or
-/// `Result<Option<T>>` when a wrongly typed attribute is an error).
-pub(crate) trait AttrRead<T> {
-    /// The attribute, `None` when the node does not set it.
-    fn read(self) -> Result<Option<T>>;
-}
-
-impl<T> AttrRead<T> for Option<T> {
-    fn read(self) -> Result<Option<T>> {
-        Ok(self)
-    }
-}
-
-impl<T> AttrRead<T> for Result<Option<T>> {
-    fn read(self) -> Result<Option<T>> {
-        self
-    }
-}

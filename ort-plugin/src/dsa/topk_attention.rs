@@ -55,9 +55,7 @@ use tessera_core::{
     Flash, GatherAttention, IndexList, Keep, MaskSpec, SparseAttention, Stats, Strides,
 };
 
-use super::{
-    attr_at_least, attr_bool, causal_offset, chunks, dims, with_kernel, AttrRead, Disjoint,
-};
+use super::{attr_at_least, attr_bool, causal_offset, chunks, dims, with_kernel, Disjoint};
 use crate::attention::plan::{Attrs, Layout, Plan, RawAttrs, Shapes};
 use crate::attention::Dtype;
 use crate::error::{Error, Result};
@@ -346,27 +344,19 @@ impl<T: TopKDtype> CustomOp for TopKAttentionOp<T> {
 
     fn attach(info: &KernelInfo) -> Result<Self> {
         let raw = RawAttrs {
-            is_causal: info.attr_i64(c"is_causal").read()?,
-            scale: info.attr_f32(c"scale").read()?,
-            q_num_heads: info.attr_i64(c"q_num_heads").read()?,
-            kv_num_heads: info.attr_i64(c"kv_num_heads").read()?,
+            is_causal: info.attr_i64(c"is_causal"),
+            scale: info.attr_f32(c"scale"),
+            q_num_heads: info.attr_i64(c"q_num_heads"),
+            kv_num_heads: info.attr_i64(c"kv_num_heads"),
             ..Default::default()
         };
         attr_bool("is_causal", raw.is_causal)?;
-        let window = attr_at_least(
-            "left_window_size",
-            info.attr_i64(c"left_window_size").read()?,
-            -1,
-        )?;
-        let globals = attr_at_least(
-            "num_global_tokens",
-            info.attr_i64(c"num_global_tokens").read()?,
-            0,
-        )?;
+        let window = attr_at_least("left_window_size", info.attr_i64(c"left_window_size"), -1)?;
+        let globals = attr_at_least("num_global_tokens", info.attr_i64(c"num_global_tokens"), 0)?;
         let too_large = |name: &str| Error::invalid(format!("{name} is too large"));
         Ok(Self {
             attrs: Attrs::parse(&raw)?,
-            top_k: super::indexer::top_k_attr(info.attr_i64(c"top_k").read()?)?,
+            top_k: super::indexer::top_k_attr(info.attr_i64(c"top_k"))?,
             keep: Keep {
                 local_window: match window {
                     None | Some(-1) => None,
