@@ -13,6 +13,7 @@ from conftest import session
 
 F, I64 = TP.FLOAT, TP.INT64
 TYPES = {np.dtype(np.float32): F, np.dtype(np.float16): TP.FLOAT16, np.dtype(np.float64): TP.DOUBLE,
+         np.dtype(ml_dtypes.bfloat16): TP.BFLOAT16,
          np.dtype(np.int32): TP.INT32, np.dtype(np.int64): I64, np.dtype(bool): TP.BOOL}
 TOPK_IN = ["Q", "K", "V", "indices"]
 
@@ -167,6 +168,17 @@ def test_indexer_pads_with_minus_one_and_masks_leading_rows(lib):
         n_vis = max(0, min(5, t - 4 + 1))
         assert (idx[0, t, n_vis:] == -1).all() and (idx[0, t, :n_vis] >= 0).all(), (t, idx[0, t])
     assert (idx[0, 9] == [1, 2, 3, 4, 5]).all() or len(set(idx[0, 9])) == 5
+
+
+@pytest.mark.parametrize("dt", [np.float16])  # bfloat16: tests/tests/dsa_ops.rs (onnxruntime's Python API takes no bfloat16 arrays)
+def test_indexer_reads_half_inputs_as_their_exact_values(lib, dt):
+    rng = np.random.default_rng(4)
+    q, k, w = rand(rng, 2, 30, 3, 40).astype(dt), rand(rng, 2, 50, 40).astype(dt), rand(rng, 2, 30, 3).astype(dt)
+    attrs = {"top_k": 7, "is_causal": 1, "format": "e4m3"}
+    (half,) = run(lib, "LightningIndexer", {"index_q": q, "index_k": k, "index_w": w}, IDX_OUT, attrs)
+    wide = {"index_q": q.astype(np.float32), "index_k": k.astype(np.float32), "index_w": w.astype(np.float32)}
+    (full,) = run(lib, "LightningIndexer", wide, IDX_OUT, attrs)
+    assert (half == full).all()
 
 
 def test_indexer_ties_go_to_the_lower_key(lib):
@@ -432,7 +444,7 @@ BAD = [
     ("LightningIndexer", {"top_k": 2}, idx_feeds(k=(2, 7, 8)), IDX_OUT, "index_k: shape [2, 7, 8]"),
     ("LightningIndexer", {"top_k": 2}, idx_feeds(w=(1, 5, 3)), IDX_OUT, "index_w: shape [1, 5, 3] must be (batch, q_seq, index_heads) = [1, 5, 2]"),
     ("LightningIndexer", {"top_k": 2}, idx_feeds(q=(1, 5, 16)), IDX_OUT, "index_q: rank must be 4"),
-    ("LightningIndexer", {"top_k": 2}, idx_feeds(dt=np.float16), IDX_OUT, "index_q: element type float16 is not the expected float"),
+    ("LightningIndexer", {"top_k": 2}, idx_feeds(dt=np.float64), IDX_OUT, "index_q: element type double is not supported (float, float16 or bfloat16)"),
     ("LightningIndexer", {"top_k": 2}, {**idx_feeds(), "index_k": np.full((1, 7, 8), np.nan, np.float32)}, IDX_OUT,
      "index_k: element 0 is NaN, must be finite"),
     ("TopKAttention", {}, topk_feeds(), TOPK_OUT, "top_k is required without an indices input"),

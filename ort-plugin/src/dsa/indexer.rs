@@ -3,9 +3,9 @@
 //!
 //! | # | input | type | shape |
 //! | --- | --- | --- | --- |
-//! | 0 | `index_q` | float | `(B, Sq, Hi, Di)` |
-//! | 1 | `index_k` | float | `(B, Skv, Di)` |
-//! | 2 | `index_w` | float | `(B, Sq, Hi)` |
+//! | 0 | `index_q` | float, float16 or bfloat16 | `(B, Sq, Hi, Di)` |
+//! | 1 | `index_k` | float, float16 or bfloat16 | `(B, Skv, Di)` |
+//! | 2 | `index_w` | float, float16 or bfloat16 | `(B, Sq, Hi)` |
 //!
 //! | # | output | type | shape |
 //! | --- | --- | --- | --- |
@@ -27,11 +27,12 @@
 //! Quantised copies of q and k: one byte per element plus one scale per 128.
 
 use core::ffi::CStr;
+use std::borrow::Cow;
 
 use tessera_core::fp8::{quantize, SCALE_GROUP};
 use tessera_core::kernel::MicroKernel;
 use tessera_core::{
-    Element, Fp8, Indexer, IndexerSpec, LightningIndexer, MaskSpec, Scales, E4M3, E5M2,
+    bf16, f16, Element, Fp8, Indexer, IndexerSpec, LightningIndexer, MaskSpec, Scales, E4M3, E5M2,
 };
 
 use super::{attr_at_least, attr_bool, causal_offset, chunks, dims, with_kernel, Disjoint};
@@ -94,10 +95,21 @@ pub(crate) fn top_k_attr(v: Option<i64>) -> Result<Option<usize>> {
     }
 }
 
-/// `x` as f32 after checking the type; the first non-finite element is
-/// refused by name (its FP8 scale would be meaningless).
-fn finite_f32<'a>(t: &'a InputTensor, name: &str) -> Result<&'a [f32]> {
-    let x = t.slice::<f32>(name, elem::FLOAT)?;
+/// `x` as f32: float in place, float16/bfloat16 widened (exactly) into a
+/// copy; the first non-finite element is refused by name (its FP8 scale
+/// would be meaningless).
+fn finite_f32<'a>(t: &'a InputTensor, name: &str) -> Result<Cow<'a, [f32]>> {
+    let x: Cow<'a, [f32]> = match t.ts.elem {
+        elem::FLOAT => Cow::Borrowed(t.slice::<f32>(name, elem::FLOAT)?),
+        elem::FLOAT16 => Cow::Owned(widen::<f16>(t.slice(name, elem::FLOAT16)?)),
+        elem::BFLOAT16 => Cow::Owned(widen::<bf16>(t.slice(name, elem::BFLOAT16)?)),
+        other => {
+            return Err(Error::invalid(format!(
+                "{name}: element type {} is not supported (float, float16 or bfloat16)",
+                elem::name(other)
+            )))
+        }
+    };
     if let Some(at) = x.iter().position(|v| !v.is_finite()) {
         return Err(Error::invalid(format!(
             "{name}: element {at} is {}, must be finite",
@@ -105,6 +117,10 @@ fn finite_f32<'a>(t: &'a InputTensor, name: &str) -> Result<&'a [f32]> {
         )));
     }
     Ok(x)
+}
+
+fn widen<T: Element>(x: &[T]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
 }
 
 /// `x` quantised row by row (`row_len` elements) with per-128 scales.
@@ -279,10 +295,10 @@ impl CustomOp for LightningIndexerOp {
             MaskSpec::NONE
         };
         match self.format {
-            Format::E4M3 => self.run_fp8::<E4M3>(ctx, spec, &mask, (qx, kx, wx), out),
-            Format::E5M2 => self.run_fp8::<E5M2>(ctx, spec, &mask, (qx, kx, wx), out),
+            Format::E4M3 => self.run_fp8::<E4M3>(ctx, spec, &mask, (&qx, &kx, &wx), out),
+            Format::E5M2 => self.run_fp8::<E5M2>(ctx, spec, &mask, (&qx, &kx, &wx), out),
             Format::F32 => {
-                let ix = Indexer::new(spec, &mask, qx, None, kx, None, wx)?;
+                let ix = Indexer::new(spec, &mask, &qx, None, &kx, None, &wx)?;
                 self.run(ctx, &ix, out)
             }
         }
