@@ -159,8 +159,49 @@ def main(spec_path):
     return 0 if ok else 1
 
 
+def bench(spec):
+    """Time and peak RSS of the original and each rewrite, side by side, one child process per run."""
+    rng = np.random.default_rng(spec.get("seed", 0))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seq in spec["seqs"]:
+            feeds, lengths = make_inputs(spec, spec["batch"], seq, rng)
+            inp = os.path.join(tmp, f"in{seq}.npz")
+            np.savez(inp, **feeds)
+            ref = None
+            for label, path in spec["models"]:
+                out = os.path.join(tmp, "out.npz")
+                print(f"bench: S={seq} {label} ...", file=sys.stderr, flush=True)
+                r = subprocess.run([sys.executable, __file__, "--run", path, inp, out, spec["plugin"], str(spec.get("threads", 0))],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    rows.append({"seq": seq, "model": label, "error": (r.stderr.strip().splitlines() or ["failed"])[-1]})
+                    continue
+                m = json.loads(r.stdout)
+                y = np.load(out)["o0"]
+                if ref is None:
+                    ref = y
+                err = compare(ref, y, lengths, spec["batch"], seq)["max_abs"] if ref.shape == y.shape else float("nan")
+                rows.append({"seq": seq, "model": label, "run_s": m["run_s"], "peak_rss_mb": m["peak_rss_mb"], "max_abs_vs_original": err})
+    if spec["json"]:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{'S':>6}  {'model':<40} {'run (ms)':>10} {'x orig':>7} {'peak RSS (MB)':>14} {'x orig':>7} {'max abs vs orig':>16}")
+    base = {}
+    for r in rows:
+        if "error" in r:
+            print(f"{r['seq']:>6}  {r['model']:<40} failed: {r['error']}")
+            continue
+        b = base.setdefault(r["seq"], r)
+        print(f"{r['seq']:>6}  {r['model']:<40} {r['run_s']*1e3:>10.1f} {r['run_s']/b['run_s']:>7.2f} {r['peak_rss_mb']:>14.1f} "
+              f"{r['peak_rss_mb']/b['peak_rss_mb']:>7.2f} {r['max_abs_vs_original']:>16.2e}")
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--run":
         run_one(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
     else:
-        sys.exit(main(sys.argv[1]))
+        spec = json.load(open(sys.argv[1]))
+        sys.exit(bench(spec) if spec.get("bench") else main(sys.argv[1]))

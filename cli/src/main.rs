@@ -11,7 +11,8 @@ use tessera_cli::{bail, inspect, model, verify};
 const USAGE: &str = "usage:
   tessera inspect MODEL.onnx [--json]
   tessera rewrite IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]] [--layers LIST]
-  tessera verify ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]";
+  tessera verify ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]
+  tessera bench MODEL.onnx [--seq N,...] [--policy P]... [--batch B] [--threads T] [--json]";
 
 /// Command-line words: positional arguments and `--flag [value]` pairs.
 struct Args {
@@ -180,6 +181,51 @@ fn run(words: &[String]) -> Result<i32> {
                 threads: num("--threads", a.get("--threads").unwrap_or("0"))?,
             };
             verify::verify(&orig, &new, &m, &opts)
+        }
+        "bench" => {
+            let a = Args::parse(rest, &["--seq", "--batch", "--policy", "--threads"])?;
+            let path = a.one(1, "one model file")?;
+            let m = model::load(&path)?;
+            let num = |k: &str, s: &str| -> Result<usize> {
+                s.trim()
+                    .parse()
+                    .map_err(|_| Error(format!("{k} '{s}' is not a positive integer")))
+            };
+            let seqs = a
+                .get("--seq")
+                .unwrap_or("512,2048")
+                .split(',')
+                .map(|s| num("--seq", s))
+                .collect::<Result<Vec<_>>>()?;
+            let mut policies: Vec<&str> = vec!["exact"];
+            policies.extend(a.all("--policy").filter(|p| *p != "exact"));
+            let dir = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
+            let mut rewrites = Vec::new();
+            for (i, p) in policies.iter().enumerate() {
+                let policy = Policy::parse(p)?;
+                let mut r = m.clone();
+                let report = rewrite(&mut r, &policy, None)?;
+                if report.rewritten.is_empty() {
+                    bail!(
+                        "{}: no site could be rewritten with policy '{p}'",
+                        path.display()
+                    );
+                }
+                let out = dir.join(format!("p{i}")).join("model.onnx");
+                model::save(&r, &out)?;
+                rewrites.push((format!("tessera {p}"), out));
+            }
+            let opts = verify::Options {
+                seqs,
+                batch: num("--batch", a.get("--batch").unwrap_or("1"))?,
+                tol: 0.0,
+                json: a.has("--json"),
+                given: Vec::new(),
+                threads: num("--threads", a.get("--threads").unwrap_or("0"))?,
+            };
+            let code = verify::bench(&m, &rewrites, &opts);
+            let _ = std::fs::remove_dir_all(&dir);
+            code
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

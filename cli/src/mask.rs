@@ -112,7 +112,9 @@ fn bool_parts(ix: &GraphIndex, tensor: &str, info: &mut MaskInfo) {
     };
     let n = ix.node(p);
     match (is_onnx(n), n.op_type()) {
-        (true, "Expand" | "Unsqueeze" | "Identity" | "Reshape") if !padding_only(ix, tensor) => {
+        // The op broadcasts the mask itself, so an Expand can be looked through.
+        (true, "Expand" | "Identity") => bool_parts(ix, &n.input[0], info),
+        (true, "Unsqueeze" | "Reshape") if !padding_only(ix, tensor) => {
             bool_parts(ix, &n.input[0], info);
         }
         (true, "And") => {

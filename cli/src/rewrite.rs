@@ -133,7 +133,7 @@ fn set_attr(n: &mut NodeProto, a: AttributeProto) {
 /// Window attributes for `site` under `policy`, and the mask input to keep.
 fn mask_plan(site: &Site, policy: &Policy) -> (Option<(i64, i64)>, Option<String>, i64) {
     let kept = |s: &Site| {
-        if s.mask.fully_recognised() && (s.mask.window.is_some() || s.mask.causal) {
+        if s.mask.fully_recognised() {
             s.mask.padding.clone()
         } else {
             s.mask.tensor.clone()

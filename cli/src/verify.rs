@@ -116,10 +116,6 @@ pub fn plugin() -> Result<PathBuf> {
 
 /// Run the comparison; returns the driver's exit status (0 = within tolerance).
 pub fn verify(original: &Path, rewritten: &Path, model: &Model, opts: &Options) -> Result<i32> {
-    let tmp = std::env::temp_dir().join(format!("tessera-verify-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error(format!("{}: {e}", tmp.display())))?;
-    let driver = tmp.join("verify.py");
-    let spec_path = tmp.join("spec.json");
     let spec = json!({
         "original": original.display().to_string(),
         "rewritten": rewritten.display().to_string(),
@@ -132,6 +128,37 @@ pub fn verify(original: &Path, rewritten: &Path, model: &Model, opts: &Options) 
         "threads": opts.threads,
         "given": opts.given.iter().map(|(n, p)| (n.clone(), json!(p.display().to_string()))).collect::<serde_json::Map<_, _>>(),
     });
+    run_driver(&spec)
+}
+
+/// Time the original and each `(label, path)` rewrite side by side
+/// (`opts.tol` and `opts.given` are not used).
+pub fn bench(model: &Model, rewrites: &[(String, PathBuf)], opts: &Options) -> Result<i32> {
+    let mut models = vec![json!(["original", model.path.display().to_string()])];
+    models.extend(
+        rewrites
+            .iter()
+            .map(|(l, p)| json!([l, p.display().to_string()])),
+    );
+    let spec = json!({
+        "bench": true,
+        "models": models,
+        "plugin": plugin()?.display().to_string(),
+        "inputs": input_specs(model),
+        "seqs": opts.seqs,
+        "batch": opts.batch,
+        "json": opts.json,
+        "threads": opts.threads,
+    });
+    run_driver(&spec)
+}
+
+/// Write the driver and its spec to a temporary folder and run it.
+fn run_driver(spec: &Value) -> Result<i32> {
+    let tmp = std::env::temp_dir().join(format!("tessera-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error(format!("{}: {e}", tmp.display())))?;
+    let driver = tmp.join("verify.py");
+    let spec_path = tmp.join("spec.json");
     std::fs::write(&driver, DRIVER).map_err(|e| Error(format!("{}: {e}", driver.display())))?;
     std::fs::write(&spec_path, spec.to_string())
         .map_err(|e| Error(format!("{}: {e}", spec_path.display())))?;

@@ -177,3 +177,11 @@ def test_bad_inputs_are_refused_with_the_file_and_the_problem(tmp_path):
     r = tessera("rewrite", str(plain), "-o", str(tmp_path / "p2.onnx"), check=False)
     assert r.returncode == 2 and "no attention found" in r.stderr
     assert not (tmp_path / "p2.onnx").exists()
+
+
+def test_bench_prints_the_original_and_each_policy():
+    r = tessera("bench", model("llama_sdpa_opset20"), "--seq", "64", "--policy", "window=8,0", "--json")
+    rows = json.loads(r.stdout)
+    assert [row["model"] for row in rows] == ["original", "tessera exact", "tessera window=8,0"]
+    assert rows[1]["max_abs_vs_original"] <= 1e-4 and rows[2]["max_abs_vs_original"] > 1e-3
+    assert all(row["run_s"] > 0 and row["peak_rss_mb"] > 0 for row in rows)
