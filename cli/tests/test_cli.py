@@ -185,3 +185,29 @@ def test_bench_prints_the_original_and_each_policy():
     assert [row["model"] for row in rows] == ["original", "tessera exact", "tessera window=8,0"]
     assert rows[1]["max_abs_vs_original"] <= 1e-4 and rows[2]["max_abs_vs_original"] > 1e-3
     assert all(row["run_s"] > 0 and row["peak_rss_mb"] > 0 for row in rows)
+
+
+OLD_ORT_CHECK = r"""
+import sys, numpy as np, onnxruntime as ort
+model, data, plugin = sys.argv[1:4]
+d = np.load(data)
+so = ort.SessionOptions()
+so.register_custom_ops_library(plugin)
+sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+y = sess.run(None, {"input_ids": d["input_ids"], "attention_mask": d["attention_mask"]})[0]
+np.testing.assert_allclose(y, d["y"], atol=1e-5, rtol=0)
+print(ort.__version__, "ok")
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("TESSERA_ORT117_PYTHON"), reason="set TESSERA_ORT117_PYTHON to a Python with onnxruntime 1.17 (50-cli.sh does)")
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if "opset24" not in n])
+def test_rewritten_models_load_in_ort_1_17(name, tmp_path):
+    """ORT 1.17 implements opsets up to 20, so the opset-24 models are not tried there."""
+    out = str(tmp_path / "m.onnx")
+    tessera("rewrite", model(name), "-o", out)
+    f = feeds(96)
+    np.savez(tmp_path / "d.npz", y=run_ort(out, f)[0], **f)
+    r = subprocess.run([os.environ["TESSERA_ORT117_PYTHON"], "-c", OLD_ORT_CHECK, out, str(tmp_path / "d.npz"), PLUGIN],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "1.17" in r.stdout, r.stdout + r.stderr
