@@ -6,6 +6,7 @@
 //! subgraph recognition), [`sites`] (matchers), [`rewrite`] (the swap),
 //! [`inspect`] (the report), [`verify`] (running both models in ONNX Runtime).
 
+pub mod demo;
 pub mod error;
 pub mod graph;
 pub mod inspect;

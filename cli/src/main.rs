@@ -12,6 +12,7 @@ const USAGE: &str = "usage:
   tessera inspect MODEL.onnx [--json]
   tessera rewrite IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]] [--layers LIST]
   tessera verify ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]
+  tessera demo [--seq 512,2048,8192] [--threads T]
   tessera bench MODEL.onnx [--seq N,...] [--policy P]... [--batch B] [--threads T] [--json]";
 
 /// Command-line words: positional arguments and `--flag [value]` pairs.
@@ -226,6 +227,24 @@ fn run(words: &[String]) -> Result<i32> {
             let code = verify::bench(&m, &rewrites, &opts);
             let _ = std::fs::remove_dir_all(&dir);
             code
+        }
+        "demo" => {
+            let a = Args::parse(rest, &["--seq", "--threads"])?;
+            if !a.positional.is_empty() {
+                bail!("demo takes no files\n{USAGE}");
+            }
+            let num = |k: &str, s: &str| -> Result<usize> {
+                s.trim()
+                    .parse()
+                    .map_err(|_| Error(format!("{k} '{s}' is not a positive integer")))
+            };
+            let seqs = a
+                .get("--seq")
+                .unwrap_or("512,2048,8192")
+                .split(',')
+                .map(|s| num("--seq", s))
+                .collect::<Result<Vec<_>>>()?;
+            tessera_cli::demo::demo(&seqs, num("--threads", a.get("--threads").unwrap_or("0"))?)
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

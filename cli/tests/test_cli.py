@@ -211,3 +211,9 @@ def test_rewritten_models_load_in_ort_1_17(name, tmp_path):
     r = subprocess.run([os.environ["TESSERA_ORT117_PYTHON"], "-c", OLD_ORT_CHECK, out, str(tmp_path / "d.npz"), PLUGIN],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "1.17" in r.stdout, r.stdout + r.stderr
+
+
+def test_demo_runs_end_to_end():
+    r = tessera("demo", "--seq", "256")
+    assert "verify: PASS" in r.stdout and "tessera exact" in r.stdout, r.stdout + r.stderr
+    assert "[5/5]" in r.stderr
