@@ -96,15 +96,25 @@ def main(spec_path):
     rng = np.random.default_rng(spec.get("seed", 0))
     report, ok = [], True
     with tempfile.TemporaryDirectory() as tmp:
-        for seq in spec["seqs"]:
+        for seq in spec["seqs"][:1] if spec.get("given") else spec["seqs"]:
             batch = spec["batch"]
             if spec.get("given"):
                 feeds = {k: np.load(v) for k, v in spec["given"].items()}
                 lengths = None
+                two_d = [a for a in feeds.values() if a.ndim == 2]
+                if two_d:
+                    batch, seq = two_d[0].shape
+                for i in spec["inputs"]:
+                    m = feeds.get(i["name"])
+                    if i["role"] == "attention_mask" and m is not None and m.ndim == 2:
+                        # Right-padded: the unpadded positions are the first sum(row) ones.
+                        lengths = m.astype(bool).sum(axis=1).astype(np.int64)
+                        batch, seq = m.shape
                 missing = [i["name"] for i in spec["inputs"] if i["name"] not in feeds]
                 if missing:
-                    extra, lengths = make_inputs({"inputs": [i for i in spec["inputs"] if i["name"] in missing]}, batch, seq, rng)
+                    extra, made = make_inputs({"inputs": [i for i in spec["inputs"] if i["name"] in missing]}, batch, seq, rng)
                     feeds.update(extra)
+                    lengths = made if lengths is None else lengths
             else:
                 feeds, lengths = make_inputs(spec, batch, seq, rng)
             inp = os.path.join(tmp, f"in{seq}.npz")

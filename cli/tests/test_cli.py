@@ -217,3 +217,19 @@ def test_demo_runs_end_to_end():
     r = tessera("demo", "--seq", "256")
     assert "verify: PASS" in r.stdout and "tessera exact" in r.stdout, r.stdout + r.stderr
     assert "[5/5]" in r.stderr
+
+
+def test_verify_takes_inputs_from_npy_files(tmp_path):
+    out = str(tmp_path / "m.onnx")
+    tessera("rewrite", model("modernbert_eager_opset17"), "-o", out)
+    f = feeds(200)
+    f["attention_mask"][0, 150:] = 0
+    for k, v in f.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    r = tessera("verify", model("modernbert_eager_opset17"), out, "--json",
+                "--input", f"input_ids={tmp_path / 'input_ids.npy'}", "--input", f"attention_mask={tmp_path / 'attention_mask.npy'}")
+    rep = json.loads(r.stdout)
+    assert rep["pass"] and len(rep["runs"]) == 1
+    run = rep["runs"][0]
+    assert (run["seq"], run["batch"], run["lengths"]) == (200, 2, [150, 100])
+    assert run["outputs"][0]["compared"] == "unpadded positions"
