@@ -233,3 +233,20 @@ def test_verify_takes_inputs_from_npy_files(tmp_path):
     run = rep["runs"][0]
     assert (run["seq"], run["batch"], run["lengths"]) == (200, 2, [150, 100])
     assert run["outputs"][0]["compared"] == "unpadded positions"
+
+
+def test_microsoft_fused_attention_is_listed_and_kept(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 64])
+    nodes = [helper.make_node("MultiHeadAttention", ["x", "x", "x"], ["h"], name="mha0", domain="com.microsoft", num_heads=4),
+             helper.make_node("GroupQueryAttention", ["h", "h", "h"], ["y"], name="gqa1", domain="com.microsoft", num_heads=4, kv_num_heads=2)]
+    m = helper.make_model(helper.make_graph(nodes, "ms", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "ms.onnx"
+    onnx.save(m, str(path))
+    sites = json.loads(tessera("inspect", str(path), "--json").stdout)["sites"]
+    assert [(s["kind"], s["q_heads"], s["kv_heads"], s["exact_rewrite"]) for s in sites] == [
+        ("com.microsoft.MultiHeadAttention", 4, 4, False), ("com.microsoft.GroupQueryAttention", 4, 2, False)]
+    r = tessera("rewrite", str(path), "-o", str(tmp_path / "out.onnx"))
+    assert "kept site 0 'mha0'" in r.stderr and "kept site 1 'gqa1'" in r.stderr
+    assert onnx.load(str(tmp_path / "out.onnx")) == m
