@@ -8,8 +8,8 @@ cd "$TESSERA_ROOT"
 need_venv
 log "build tessera + plugin (release)"
 cargo build --release -p tessera-cli -p tessera-ort
-log "cargo test -p tessera-cli"
-cargo test -p tessera-cli
+log "cargo test --release -p tessera-cli (reuses the release build)"
+cargo test --release -p tessera-cli
 old="$TESSERA_ROOT/target/venv-ort117"
 if [ ! -x "$old/bin/python" ] || ! "$old/bin/python" -c 'import onnxruntime' 2>/dev/null; then
     log "venv with onnxruntime 1.17 ($old)"
