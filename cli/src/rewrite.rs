@@ -228,10 +228,10 @@ pub fn rewrite(
         .collect();
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
     loop {
-        let used: HashSet<&str> = nodes
-            .iter()
-            .flat_map(|n| n.input.iter().map(String::as_str))
-            .collect();
+        let mut used: HashSet<&str> = HashSet::new();
+        for n in &nodes {
+            reads(n, &mut used);
+        }
         let dead: Vec<usize> = nodes
             .iter()
             .enumerate()
@@ -278,6 +278,19 @@ pub fn rewrite(
         });
     }
     Ok(report)
+}
+
+/// Every tensor `n` reads, including those its subgraphs (If/Loop/Scan
+/// bodies) read from the outer scope.
+fn reads<'n>(n: &'n NodeProto, used: &mut HashSet<&'n str>) {
+    used.extend(n.input.iter().map(String::as_str));
+    for a in &n.attribute {
+        for g in a.g.iter().chain(a.graphs.iter()) {
+            for sub in &g.node {
+                reads(sub, used);
+            }
+        }
+    }
 }
 
 /// ONNX `Attention` → `ai.tessera.Attention`: same inputs and attributes;
