@@ -202,6 +202,7 @@ pub fn rewrite(
         let at = *site.nodes.iter().max().expect("a site has nodes");
         let new = match site.kind {
             SiteKind::OnnxAttention => swap_onnx_attention(ix.node(site.nodes[0]), site, policy),
+            SiteKind::MicrosoftMultiHeadAttention => build_mha(site, policy),
             _ => build_decomposed(site, policy),
         };
         removed.extend(site.nodes.iter().copied());
@@ -323,6 +324,22 @@ fn swap_onnx_attention(n: &NodeProto, site: &Site, policy: &Policy) -> Vec<NodeP
         t.input.pop();
     }
     vec![t]
+}
+
+/// `com.microsoft.MultiHeadAttention` (3-D Q/K/V, checked by the matcher)
+/// → `ai.tessera.Attention` with the head counts as attributes.
+fn build_mha(site: &Site, policy: &Policy) -> Vec<NodeProto> {
+    let mut out = build_decomposed(site, policy);
+    let node = out
+        .last_mut()
+        .expect("build_decomposed emits the attention node");
+    let heads = site.q_heads.unwrap_or(1);
+    node.attribute.push(int_attr("q_num_heads", heads));
+    node.attribute.push(int_attr("kv_num_heads", heads));
+    if site.causal {
+        set_attr(node, int_attr("is_causal", 1));
+    }
+    out
 }
 
 /// The decomposed chain → (optional K transpose) + `ai.tessera.Attention`.

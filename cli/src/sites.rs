@@ -241,15 +241,57 @@ fn match_microsoft(ix: &GraphIndex, i: usize, layer: usize) -> Option<Site> {
         q_heads: heads,
         kv_heads: kv,
         head_dim: None,
-        mask: MaskInfo::default(),
         causal: attr_i(n, "unidirectional") == Some(1)
             || kind == SiteKind::MicrosoftGroupQueryAttention,
-        exact: Err(format!(
-            "{}: rewriting com.microsoft fused attention is not implemented yet (listed only)",
-            n.op_type()
-        )),
+        exact: if kind == SiteKind::MicrosoftMultiHeadAttention {
+            mha_exact(ix, n, heads)
+        } else {
+            Err(format!(
+                "{}: rewriting this com.microsoft op is not implemented yet (listed only)",
+                n.op_type()
+            ))
+        },
+        mask: match n.input.get(5).filter(|s| !s.is_empty()) {
+            Some(b) => analyse_additive(ix, b),
+            None => MaskInfo::default(),
+        },
         q,
     })
+}
+
+/// `com.microsoft.MultiHeadAttention` maps onto Tessera's 3-D form when it
+/// has separate `(B, S, H·D)` Q, K, V, no packed bias, no key padding mask,
+/// no past, and no used `present_*` output; `attention_bias` becomes `attn_mask`.
+fn mha_exact(
+    ix: &GraphIndex,
+    n: &crate::proto::NodeProto,
+    heads: Option<i64>,
+) -> Result<String, String> {
+    let has = |k: usize| n.input.get(k).is_some_and(|s| !s.is_empty());
+    let why = |w: &str| Err(format!("MultiHeadAttention '{}': {w}", n.name()));
+    if heads.is_none() {
+        return why("no num_heads");
+    }
+    if !(has(1) && has(2)) {
+        return why("packed QKV or KV (key/value inputs empty)");
+    }
+    if has(3) || has(4) || has(6) || has(7) || n.input.len() > 8 {
+        return why("bias, key_padding_mask or past inputs are not supported");
+    }
+    let used = |o: &String| !o.is_empty() && (!ix.consumers(o).is_empty() || ix.is_graph_output(o));
+    if n.output.iter().skip(1).any(used) {
+        return why("present_key/present_value outputs are used");
+    }
+    let rank3 = |t: &str| match ix.shape(t) {
+        Some(s) => s.len() == 3,
+        None => ix
+            .producer(t)
+            .is_some_and(|p| matches!(ix.node(p).op_type(), "MatMul" | "Add" | "Gemm")),
+    };
+    if !(rank3(&n.input[0]) && rank3(&n.input[1]) && rank3(&n.input[2])) {
+        return why("Q, K and V are not known to be 3-D (B, S, H·D)");
+    }
+    Ok("3-D Q/K/V with q_num_heads = kv_num_heads = num_heads; attention_bias as attn_mask".into())
 }
 
 /// A node already rewritten.

@@ -235,18 +235,46 @@ def test_verify_takes_inputs_from_npy_files(tmp_path):
     assert run["outputs"][0]["compared"] == "unpadded positions"
 
 
-def test_microsoft_fused_attention_is_listed_and_kept(tmp_path):
+def test_microsoft_group_query_attention_is_listed_and_kept(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 64])
-    nodes = [helper.make_node("MultiHeadAttention", ["x", "x", "x"], ["h"], name="mha0", domain="com.microsoft", num_heads=4),
-             helper.make_node("GroupQueryAttention", ["h", "h", "h"], ["y"], name="gqa1", domain="com.microsoft", num_heads=4, kv_num_heads=2)]
+    nodes = [helper.make_node("GroupQueryAttention", ["x", "x", "x"], ["y"], name="gqa0", domain="com.microsoft", num_heads=4, kv_num_heads=2)]
     m = helper.make_model(helper.make_graph(nodes, "ms", [x], [y]),
                           opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     path = tmp_path / "ms.onnx"
     onnx.save(m, str(path))
     sites = json.loads(tessera("inspect", str(path), "--json").stdout)["sites"]
-    assert [(s["kind"], s["q_heads"], s["kv_heads"], s["exact_rewrite"]) for s in sites] == [
-        ("com.microsoft.MultiHeadAttention", 4, 4, False), ("com.microsoft.GroupQueryAttention", 4, 2, False)]
+    assert [(s["kind"], s["q_heads"], s["kv_heads"], s["exact_rewrite"]) for s in sites] == [("com.microsoft.GroupQueryAttention", 4, 2, False)]
     r = tessera("rewrite", str(path), "-o", str(tmp_path / "out.onnx"))
-    assert "kept site 0 'mha0'" in r.stderr and "kept site 1 'gqa1'" in r.stderr
+    assert "kept site 0 'gqa0'" in r.stderr
     assert onnx.load(str(tmp_path / "out.onnx")) == m
+
+
+def test_microsoft_multi_head_attention_is_rewritten_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 64])
+    inits, nodes, h = [], [], "x"
+    for layer, causal in enumerate((0, 1)):
+        qkv = []
+        for p in "qkv":
+            w = f"w{p}{layer}"
+            inits.append(numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), w))
+            nodes.append(helper.make_node("MatMul", [h, w], [f"{p}{layer}"], name=f"proj_{p}{layer}"))
+            qkv.append(f"{p}{layer}")
+        out = "y" if layer == 1 else f"h{layer}"
+        nodes.append(helper.make_node("MultiHeadAttention", qkv, [out], name=f"mha{layer}", domain="com.microsoft", num_heads=4, unidirectional=causal))
+        h = out
+    m = helper.make_model(helper.make_graph(nodes, "mha", [x], [y], initializer=inits),
+                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    path, out = str(tmp_path / "mha.onnx"), str(tmp_path / "mha.tessera.onnx")
+    onnx.save(m, path)
+    sites = json.loads(tessera("inspect", path, "--json").stdout)["sites"]
+    assert [(s["kind"], s["q_heads"], s["causal"], s["exact_rewrite"]) for s in sites] == [
+        ("com.microsoft.MultiHeadAttention", 4, False, True), ("com.microsoft.MultiHeadAttention", 4, True, True)]
+    tessera("rewrite", path, "-o", out)
+    attn = [n for n in onnx.load(out).graph.node if n.domain == "ai.tessera"]
+    assert len(attn) == 2 and [{a.name: a.i for a in n.attribute}.get("is_causal") for n in attn] == [None, 1]
+    f = {"x": rng.standard_normal((2, 37, 64)).astype(np.float32)}
+    a, b = run_ort(path, f)[0], run_ort(out, f)[0]
+    assert np.abs(a - b).max() <= 1e-5
