@@ -85,7 +85,26 @@ pub struct AttentionOp<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-const INPUT_NAMES: [&str; 7] = [
+/// Read and check the node's attributes once, on attach (shared by the CPU
+/// and CUDA kernels of the op).
+pub(crate) fn read_attrs(info: &KernelInfo) -> Result<Attrs> {
+    let raw = RawAttrs {
+        is_causal: info.attr_i64(c"is_causal"),
+        scale: info.attr_f32(c"scale"),
+        softcap: info.attr_f32(c"softcap"),
+        q_num_heads: info.attr_i64(c"q_num_heads"),
+        kv_num_heads: info.attr_i64(c"kv_num_heads"),
+        left_window_size: info.attr_i64(c"left_window_size"),
+        right_window_size: info.attr_i64(c"right_window_size"),
+        num_global_tokens: info.attr_i64(c"num_global_tokens"),
+        qk_matmul_output_mode: info.attr_i64(c"qk_matmul_output_mode"),
+        softmax_precision: info.attr_i64(c"softmax_precision"),
+    };
+    Attrs::parse(&raw)
+}
+
+/// Input names in schema order, for messages.
+pub(crate) const INPUT_NAMES: [&str; 7] = [
     "Q",
     "K",
     "V",
@@ -107,20 +126,8 @@ impl<T: Dtype> CustomOp for AttentionOp<T> {
     }
 
     fn attach(info: &KernelInfo) -> Result<Self> {
-        let raw = RawAttrs {
-            is_causal: info.attr_i64(c"is_causal"),
-            scale: info.attr_f32(c"scale"),
-            softcap: info.attr_f32(c"softcap"),
-            q_num_heads: info.attr_i64(c"q_num_heads"),
-            kv_num_heads: info.attr_i64(c"kv_num_heads"),
-            left_window_size: info.attr_i64(c"left_window_size"),
-            right_window_size: info.attr_i64(c"right_window_size"),
-            num_global_tokens: info.attr_i64(c"num_global_tokens"),
-            qk_matmul_output_mode: info.attr_i64(c"qk_matmul_output_mode"),
-            softmax_precision: info.attr_i64(c"softmax_precision"),
-        };
         Ok(Self {
-            attrs: Attrs::parse(&raw)?,
+            attrs: read_attrs(info)?,
             _t: PhantomData,
         })
     }

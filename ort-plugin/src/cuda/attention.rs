@@ -30,8 +30,8 @@ use tessera_cuda::{
 
 use super::device::{DeviceContext, DeviceTensor, Scratch};
 use super::{from_cuda, host_compute_refused, DeviceKernel};
-use crate::attention::plan::{Attrs, Layout, Plan, RawAttrs, Shapes};
-use crate::attention::{AttentionOp, Dtype as HostDtype};
+use crate::attention::plan::{Attrs, Layout, Plan, Shapes};
+use crate::attention::{read_attrs, AttentionOp, Dtype as HostDtype, INPUT_NAMES};
 use crate::error::{ensure, Error, Result};
 use crate::ffi::{elem, KernelContext, KernelInfo, ShapeInference};
 use crate::op::{CustomOp, Port};
@@ -57,16 +57,6 @@ pub struct CudaAttentionOp<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-const INPUT_NAMES: [&str; 7] = [
-    "Q",
-    "K",
-    "V",
-    "attn_mask",
-    "past_key",
-    "past_value",
-    "nonpad_kv_seqlen",
-];
-
 impl<T: HalfDtype> CustomOp for CudaAttentionOp<T> {
     const NAME: &'static CStr = c"Attention";
 
@@ -79,20 +69,8 @@ impl<T: HalfDtype> CustomOp for CudaAttentionOp<T> {
     }
 
     fn attach(info: &KernelInfo) -> Result<Self> {
-        let raw = RawAttrs {
-            is_causal: info.attr_i64(c"is_causal"),
-            scale: info.attr_f32(c"scale"),
-            softcap: info.attr_f32(c"softcap"),
-            q_num_heads: info.attr_i64(c"q_num_heads"),
-            kv_num_heads: info.attr_i64(c"kv_num_heads"),
-            left_window_size: info.attr_i64(c"left_window_size"),
-            right_window_size: info.attr_i64(c"right_window_size"),
-            num_global_tokens: info.attr_i64(c"num_global_tokens"),
-            qk_matmul_output_mode: info.attr_i64(c"qk_matmul_output_mode"),
-            softmax_precision: info.attr_i64(c"softmax_precision"),
-        };
         Ok(Self {
-            attrs: Attrs::parse(&raw)?,
+            attrs: read_attrs(info)?,
             _t: PhantomData,
         })
     }
@@ -360,6 +338,7 @@ mod tests {
     //! GPU is needed to see that every supported node becomes a valid launch
     //! with the CPU op's geometry and mask.
     use super::*;
+    use crate::attention::plan::RawAttrs;
     use tessera_cuda::plan;
 
     const Q: DevicePtr = DevicePtr(0x10_0000);
