@@ -37,7 +37,7 @@ use tessera_core::{
 };
 
 use crate::error::{Error, Result};
-use crate::ffi::{elem, Dim, InputTensor, KernelContext, KernelInfo, ShapeInference};
+use crate::ffi::{elem, Dim, InputTensor, KernelContext, KernelInfo, ShapeInference, TypeShape};
 use crate::op::{CustomOp, Port, PortType};
 use plan::{Attrs, Layout, Plan, RawAttrs, Shapes};
 
@@ -103,6 +103,27 @@ pub(crate) fn read_attrs(info: &KernelInfo) -> Result<Attrs> {
     Attrs::parse(&raw)
 }
 
+/// Plan one call from the inputs' types and shapes in schema order (`None` =
+/// left out); Q, K and V are required. Shared by the CPU and CUDA kernels.
+pub(crate) fn plan_inputs(attrs: &Attrs, inputs: [Option<&TypeShape>; 7]) -> Result<Plan> {
+    let required = |i: usize| {
+        inputs[i].ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
+    };
+    let dims = |i: usize| inputs[i].map(|t| t.dims.as_slice());
+    Plan::new(
+        attrs,
+        &Shapes {
+            q: &required(0)?.dims,
+            k: &required(1)?.dims,
+            v: &required(2)?.dims,
+            mask: dims(3),
+            past_key: dims(4),
+            past_value: dims(5),
+            nonpad: dims(6),
+        },
+    )
+}
+
 /// Input names in schema order, for messages.
 pub(crate) const INPUT_NAMES: [&str; 7] = [
     "Q",
@@ -137,24 +158,9 @@ impl<T: Dtype> CustomOp for AttentionOp<T> {
         for (i, slot) in inputs.iter_mut().enumerate() {
             *slot = ctx.input(i)?;
         }
-        let req = |i: usize| {
-            inputs[i]
-                .as_ref()
-                .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
-        };
-        let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
-        let shape = |i: usize| inputs[i].as_ref().map(|t| t.ts.dims.as_slice());
-        let plan = Plan::new(
+        let plan = plan_inputs(
             &self.attrs,
-            &Shapes {
-                q: &q_in.ts.dims,
-                k: &k_in.ts.dims,
-                v: &v_in.ts.dims,
-                mask: shape(3),
-                past_key: shape(4),
-                past_value: shape(5),
-                nonpad: shape(6),
-            },
+            inputs.each_ref().map(|t| t.as_ref().map(|t| &t.ts)),
         )?;
         let typed = |i: usize| -> Result<Option<&[T]>> {
             inputs[i]

@@ -30,8 +30,8 @@ use tessera_cuda::{
 
 use super::device::{DeviceContext, DeviceTensor, Scratch};
 use super::{from_cuda, host_compute_refused, DeviceKernel};
-use crate::attention::plan::{Attrs, Layout, Plan, Shapes};
-use crate::attention::{read_attrs, AttentionOp, Dtype as HostDtype, INPUT_NAMES};
+use crate::attention::plan::{Attrs, Layout, Plan};
+use crate::attention::{plan_inputs, read_attrs, AttentionOp, Dtype as HostDtype, INPUT_NAMES};
 use crate::error::{ensure, Error, Result};
 use crate::ffi::{elem, KernelContext, KernelInfo, ShapeInference};
 use crate::op::{CustomOp, Port};
@@ -208,20 +208,11 @@ impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
                 .as_ref()
                 .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
         };
-        let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
-        let shape = |i: usize| inputs[i].as_ref().map(|t| t.ts.dims.as_slice());
-        let plan = Plan::new(
+        let plan = plan_inputs(
             &self.attrs,
-            &Shapes {
-                q: &q_in.ts.dims,
-                k: &k_in.ts.dims,
-                v: &v_in.ts.dims,
-                mask: shape(3),
-                past_key: shape(4),
-                past_value: shape(5),
-                nonpad: shape(6),
-            },
+            inputs.each_ref().map(|t| t.as_ref().map(|t| &t.ts)),
         )?;
+        let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
         for i in [0, 1, 2, 4, 5] {
             if let Some(t) = &inputs[i] {
                 ensure!(
@@ -338,7 +329,7 @@ mod tests {
     //! GPU is needed to see that every supported node becomes a valid launch
     //! with the CPU op's geometry and mask.
     use super::*;
-    use crate::attention::plan::RawAttrs;
+    use crate::attention::plan::{RawAttrs, Shapes};
     use tessera_cuda::plan;
 
     const Q: DevicePtr = DevicePtr(0x10_0000);
