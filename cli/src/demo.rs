@@ -100,6 +100,7 @@ pub fn demo(seqs: &[usize], threads: usize) -> Result<i32> {
         json: false,
         given: Vec::new(),
         threads,
+        plot: None,
     };
     let code = verify::verify(&src, &out, &m, &opts)?;
     if code != 0 {
@@ -109,9 +110,11 @@ pub fn demo(seqs: &[usize], threads: usize) -> Result<i32> {
         5,
         &format!("bench at S = {seqs:?}, batch 1 (each model in its own process)"),
     );
+    let plot = root.join("target/demo/bench.png");
     let opts = verify::Options {
         seqs: seqs.to_vec(),
         batch: 1,
+        plot: Some(plot),
         ..opts
     };
     verify::bench(&m, &[("tessera exact".into(), out)], &opts)

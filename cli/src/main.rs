@@ -13,7 +13,7 @@ const USAGE: &str = "usage:
   tessera rewrite IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]] [--layers LIST]
   tessera verify ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]
   tessera demo [--seq 512,2048,8192] [--threads T]
-  tessera bench MODEL.onnx [--seq N,...] [--policy P]... [--batch B] [--threads T] [--json]";
+  tessera bench MODEL.onnx [--seq N,...] [--policy P]... [--batch B] [--threads T] [--plot FILE.png] [--json]";
 
 /// Command-line words: positional arguments and `--flag [value]` pairs.
 struct Args {
@@ -180,11 +180,15 @@ fn run(words: &[String]) -> Result<i32> {
                 json: a.has("--json"),
                 given,
                 threads: num("--threads", a.get("--threads").unwrap_or("0"))?,
+                plot: None,
             };
             verify::verify(&orig, &new, &m, &opts)
         }
         "bench" => {
-            let a = Args::parse(rest, &["--seq", "--batch", "--policy", "--threads"])?;
+            let a = Args::parse(
+                rest,
+                &["--seq", "--batch", "--policy", "--threads", "--plot"],
+            )?;
             let path = a.one(1, "one model file")?;
             let m = model::load(&path)?;
             let num = |k: &str, s: &str| -> Result<usize> {
@@ -223,6 +227,9 @@ fn run(words: &[String]) -> Result<i32> {
                 json: a.has("--json"),
                 given: Vec::new(),
                 threads: num("--threads", a.get("--threads").unwrap_or("0"))?,
+                plot: Some(PathBuf::from(
+                    a.get("--plot").unwrap_or("tessera-bench.png"),
+                )),
             };
             let code = verify::bench(&m, &rewrites, &opts);
             let _ = std::fs::remove_dir_all(&dir);

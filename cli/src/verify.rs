@@ -33,6 +33,8 @@ pub struct Options {
     pub given: Vec<(String, PathBuf)>,
     /// ORT intra-op threads (0 = ORT's default).
     pub threads: usize,
+    /// `bench` only: where to write the PNG plot (`None` = no plot).
+    pub plot: Option<PathBuf>,
 }
 
 /// Describe each graph input: name, element type, dims, and its role
@@ -143,6 +145,8 @@ pub fn bench(model: &Model, rewrites: &[(String, PathBuf)], opts: &Options) -> R
     let spec = json!({
         "bench": true,
         "models": models,
+        "plot": opts.plot.as_ref().map(|p| p.display().to_string()),
+        "title": format!("tessera bench: {}", model.path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned())),
         "plugin": plugin()?.display().to_string(),
         "inputs": input_specs(model),
         "seqs": opts.seqs,

@@ -179,12 +179,19 @@ def test_bad_inputs_are_refused_with_the_file_and_the_problem(tmp_path):
     assert not (tmp_path / "p2.onnx").exists()
 
 
-def test_bench_prints_the_original_and_each_policy():
-    r = tessera("bench", model("llama_sdpa_opset20"), "--seq", "64", "--policy", "window=8,0", "--json")
+def test_bench_prints_the_original_and_each_policy_and_plots(tmp_path):
+    png = tmp_path / "plot" / "bench.png"
+    r = tessera("bench", model("llama_sdpa_opset20"), "--seq", "64,128", "--policy", "window=8,0", "--json",
+                "--plot", str(png))
     rows = json.loads(r.stdout)
-    assert [row["model"] for row in rows] == ["original", "tessera exact", "tessera window=8,0"]
+    assert [row["model"] for row in rows] == ["original", "tessera exact", "tessera window=8,0"] * 2
+    assert [row["seq"] for row in rows] == [64] * 3 + [128] * 3
     assert rows[1]["max_abs_vs_original"] <= 1e-4 and rows[2]["max_abs_vs_original"] > 1e-3
-    assert all(row["run_s"] > 0 and row["peak_rss_mb"] > 0 for row in rows)
+    assert all(row["run_s"] > 0 and row["peak_rss_mb"] > 0 and row["timed_runs"] >= 1 for row in rows)
+    # A real PNG (signature and IHDR), wide enough to hold the two panels.
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert int.from_bytes(data[16:20], "big") >= 800
 
 
 OLD_ORT_CHECK = r"""
