@@ -187,9 +187,13 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
     });
 }
 
-// d += A (16x32 e4m3) * B (32x8 e4m3). A regs: 0 = (g, 4c..4c+3), 1 = (g+8, 4c..),
-// 2 = (g, 16+4c..), 3 = (g+8, 16+4c..); B regs: 0 = k 4c..4c+3 of col g, 1 = k 16+4c...
-inline void mma_m16n8k32_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+inline float e5m2_to_f32(uint8_t x) { return half_to_f32(uint16_t(uint16_t(x) << 8)); }
+
+// d += A (16x32 fp8) * B (32x8 fp8), E4M3 or (e5m2) E5M2. A regs: 0 = (g, 4c..4c+3),
+// 1 = (g+8, 4c..), 2 = (g, 16+4c..), 3 = (g+8, 16+4c..); B regs: 0 = k 4c..4c+3 of
+// col g, 1 = k 16+4c...
+inline void mma_m16n8k32_fp8(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool e5m2) {
+    auto e4m3_to_f32 = [e5m2](uint8_t x) { return e5m2 ? emu::e5m2_to_f32(x) : emu::e4m3_to_f32(x); };
     uint64_t words[3] = {uint64_t(a[0]) | uint64_t(a[1]) << 32, uint64_t(a[2]) | uint64_t(a[3]) << 32,
                          uint64_t(b0) | uint64_t(b1) << 32};
     exchange(words, 3, [&](uint64_t (*s)[8]) {
@@ -308,9 +312,12 @@ inline bool __any_sync(unsigned, bool p) { return emu::ballot(p) != 0; }
 inline bool __all_sync(unsigned, bool p) { return emu::ballot(p) == 0xffffffffu; }
 inline unsigned __ballot_sync(unsigned, bool p) { return emu::ballot(p); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
 template <class T> inline T atomicMin(T* p, T v) { T o = *p; *p = std::min(o, v); return o; }
 template <class T> inline T atomicMax(T* p, T v) { T o = *p; *p = std::max(o, v); return o; }
 template <class T> inline T atomicAdd(T* p, T v) { T o = *p; *p = o + v; return o; }
+template <class T> inline T atomicOr(T* p, T v) { T o = *p; *p = o | v; return o; }
+template <class T> inline T atomicAnd(T* p, T v) { T o = *p; *p = o & v; return o; }
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
 inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned x; std::memcpy(&x, &f, 4); return x; }

@@ -31,11 +31,14 @@ std::map<std::string, Entry>& registry() {
     TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc1_dm0, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom) \
     TESSERA_EMU_REG(tessera_flash_##NAME##_d##D##_sc1_dm1, TesseraFlashParams, tessera_flash_##NAME##_d##D##_geom)
 // Plus the sm_80 path (fp8 widened to f16 mma) under its own name.
-#define TESSERA_EMU_INDEXER(DI)                                                                        \
-    TESSERA_EMU_REG(tessera_indexer_e4m3_d##DI, TesseraIndexerParams, tessera_indexer_e4m3_d##DI##_geom) \
-    registry()["tessera_indexer_e4m3_d" #DI "_widened"] =                                               \
-        Entry{[](const void* p) { lightning_indexer<DI, Fp8AWidened>(*static_cast<const TesseraIndexerParams*>(p)); }, \
-              tessera_indexer_e4m3_d##DI##_geom};
+#define TESSERA_EMU_INDEXER(DI, F, NAME)                                                                          \
+    TESSERA_EMU_REG(tessera_indexer_##NAME##_d##DI, TesseraIndexerParams, tessera_indexer_##NAME##_d##DI##_geom)   \
+    registry()["tessera_indexer_" #NAME "_d" #DI "_widened"] = Entry{                                             \
+        [](const void* p) { lightning_indexer<DI, F, Fp8AWidened<F>>(*static_cast<const TesseraIndexerParams*>(p)); }, \
+        tessera_indexer_##NAME##_d##DI##_geom};
+#define TESSERA_EMU_QUANTIZE(F, FNAME, S, SNAME) \
+    TESSERA_EMU_REG(tessera_quantize_##FNAME##_##SNAME, TesseraQuantizeParams, tessera_quantize_geom)
+#define TESSERA_EMU_WIDEN(S, SNAME) TESSERA_EMU_REG(tessera_widen_##SNAME, TesseraQuantizeParams, tessera_widen_geom)
 #define TESSERA_EMU_SPARSE(T, NAME)                                                            \
     TESSERA_EMU_REG(tessera_sparse_##NAME##_sc0, TesseraSparseParams, tessera_sparse_geom) \
     TESSERA_EMU_REG(tessera_sparse_##NAME##_sc1, TesseraSparseParams, tessera_sparse_geom)
@@ -45,6 +48,9 @@ void register_all() {
     if (!registry().empty()) return;
     TESSERA_FLASH_TABLE(TESSERA_EMU_FLASH)
     TESSERA_INDEXER_TABLE(TESSERA_EMU_INDEXER)
+    TESSERA_QUANTIZE_TABLE(TESSERA_EMU_QUANTIZE)
+    TESSERA_WIDEN_TABLE(TESSERA_EMU_WIDEN)
+    TESSERA_EMU_REG(tessera_index_check, TesseraIndexCheckParams, tessera_index_check_geom)
     TESSERA_SPARSE_TABLE(TESSERA_EMU_SPARSE)
     TESSERA_MERGE_TABLE(TESSERA_EMU_MERGE)
     TESSERA_EMU_REG(tessera_topk_f32, TesseraTopkParams, tessera_topk_f32_geom)
@@ -61,15 +67,16 @@ extern "C" int tessera_emu_geometry(const char* name, int* out) {
     return 0;
 }
 
-// sizeof the parameter block of a module ("flash", ...), as the kernels see it.
-extern "C" int tessera_emu_abi(const char* module) {
-    std::string m = module;
-    if (m == "flash") return tessera_abi_flash;
-    if (m == "indexer") return tessera_abi_indexer;
-    if (m == "topk") return tessera_abi_topk;
-    if (m == "sparse") return tessera_abi_sparse;
-    if (m == "merge") return tessera_abi_merge;
-    return -1;
+// sizeof a parameter block, by its ABI symbol ("tessera_abi_flash", ...), as the kernels see it.
+extern "C" int tessera_emu_abi(const char* symbol) {
+    static const std::map<std::string, int> abi = {
+        {"tessera_abi_flash", tessera_abi_flash},       {"tessera_abi_indexer", tessera_abi_indexer},
+        {"tessera_abi_quantize", tessera_abi_quantize}, {"tessera_abi_topk", tessera_abi_topk},
+        {"tessera_abi_sparse", tessera_abi_sparse},     {"tessera_abi_index_check", tessera_abi_index_check},
+        {"tessera_abi_merge", tessera_abi_merge},
+    };
+    auto it = abi.find(symbol);
+    return it == abi.end() ? -1 : it->second;
 }
 
 // Run kernel `name` over the grid, synchronously; -1 if unknown.

@@ -84,6 +84,9 @@ driver_api! {
     module_get_global = "cuModuleGetGlobal_v2": fn(*mut CuDevicePtr, *mut usize, CuModule, *const c_char);
     memcpy_dtoh = "cuMemcpyDtoH_v2": fn(*mut c_void, CuDevicePtr, usize);
     memcpy_dtod_async = "cuMemcpyDtoDAsync_v2": fn(CuDevicePtr, CuDevicePtr, usize, *mut c_void);
+    memcpy_dtoh_async = "cuMemcpyDtoHAsync_v2": fn(*mut c_void, CuDevicePtr, usize, *mut c_void);
+    memset_d8_async = "cuMemsetD8Async": fn(CuDevicePtr, u8, usize, *mut c_void);
+    stream_synchronize = "cuStreamSynchronize": fn(*mut c_void);
     func_set_attribute = "cuFuncSetAttribute": fn(CuFunction, c_int, c_int);
     launch_kernel = "cuLaunchKernel": fn(
         CuFunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, *mut c_void, *mut *mut c_void, *mut *mut c_void
@@ -266,6 +269,49 @@ impl Driver {
         // SAFETY: the caller guarantees both ranges and the stream.
         self.check("cuMemcpyDtoDAsync", unsafe {
             (self.memcpy_dtod_async)(dst, src, bytes, stream)
+        })
+    }
+
+    /// Set `bytes` bytes at device address `dst` to `value` on `stream`
+    /// (asynchronous).
+    ///
+    /// # Safety
+    /// The range must be valid device memory of the current context, and
+    /// `stream` a stream of that context (or null).
+    pub unsafe fn fill_async(
+        &self,
+        dst: u64,
+        value: u8,
+        bytes: usize,
+        stream: *mut c_void,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller guarantees the range and the stream.
+        self.check("cuMemsetD8Async", unsafe {
+            (self.memset_d8_async)(dst, value, bytes, stream)
+        })
+    }
+
+    /// Wait for everything queued on `stream`, then copy `dst.len()` bytes
+    /// from device address `src` into `dst`.
+    ///
+    /// # Safety
+    /// `src` must be valid device memory of the current context for
+    /// `dst.len()` bytes, and `stream` a stream of that context (or null).
+    pub unsafe fn read_after(
+        &self,
+        dst: &mut [u8],
+        src: u64,
+        stream: *mut c_void,
+    ) -> Result<(), CudaError> {
+        // SAFETY: `dst` is a live host buffer of that many bytes; the caller
+        // guarantees `src` and the stream; the synchronise below completes
+        // the copy before `dst` is released to the caller.
+        self.check("cuMemcpyDtoHAsync", unsafe {
+            (self.memcpy_dtoh_async)(dst.as_mut_ptr().cast(), src, dst.len(), stream)
+        })?;
+        // SAFETY: as above.
+        self.check("cuStreamSynchronize", unsafe {
+            (self.stream_synchronize)(stream)
         })
     }
 

@@ -13,7 +13,7 @@ use crate::plan::{Geometry, Launch};
 
 extern "C" {
     fn tessera_emu_geometry(name: *const c_char, out: *mut c_int) -> c_int;
-    fn tessera_emu_abi(module: *const c_char) -> c_int;
+    fn tessera_emu_abi(symbol: *const c_char) -> c_int;
     fn tessera_emu_launch(
         name: *const c_char,
         params: *const c_void,
@@ -44,9 +44,9 @@ pub fn geometry(entry: &str) -> Option<Geometry> {
 /// valid (and, for outputs, writable) for the extents the parameters
 /// describe, as a GPU launch would require of device memory.
 pub unsafe fn launch<P: KernelParams>(plan: &Launch<P>) -> Result<(), CudaError> {
-    let module = CString::new(plan.module).expect("module names have no NUL");
-    // SAFETY: `module` is NUL-terminated.
-    let abi = unsafe { tessera_emu_abi(module.as_ptr()) };
+    let symbol = CString::new(P::ABI_SYMBOL).expect("symbol names have no NUL");
+    // SAFETY: `symbol` is NUL-terminated.
+    let abi = unsafe { tessera_emu_abi(symbol.as_ptr()) };
     if abi as usize != core::mem::size_of::<P>() {
         return Err(CudaError::AbiMismatch {
             params: P::C_NAME,
@@ -80,4 +80,45 @@ pub unsafe fn launch<P: KernelParams>(plan: &Launch<P>) -> Result<(), CudaError>
         )));
     }
     Ok(())
+}
+
+/// The emulator as a [`Device`](crate::dsa::Device): launches run at once,
+/// "device" addresses are host addresses.
+#[derive(Debug)]
+pub struct Emulator {
+    _private: (),
+}
+
+impl Emulator {
+    /// An emulator device.
+    ///
+    /// # Safety
+    /// Every address later passed to it (in launches, fills and reads) must
+    /// be a host pointer to memory valid for the extents involved, as the
+    /// GPU would require of device memory.
+    pub unsafe fn new() -> Self {
+        Emulator { _private: () }
+    }
+}
+
+impl crate::dsa::Device for Emulator {
+    fn launch<P: KernelParams>(&self, plan: &Launch<P>) -> Result<(), CudaError> {
+        // SAFETY: the constructor's contract covers every address.
+        unsafe { launch(plan) }
+    }
+
+    fn fill(&self, dst: crate::DevicePtr, value: u8, bytes: usize) -> Result<(), CudaError> {
+        // SAFETY: the constructor's contract: `dst` is writable for `bytes`.
+        unsafe { core::ptr::write_bytes(dst.0 as *mut u8, value, bytes) };
+        Ok(())
+    }
+
+    fn read_i64(&self, src: crate::DevicePtr, out: &mut [i64]) -> Result<(), CudaError> {
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: the constructor's contract: `src` holds `out.len()`
+            // i64 (read unaligned: scratch offsets are not checked here).
+            *o = unsafe { core::ptr::read_unaligned((src.0 as *const i64).add(i)) };
+        }
+        Ok(())
+    }
 }

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod driver;
+pub mod dsa;
 #[cfg(feature = "emulate")]
 pub mod emu;
 pub mod error;
@@ -43,8 +44,8 @@ pub use driver::Driver;
 pub use error::CudaError;
 pub use module::{Module, Stream};
 pub use plan::{
-    AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Dtype, Geometry, IndexerBuffers,
-    KeyLists, Launch, MergeBuffers,
+    AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Dtype, Fp8Format, Geometry,
+    IndexerBuffers, KeyLists, Launch, MergeBuffers, SparseRules,
 };
 
 #[cfg(test)]

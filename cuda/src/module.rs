@@ -14,8 +14,8 @@ use crate::driver::{self, CuContext, CuFunction, CuModule, Driver};
 use crate::error::CudaError;
 use crate::params::KernelParams;
 use crate::plan::{
-    self, AttentionBuffers, DeviceMask, DevicePtr, Dtype, Geometry, IndexerBuffers, KeyLists,
-    Launch, MergeBuffers,
+    self, AttentionBuffers, DeviceMask, DevicePtr, Dtype, Fp8Format, Geometry, IndexerBuffers,
+    KeyLists, Launch, MergeBuffers, SparseRules,
 };
 
 /// A CUDA stream (`CUstream` / `cudaStream_t`, e.g. from ORT's
@@ -127,6 +127,16 @@ impl Module {
             "indexer",
             core::mem::size_of::<IndexerParams>(),
             IndexerParams::ABI_SYMBOL,
+        )?;
+        abi(
+            "indexer",
+            core::mem::size_of::<QuantizeParams>(),
+            QuantizeParams::ABI_SYMBOL,
+        )?;
+        abi(
+            "sparse",
+            core::mem::size_of::<IndexCheckParams>(),
+            IndexCheckParams::ABI_SYMBOL,
         )?;
         abi(
             "topk",
@@ -315,16 +325,20 @@ impl Module {
         )
     }
 
-    /// FP8 indexer scores; see [`plan::indexer`].
+    /// FP8 indexer scores; see [`plan::indexer_fp8`].
     pub fn indexer(
         &self,
         stream: Stream,
         spec: &IndexerSpec,
         mask: &MaskSpec<'_>,
         device_mask: &DeviceMask,
+        format: Fp8Format,
         bufs: &IndexerBuffers,
     ) -> Result<(), CudaError> {
-        self.launch(&plan::indexer(spec, mask, device_mask, bufs)?, stream)
+        self.launch(
+            &plan::indexer_fp8(spec, mask, device_mask, format, bufs)?,
+            stream,
+        )
     }
 
     /// Top-k per row; see [`plan::top_k`].
@@ -347,9 +361,18 @@ impl Module {
         spec: &AttentionSpec,
         dtype: Dtype,
         lists: &KeyLists,
+        rules: &SparseRules,
         bufs: &AttentionBuffers,
     ) -> Result<(), CudaError> {
-        self.launch(&plan::sparse_attention(spec, dtype, lists, bufs)?, stream)
+        self.launch(
+            &plan::sparse_attention(spec, dtype, lists, rules, bufs)?,
+            stream,
+        )
+    }
+
+    /// The driver this module was loaded with.
+    pub fn driver(&self) -> &'static Driver {
+        self.driver
     }
 
     /// LSE merge; see [`plan::merge`].

@@ -58,6 +58,9 @@ pub struct IndexerParams {
     pub w: u64,
     pub scores: u64,
     pub kv_lens: u64,
+    pub q_scale: u64,
+    pub k_scale: u64,
+    pub bad: u64,
     pub q_offset: i64,
     pub batch: i32,
     pub q_len: i32,
@@ -66,6 +69,20 @@ pub struct IndexerParams {
     pub dim: i32,
     pub causal: i32,
     pub offset_from_kv_lens: i32,
+    pub pad_: i32,
+}
+
+/// `TesseraQuantizeParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[allow(missing_docs)]
+pub struct QuantizeParams {
+    pub src: u64,
+    pub codes: u64,
+    pub scales: u64,
+    pub bad: u64,
+    pub rows: i64,
+    pub row_len: i32,
     pub pad_: i32,
 }
 
@@ -108,6 +125,9 @@ pub struct SparseParams {
     pub idx_batch: i64,
     pub idx_head: i64,
     pub idx_seq: i64,
+    pub q_offset: i64,
+    pub left_window: i64,
+    pub global_tokens: i64,
     pub batch: i32,
     pub q_heads: i32,
     pub kv_heads: i32,
@@ -116,8 +136,30 @@ pub struct SparseParams {
     pub head_dim: i32,
     pub v_head_dim: i32,
     pub topk: i32,
+    pub causal: i32,
     pub scale: f32,
     pub softcap: f32,
+    pub pad_: i32,
+}
+
+/// `TesseraIndexCheckParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[allow(missing_docs)]
+pub struct IndexCheckParams {
+    pub indices: u64,
+    pub bad: u64,
+    pub selected: u64,
+    pub rows: i64,
+    pub q_offset: i64,
+    pub left_window: i64,
+    pub global_tokens: i64,
+    pub q_len: i32,
+    pub kv_len: i32,
+    pub topk: i32,
+    pub width: i32,
+    pub causal: i32,
+    pub pad_: i32,
 }
 
 /// `TesseraMergeParams`.
@@ -156,9 +198,11 @@ macro_rules! params {
 
 params! {
     FlashParams, "TesseraFlashParams", "tessera_abi_flash", 264;
-    IndexerParams, "TesseraIndexerParams", "tessera_abi_indexer", 80;
+    IndexerParams, "TesseraIndexerParams", "tessera_abi_indexer", 104;
+    QuantizeParams, "TesseraQuantizeParams", "tessera_abi_quantize", 48;
     TopkParams, "TesseraTopkParams", "tessera_abi_topk", 40;
-    SparseParams, "TesseraSparseParams", "tessera_abi_sparse", 208;
+    SparseParams, "TesseraSparseParams", "tessera_abi_sparse", 240;
+    IndexCheckParams, "TesseraIndexCheckParams", "tessera_abi_index_check", 80;
     MergeParams, "TesseraMergeParams", "tessera_abi_merge", 64;
 }
 
@@ -207,7 +251,15 @@ mod tests {
     #[test]
     fn every_mirror_has_the_fields_of_params_h_in_the_same_order() {
         let header = include_str!("../kernels/params.h");
-        let cases: [(&str, String); 5] = [
+        let cases: [(&str, String); 7] = [
+            (
+                "TesseraQuantizeParams",
+                format!("{:?}", super::QuantizeParams::default()),
+            ),
+            (
+                "TesseraIndexCheckParams",
+                format!("{:?}", super::IndexCheckParams::default()),
+            ),
             (
                 "TesseraFlashParams",
                 format!("{:?}", super::FlashParams::default()),

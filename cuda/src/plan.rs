@@ -10,7 +10,8 @@ use tessera_core::IndexerSpec;
 
 use crate::error::CudaError;
 use crate::params::{
-    FlashParams, IndexerParams, KernelParams, MergeParams, SparseParams, TopkParams,
+    FlashParams, IndexCheckParams, IndexerParams, KernelParams, MergeParams, QuantizeParams,
+    SparseParams, TopkParams,
 };
 
 /// A device address (`CUdeviceptr`); 0 is null.
@@ -345,26 +346,66 @@ pub fn attention(
     })
 }
 
+/// The FP8 storage formats of the indexer (OCP E4M3 "fn" and E5M2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8Format {
+    /// 4 exponent bits, 3 mantissa bits, max 448, no infinities.
+    E4M3,
+    /// 5 exponent bits, 2 mantissa bits, max 57344.
+    E5M2,
+}
+
+impl Fp8Format {
+    /// The name used in kernel names.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Fp8Format::E4M3 => "e4m3",
+            Fp8Format::E5M2 => "e5m2",
+        }
+    }
+}
+
 /// Device buffers of an indexer call (contiguous).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct IndexerBuffers {
-    /// e4m3 `(B, Sq, Hi, Di)`.
+    /// FP8 codes `(B, Sq, Hi, Di)`.
     pub q: DevicePtr,
-    /// e4m3 `(B, Skv, Di)`.
+    /// FP8 codes `(B, Skv, Di)`.
     pub k: DevicePtr,
     /// f32 `(B, Sq, Hi)`.
     pub w: DevicePtr,
     /// f32 `(B, Sq, Skv)` out; `-inf` where a key is not visible.
     pub scores: DevicePtr,
+    /// f32 `(B, Sq, Hi)` scales of q's rows, all `> 0`; none = 1.
+    pub q_scale: Option<DevicePtr>,
+    /// f32 `(B, Skv)` scales of k's rows, all `> 0`; none = 1.
+    pub k_scale: Option<DevicePtr>,
+    /// One i64 the kernel lowers (atomic min) to the flat index of a
+    /// visible score that is not finite; the caller presets it high.
+    pub bad: Option<DevicePtr>,
 }
 
-/// The FP8 (E4M3) lightning indexer scores. The mask may be causal with an
-/// offset and per-batch kv lengths; windows, globals, chunks, segments and
-/// dense masks are for the CPU path.
+/// The FP8 (E4M3) lightning indexer scores; [`indexer_fp8`] with
+/// [`Fp8Format::E4M3`].
 pub fn indexer(
     spec: &IndexerSpec,
     mask: &MaskSpec<'_>,
     device: &DeviceMask,
+    bufs: &IndexerBuffers,
+) -> Result<Launch<IndexerParams>, CudaError> {
+    indexer_fp8(spec, mask, device, Fp8Format::E4M3, bufs)
+}
+
+/// The FP8 lightning indexer scores, q and k in `format` with optional
+/// per-row scales (one per row: `Di <= 128` is one group of the CPU's
+/// per-128 scaling). The mask may be causal with an offset and per-batch kv
+/// lengths; windows, globals, chunks, segments and dense masks are for the
+/// CPU path.
+pub fn indexer_fp8(
+    spec: &IndexerSpec,
+    mask: &MaskSpec<'_>,
+    device: &DeviceMask,
+    format: Fp8Format,
     bufs: &IndexerBuffers,
 ) -> Result<Launch<IndexerParams>, CudaError> {
     if spec.heads == 0 {
@@ -374,10 +415,13 @@ pub fn indexer(
         ));
     }
     if !INDEXER_HEAD_DIMS.contains(&spec.dim) {
-        return Err(CudaError::Unsupported(format!(
-            "index head dim {}: the FP8 indexer has Di in {INDEXER_HEAD_DIMS:?}",
-            spec.dim
-        )));
+        return Err(CudaError::invalid(
+            "index_q",
+            format!(
+                "index_dim {} is not supported by the CUDA indexer (index_dim in {INDEXER_HEAD_DIMS:?})",
+                spec.dim
+            ),
+        ));
     }
     mask.validate(spec.batch, 1, spec.q_len, spec.kv_len)?;
     structural_only(mask)?;
@@ -408,12 +452,20 @@ pub fn indexer(
     let (kv_lens, offset_from_kv_lens) = kv_lens(device)?;
     let q_len = fits_i32("index_q", "sequence length", sq)?;
     grid_dim("index_q", "query blocks (Sq / 8)", sq.div_ceil(8))?;
+    let optional = |p: Option<DevicePtr>, input, align| {
+        p.map(|p| p.check(input, align))
+            .transpose()
+            .map(|p| p.unwrap_or(0))
+    };
     let params = IndexerParams {
         q: bufs.q.check("index_q", 16)?,
         k: bufs.k.check("index_k", 16)?,
         w: bufs.w.check("index_w", 4)?,
         scores: bufs.scores.check("scores", 4)?,
         kv_lens,
+        q_scale: optional(bufs.q_scale, "index_q_scale", 4)?,
+        k_scale: optional(bufs.k_scale, "index_k_scale", 4)?,
+        bad: optional(bufs.bad, "bad", 8)?,
         q_offset: mask.q_offset as i64,
         batch: grid_dim("index_q", "batch", b)?,
         q_len,
@@ -426,14 +478,101 @@ pub fn indexer(
     };
     Ok(Launch {
         module: "indexer",
-        kernel: indexer_kernel(spec.dim),
-        geometry: indexer_geometry(spec.dim),
+        kernel: indexer_kernel(format, spec.dim),
+        geometry: indexer_geometry(format, spec.dim),
         params,
         grid: |p, g| {
             [
                 (p.kv_len as u64).div_ceil(g.tile_b as u64),
                 (p.q_len as u64).div_ceil(g.tile_a as u64),
                 p.batch as u64,
+            ]
+        },
+    })
+}
+
+/// The elements of one FP8 scale group (`tessera_core::fp8::SCALE_GROUP`).
+pub const SCALE_GROUP: usize = 128;
+
+/// Quantise `rows` rows of `row_len` elements of `source` (f32, f16 or
+/// bf16, contiguous) to FP8 `format` codes with one f32 scale per
+/// [`SCALE_GROUP`] elements of a row: `tessera_core::fp8::quantize`, bit
+/// for bit. `bad` (one i64, preset high) is lowered to the flat index of a
+/// non-finite element.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize(
+    input: &'static str,
+    format: Fp8Format,
+    source: Dtype,
+    rows: usize,
+    row_len: usize,
+    src: DevicePtr,
+    codes: DevicePtr,
+    scales: DevicePtr,
+    bad: DevicePtr,
+) -> Result<Launch<QuantizeParams>, CudaError> {
+    if row_len == 0 {
+        return Err(CudaError::invalid(
+            input,
+            "rows must hold at least 1 element",
+        ));
+    }
+    rows.checked_mul(row_len.div_ceil(SCALE_GROUP))
+        .and_then(|units| units.checked_mul(SCALE_GROUP))
+        .filter(|&n| n <= i64::MAX as usize)
+        .ok_or_else(|| CudaError::invalid(input, "size overflows the address space"))?;
+    let params = QuantizeParams {
+        src: src.check(input, source.size())?,
+        codes: codes.check("codes", 1)?,
+        scales: scales.check("scales", 4)?,
+        bad: bad.check("bad", 8)?,
+        rows: fits_i64(input, "rows", rows)?,
+        row_len: fits_i32(input, "row length", row_len)?,
+        pad_: 0,
+    };
+    Ok(Launch {
+        module: "indexer",
+        kernel: quantize_kernel(format, source),
+        geometry: "tessera_quantize_geom",
+        params,
+        grid: |p, g| {
+            let units = p.rows as u64 * (p.row_len as u64).div_ceil(g.tile_b as u64);
+            [units.div_ceil(g.tile_a as u64), 1, 1]
+        },
+    })
+}
+
+/// Widen `n` elements of `source` to f32 into `dst`, lowering `bad` (one
+/// i64, preset high) to the index of a non-finite element.
+pub fn widen(
+    input: &'static str,
+    source: Dtype,
+    n: usize,
+    src: DevicePtr,
+    dst: DevicePtr,
+    bad: DevicePtr,
+) -> Result<Launch<QuantizeParams>, CudaError> {
+    let params = QuantizeParams {
+        src: src.check_unless_empty(input, source.size(), n)?,
+        codes: dst.check_unless_empty("widened", 4, n)?,
+        scales: 0,
+        bad: bad.check("bad", 8)?,
+        rows: fits_i64(input, "elements", n)?,
+        row_len: 1,
+        pad_: 0,
+    };
+    Ok(Launch {
+        module: "indexer",
+        kernel: widen_kernel(source),
+        geometry: "tessera_widen_geom",
+        params,
+        grid: |p, g| {
+            [
+                (p.rows as u64)
+                    .div_ceil(g.threads as u64)
+                    .min(g.tile_b as u64),
+                1,
+                1,
             ]
         },
     })
@@ -511,13 +650,47 @@ impl KeyLists {
     }
 }
 
-/// Attention of each query over its own key list (gathered K/V rows).
+/// The visibility rules of a sparse call (TopKAttention's index mode): query
+/// `t` sits at position `p = t + q_offset`, sees only keys `j <= p` when
+/// `causal`, and always attends (listed or not) the sinks
+/// `[0, global_tokens)` and, with `left_window = Some(w)` and `p >= 0`, the
+/// window `[p - w, p]`, each key once. [`SparseRules::default`] is "the
+/// list and nothing else".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SparseRules {
+    /// Hide keys after the query's position.
+    pub causal: bool,
+    /// Position of query 0 (TopKAttention: `Skv - Sq`).
+    pub q_offset: isize,
+    /// Keys before the query kept, if any.
+    pub left_window: Option<usize>,
+    /// Leading keys kept (attention sinks).
+    pub global_tokens: usize,
+}
+
+impl SparseRules {
+    fn fields(&self) -> Result<(i64, i64, i64), CudaError> {
+        Ok((
+            self.q_offset as i64,
+            match self.left_window {
+                None => -1,
+                Some(w) => fits_i64("left_window_size", "window", w)?,
+            },
+            fits_i64("num_global_tokens", "count", self.global_tokens)?,
+        ))
+    }
+}
+
+/// Attention of each query over its own key list (gathered K/V rows) and
+/// the keys `rules` keep, under its causal rule.
 /// Rules: f16/bf16; `D % 8 == 0`, `D, Dv <= 256`; K strides multiples of 8
-/// elements and K 16-byte aligned; entries outside `[0, Skv)` are skipped.
+/// elements and K 16-byte aligned; entries outside `[0, Skv)` are skipped;
+/// a list must not name a key twice ([`index_check`] refuses such lists).
 pub fn sparse_attention(
     spec: &AttentionSpec,
     dtype: Dtype,
     lists: &KeyLists,
+    rules: &SparseRules,
     bufs: &AttentionBuffers,
 ) -> Result<Launch<SparseParams>, CudaError> {
     spec.validate()?;
@@ -540,6 +713,7 @@ pub fn sparse_attention(
     let [k_batch, k_head, k_seq] = strides("K", &spec.k, 8)?;
     let [v_batch, v_head, v_seq] = one(&spec.v, "V")?;
     let [y_batch, y_head, y_seq] = one(&spec.out, "Y")?;
+    let (q_offset, left_window, global_tokens) = rules.fields()?;
     let params = SparseParams {
         q: bufs.q.check("Q", 2)?,
         k: bufs.k.check("K", 16)?,
@@ -566,6 +740,9 @@ pub fn sparse_attention(
         idx_batch: fits_i64("indices", "batch stride", lists.batch)?,
         idx_head: fits_i64("indices", "head stride", lists.head)?,
         idx_seq: fits_i64("indices", "seq stride", lists.seq)?,
+        q_offset,
+        left_window,
+        global_tokens,
         batch: grid_dim("Q", "batch", spec.batch)?,
         q_heads: fits_i32("Q", "q_num_heads", spec.q_heads)?,
         kv_heads: fits_i32("K", "kv_num_heads", spec.kv_heads)?,
@@ -574,8 +751,10 @@ pub fn sparse_attention(
         head_dim: spec.head_dim as i32,
         v_head_dim: spec.v_head_dim as i32,
         topk: fits_i32("top_k", "top_k", lists.top_k)?,
+        causal: rules.causal as i32,
         scale: spec.scale,
         softcap: spec.softcap,
+        pad_: 0,
     };
     Ok(Launch {
         module: "sparse",
@@ -583,6 +762,72 @@ pub fn sparse_attention(
         geometry: "tessera_sparse_geom",
         params,
         grid: |p, _| [p.q_len as u64, p.batch as u64, 1],
+    })
+}
+
+/// The most keys [`index_check`] handles (its bitmap lives in shared memory).
+pub const INDEX_CHECK_MAX_KEYS: usize = 11 * 1024 * 32;
+
+/// Check `rows` contiguous index lists of `top_k` entries (row `r` is query
+/// `r % q_len`): `bad` (one i64, preset high) is lowered to the lowest row
+/// with an entry outside `[0, kv_len)` other than `-1`, or a key named
+/// twice. With `selected = Some((ptr, width))`, row `r` of that i64
+/// `(rows, width)` buffer gets the keys [`sparse_attention`] attends under
+/// `rules`, ascending, `-1`-padded.
+#[allow(clippy::too_many_arguments)]
+pub fn index_check(
+    rows: usize,
+    q_len: usize,
+    kv_len: usize,
+    top_k: usize,
+    rules: &SparseRules,
+    indices: DevicePtr,
+    bad: DevicePtr,
+    selected: Option<(DevicePtr, usize)>,
+) -> Result<Launch<IndexCheckParams>, CudaError> {
+    if kv_len > INDEX_CHECK_MAX_KEYS {
+        return Err(CudaError::invalid(
+            "K",
+            format!(
+                "sequence length {kv_len} exceeds the {INDEX_CHECK_MAX_KEYS} keys the CUDA index-list check handles"
+            ),
+        ));
+    }
+    if top_k == 0 || q_len == 0 {
+        return Err(CudaError::invalid(
+            "indices",
+            "lists need at least one entry and one query",
+        ));
+    }
+    rows.checked_mul(top_k.max(selected.map_or(0, |s| s.1)))
+        .filter(|&n| n <= i64::MAX as usize)
+        .ok_or_else(|| CudaError::invalid("indices", "size overflows the address space"))?;
+    let (q_offset, left_window, global_tokens) = rules.fields()?;
+    let (sel, width) = match selected {
+        Some((p, w)) => (p.check_unless_empty("selected_indices", 8, rows * w)?, w),
+        None => (0, 0),
+    };
+    let params = IndexCheckParams {
+        indices: indices.check("indices", 8)?,
+        bad: bad.check("bad", 8)?,
+        selected: sel,
+        rows: fits_i64("indices", "rows", rows)?,
+        q_offset,
+        left_window,
+        global_tokens,
+        q_len: fits_i32("indices", "queries", q_len)?,
+        kv_len: fits_i32("K", "sequence length", kv_len)?,
+        topk: fits_i32("indices", "entries per row", top_k)?,
+        width: fits_i32("selected_indices", "width", width)?,
+        causal: rules.causal as i32,
+        pad_: 0,
+    };
+    Ok(Launch {
+        module: "sparse",
+        kernel: "tessera_index_check",
+        geometry: "tessera_index_check_geom",
+        params,
+        grid: |p, g| [(p.rows as u64).min(g.tile_a as u64), 1, 1],
     })
 }
 
@@ -685,14 +930,33 @@ names!(flash_geometry(dtype: Dtype, d: usize) {
     (Dtype::Bf16, 128) => "tessera_flash_bf16_d128_geom",
 });
 
-names!(indexer_kernel(d: usize) {
-    64 => "tessera_indexer_e4m3_d64",
-    128 => "tessera_indexer_e4m3_d128",
+names!(indexer_kernel(format: Fp8Format, d: usize) {
+    (Fp8Format::E4M3, 64) => "tessera_indexer_e4m3_d64",
+    (Fp8Format::E4M3, 128) => "tessera_indexer_e4m3_d128",
+    (Fp8Format::E5M2, 64) => "tessera_indexer_e5m2_d64",
+    (Fp8Format::E5M2, 128) => "tessera_indexer_e5m2_d128",
 });
 
-names!(indexer_geometry(d: usize) {
-    64 => "tessera_indexer_e4m3_d64_geom",
-    128 => "tessera_indexer_e4m3_d128_geom",
+names!(indexer_geometry(format: Fp8Format, d: usize) {
+    (Fp8Format::E4M3, 64) => "tessera_indexer_e4m3_d64_geom",
+    (Fp8Format::E4M3, 128) => "tessera_indexer_e4m3_d128_geom",
+    (Fp8Format::E5M2, 64) => "tessera_indexer_e5m2_d64_geom",
+    (Fp8Format::E5M2, 128) => "tessera_indexer_e5m2_d128_geom",
+});
+
+names!(quantize_kernel(format: Fp8Format, source: Dtype) {
+    (Fp8Format::E4M3, Dtype::F32) => "tessera_quantize_e4m3_f32",
+    (Fp8Format::E4M3, Dtype::F16) => "tessera_quantize_e4m3_f16",
+    (Fp8Format::E4M3, Dtype::Bf16) => "tessera_quantize_e4m3_bf16",
+    (Fp8Format::E5M2, Dtype::F32) => "tessera_quantize_e5m2_f32",
+    (Fp8Format::E5M2, Dtype::F16) => "tessera_quantize_e5m2_f16",
+    (Fp8Format::E5M2, Dtype::Bf16) => "tessera_quantize_e5m2_bf16",
+});
+
+names!(widen_kernel(source: Dtype) {
+    Dtype::F32 => "tessera_widen_f32",
+    Dtype::F16 => "tessera_widen_f16",
+    Dtype::Bf16 => "tessera_widen_bf16",
 });
 
 names!(sparse_kernel(dtype: Dtype, softcap: bool) {
@@ -723,9 +987,18 @@ pub fn all_kernels() -> Vec<(&'static str, &'static str, &'static str)> {
             v.push(("sparse", sparse_kernel(dt, sc), "tessera_sparse_geom"));
         }
     }
-    for d in INDEXER_HEAD_DIMS {
-        v.push(("indexer", indexer_kernel(d), indexer_geometry(d)));
+    for f in [Fp8Format::E4M3, Fp8Format::E5M2] {
+        for d in INDEXER_HEAD_DIMS {
+            v.push(("indexer", indexer_kernel(f, d), indexer_geometry(f, d)));
+        }
+        for src in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            v.push(("indexer", quantize_kernel(f, src), "tessera_quantize_geom"));
+        }
     }
+    for src in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+        v.push(("indexer", widen_kernel(src), "tessera_widen_geom"));
+    }
+    v.push(("sparse", "tessera_index_check", "tessera_index_check_geom"));
     v.push(("topk", "tessera_topk_f32", "tessera_topk_f32_geom"));
     for dt in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
         v.push(("merge", merge_kernel(dt), "tessera_merge_geom"));

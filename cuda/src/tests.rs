@@ -270,6 +270,7 @@ fn indexer_plans_follow_the_spec_and_refuse_other_masks() {
         k: DevicePtr(0x200),
         w: DevicePtr(0x300),
         scores: DevicePtr(0x400),
+        ..Default::default()
     };
     let l = plan::indexer(
         &spec,
@@ -304,7 +305,7 @@ fn indexer_plans_follow_the_spec_and_refuse_other_masks() {
     )
     .unwrap_err();
     assert!(
-        matches!(&e, CudaError::Unsupported(m) if m.contains("96")),
+        matches!(&e, CudaError::Invalid { input: "index_q", rule } if rule.contains("index_dim 96")),
         "{e}"
     );
     let e = plan::indexer(
@@ -334,6 +335,117 @@ fn indexer_plans_follow_the_spec_and_refuse_other_masks() {
     )
     .unwrap_err();
     assert_eq!(invalid_input(e), "index_k");
+
+    // E5M2 and scales pick the E5M2 kernel and pass the scale buffers.
+    let scaled = IndexerBuffers {
+        q_scale: Some(DevicePtr(0x500)),
+        k_scale: Some(DevicePtr(0x600)),
+        bad: Some(DevicePtr(0x700)),
+        ..b
+    };
+    let l = plan::indexer_fp8(
+        &IndexerSpec { dim: 64, ..spec },
+        &MaskSpec::NONE,
+        &DeviceMask::default(),
+        plan::Fp8Format::E5M2,
+        &scaled,
+    )
+    .unwrap();
+    assert_eq!(l.kernel, "tessera_indexer_e5m2_d64");
+    assert_eq!(
+        (l.params.q_scale, l.params.k_scale, l.params.bad),
+        (0x500, 0x600, 0x700)
+    );
+    let e = plan::indexer_fp8(
+        &spec,
+        &MaskSpec::NONE,
+        &DeviceMask::default(),
+        plan::Fp8Format::E4M3,
+        &IndexerBuffers {
+            bad: Some(DevicePtr(0x704)),
+            ..scaled
+        },
+    )
+    .unwrap_err();
+    assert_eq!(invalid_input(e), "bad");
+}
+
+#[test]
+fn quantize_and_index_check_plans() {
+    let l = plan::quantize(
+        "index_k",
+        plan::Fp8Format::E5M2,
+        Dtype::Bf16,
+        1000,
+        200,
+        DevicePtr(0x100),
+        DevicePtr(0x200),
+        DevicePtr(0x300),
+        DevicePtr(0x400),
+    )
+    .unwrap();
+    assert_eq!(l.kernel, "tessera_quantize_e5m2_bf16");
+    let g = Geometry {
+        threads: 256,
+        tile_a: 8,
+        tile_b: 128,
+        smem: 0,
+    };
+    // 1000 rows of 2 groups, 8 per CTA.
+    assert_eq!((l.grid)(&l.params, &g), [250, 1, 1]);
+    let e = plan::quantize(
+        "index_q",
+        plan::Fp8Format::E4M3,
+        Dtype::F32,
+        1,
+        0,
+        DevicePtr(0x100),
+        DevicePtr(0x200),
+        DevicePtr(0x300),
+        DevicePtr(0x400),
+    )
+    .unwrap_err();
+    assert_eq!(invalid_input(e), "index_q");
+
+    let rules = plan::SparseRules {
+        causal: true,
+        q_offset: 30,
+        left_window: Some(8),
+        global_tokens: 2,
+    };
+    let l = plan::index_check(
+        600,
+        100,
+        130,
+        16,
+        &rules,
+        DevicePtr(0x100),
+        DevicePtr(0x200),
+        Some((DevicePtr(0x300), 27)),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            l.params.q_offset,
+            l.params.left_window,
+            l.params.global_tokens,
+            l.params.width,
+            l.params.causal
+        ),
+        (30, 8, 2, 27, 1)
+    );
+    let e = plan::index_check(
+        1,
+        1,
+        plan::INDEX_CHECK_MAX_KEYS + 1,
+        4,
+        &rules,
+        DevicePtr(0x100),
+        DevicePtr(0x200),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(invalid_input(e), "K");
 }
 
 #[test]
@@ -364,7 +476,8 @@ fn top_k_plans_check_k_and_alignment() {
 fn sparse_and_merge_plans() {
     let spec = AttentionSpec::bhsd(2, 8, 1, 50, 4000, 128, 128);
     let lists = KeyLists::shared(DevicePtr(0x800), 50, 2048);
-    let l = plan::sparse_attention(&spec, Dtype::F16, &lists, &bufs()).unwrap();
+    let l =
+        plan::sparse_attention(&spec, Dtype::F16, &lists, &Default::default(), &bufs()).unwrap();
     assert_eq!(l.kernel, "tessera_sparse_f16_sc0");
     assert_eq!(
         (
@@ -378,12 +491,15 @@ fn sparse_and_merge_plans() {
     assert_eq!((l.grid)(&l.params, &G128), [50, 2, 1]);
     let big = AttentionSpec::bhsd(1, 1, 1, 4, 4, 264, 264);
     assert!(matches!(
-        plan::sparse_attention(&big, Dtype::F16, &lists, &bufs()),
+        plan::sparse_attention(&big, Dtype::F16, &lists, &Default::default(), &bufs()),
         Err(CudaError::Unsupported(_))
     ));
     let none = KeyLists { top_k: 0, ..lists };
     assert_eq!(
-        invalid_input(plan::sparse_attention(&spec, Dtype::Bf16, &none, &bufs()).unwrap_err()),
+        invalid_input(
+            plan::sparse_attention(&spec, Dtype::Bf16, &none, &Default::default(), &bufs())
+                .unwrap_err()
+        ),
         "top_k"
     );
 
@@ -427,7 +543,8 @@ fn sparse_and_merge_plans() {
 #[test]
 fn every_kernel_name_is_instantiated_and_unique() {
     let all = plan::all_kernels();
-    assert_eq!(all.len(), 16 + 4 + 2 + 1 + 3);
+    // flash, sparse + index check, indexer + quantise + widen, top-k, merge.
+    assert_eq!(all.len(), 16 + (4 + 1) + (4 + 6 + 3) + 1 + 3);
     let mut names: Vec<_> = all.iter().map(|k| k.1).collect();
     assert!(!names.contains(&"tessera_not_instantiated"));
     names.sort();

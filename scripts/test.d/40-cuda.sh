@@ -39,8 +39,9 @@ sys.modules.setdefault("torch", types.ModuleType("torch"))  # the parser needs n
 sys.path.insert(0, "cuda/device")
 import tessera
 sizes = {k: ctypes.sizeof(v) for k, v in tessera.PARAMS.items()}
-want = {"TesseraFlashParams": 264, "TesseraIndexerParams": 80, "TesseraTopkParams": 40,
-        "TesseraSparseParams": 208, "TesseraMergeParams": 64}
+want = {"TesseraFlashParams": 264, "TesseraIndexerParams": 104, "TesseraQuantizeParams": 48,
+        "TesseraTopkParams": 40, "TesseraSparseParams": 240, "TesseraIndexCheckParams": 80,
+        "TesseraMergeParams": 64}
 assert sizes == want, sizes
 print("device harness: parameter blocks match the Rust mirrors")
 PY
