@@ -341,11 +341,14 @@ template <class S> TESSERA_DEVICE void widen_rows(const TesseraQuantizeParams& p
 
 #define TESSERA_INDEXER_TABLE(X) X(64, E4m3, e4m3) X(128, E4m3, e4m3) X(64, E5m2, e5m2) X(128, E5m2, e5m2)
 
+// One CTA per SM at least (minBlocks 1): ptxas may then use more than 128
+// registers, which the sm_80 (widened) E4M3 path needs to hold its
+// fragments without spilling (with the default it spilled 52 bytes).
 #define TESSERA_INDEXER_INSTANCE(DI, F, NAME)                                                       \
     TESSERA_CONSTANT(int tessera_indexer_##NAME##_d##DI##_geom[4] = {                               \
         IndexerTraits<DI>::THREADS, IndexerTraits<DI>::WARPS, IndexerTraits<DI>::BS * IndexerTraits<DI>::TILES, \
         IndexerTraits<DI>::SMEM})                                                                   \
-    extern "C" __global__ void __launch_bounds__(IndexerTraits<DI>::THREADS)                        \
+    extern "C" __global__ void __launch_bounds__(IndexerTraits<DI>::THREADS, 1)                     \
         tessera_indexer_##NAME##_d##DI(const TesseraIndexerParams p) {                              \
         lightning_indexer<DI, F>(p);                                                                \
     }

@@ -107,8 +107,9 @@ pub struct IndexerCall {
     pub causal: bool,
     /// The FP8 format q and k are quantised to.
     pub format: Fp8Format,
-    /// The element type of `index_q`, `index_k` and `index_w`.
-    pub source: Dtype,
+    /// The element types of `index_q`, `index_k` and `index_w` (each f32,
+    /// f16 or bf16, as the CPU op takes them).
+    pub sources: [Dtype; 3],
     /// Most bytes of f32 scores live at once (queries are scored in chunks
     /// of `budget / (4·Skv)` rows, at least one).
     pub scores_budget: usize,
@@ -120,7 +121,7 @@ pub const SCORES_BUDGET: usize = 256 << 20;
 /// Device buffers of a `LightningIndexer` call.
 #[derive(Clone, Copy, Debug)]
 pub struct IndexerIo {
-    /// `index_q (B, Sq, Hi, Di)`, [`IndexerCall::source`].
+    /// `index_q (B, Sq, Hi, Di)`, of [`IndexerCall::sources`]`[0]`.
     pub q: DevicePtr,
     /// `index_k (B, Skv, Di)`.
     pub k: DevicePtr,
@@ -228,11 +229,11 @@ pub fn lightning_indexer<D: Device>(
     dev.fill(at(l.flags), FLAG_BYTE, 32)?;
     let q_rows = s.batch * s.q_len * s.heads;
     let k_rows = s.batch * s.kv_len;
-    let (f, src) = (call.format, call.source);
+    let (f, [q_src, k_src, w_src]) = (call.format, call.sources);
     dev.launch(&plan::quantize(
         "index_q",
         f,
-        src,
+        q_src,
         q_rows,
         s.dim,
         io.q,
@@ -244,7 +245,7 @@ pub fn lightning_indexer<D: Device>(
         dev.launch(&plan::quantize(
             "index_k",
             f,
-            src,
+            k_src,
             k_rows,
             s.dim,
             io.k,
@@ -255,7 +256,7 @@ pub fn lightning_indexer<D: Device>(
     }
     dev.launch(&plan::widen(
         "index_w",
-        src,
+        w_src,
         q_rows,
         io.w,
         at(l.w),
@@ -537,7 +538,7 @@ mod tests {
             top_k: 64,
             causal: true,
             format: Fp8Format::E4M3,
-            source: Dtype::F32,
+            sources: [Dtype::F32; 3],
             scores_budget: 1 << 20,
         };
         let l = call.layout().unwrap();

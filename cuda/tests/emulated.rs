@@ -644,7 +644,7 @@ fn run_indexer_op<S: Element, F: Fp8>(
         top_k,
         causal,
         format,
-        source,
+        sources: [source; 3],
         scores_budget: budget,
     };
     let mut scratch = vec![0u64; call.scratch_bytes().map_err(|e| e.to_string())?.div_ceil(8)];
@@ -768,7 +768,7 @@ fn the_indexer_op_refuses_non_finite_inputs_by_name() {
         top_k: 3,
         causal: false,
         format: Fp8Format::E4M3,
-        source: Dtype::F32,
+        sources: [Dtype::F32; 3],
         scores_budget: dsa::SCORES_BUDGET,
     };
     let mut scratch = vec![0u64; call.scratch_bytes().unwrap().div_ceil(8)];

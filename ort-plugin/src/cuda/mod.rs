@@ -11,14 +11,12 @@
 //! and never chosen: nothing opens `libcuda` until a CUDA kernel runs
 //! (`tessera_cuda::Driver` loads it on first use).
 //!
-//! Registered: `Attention` (float16, bfloat16) and `MergeAttention` (float,
-//! float16, bfloat16). Float `Attention` has no tensor-core kernel, so it
-//! is left to the CPU kernel (ORT copies the tensors across). Not
-//! registered, because the GPU kernels do not implement the CPU op's
-//! contract: `LightningIndexer` (f32 inputs quantised per 128-element group
-//! on the host; the GPU indexer reads pre-quantised E4M3 without scales)
-//! and `TopKAttention` (the gather kernel applies no causal rule, keeps no
-//! window or sink keys and does not refuse repeated entries).
+//! Registered: `Attention` (float16, bfloat16), `LightningIndexer` (its
+//! inputs float, float16 or bfloat16), `TopKAttention` (float16, bfloat16;
+//! index mode) and `MergeAttention` (float, float16, bfloat16). Float
+//! `Attention` and `TopKAttention` have no half-precision kernel, so they
+//! are left to the CPU kernels (ORT copies the tensors across). What each
+//! CUDA op refuses that the CPU op takes is listed in its module.
 //!
 //! Errors: a rule the call breaks (shapes, types, a combination the CUDA
 //! kernels do not implement) is `ORT_INVALID_ARGUMENT`; a failure of the
@@ -26,7 +24,9 @@
 
 pub mod attention;
 pub mod device;
+pub mod indexer;
 pub mod merge;
+pub mod topk_attention;
 
 use core::ffi::{c_char, c_void};
 use std::ffi::CString;
@@ -136,20 +136,29 @@ pub const fn table<O: DeviceKernel>(with_inference: bool) -> OrtCustomOp {
 
 type AttentionF16 = attention::CudaAttentionOp<tessera_core::f16>;
 type AttentionBf16 = attention::CudaAttentionOp<tessera_core::bf16>;
+type Indexer = indexer::CudaIndexerOp;
+type TopKF16 = topk_attention::CudaTopKAttentionOp<tessera_core::f16>;
+type TopKBf16 = topk_attention::CudaTopKAttentionOp<tessera_core::bf16>;
 type MergeF32 = merge::CudaMergeOp<f32>;
 type MergeF16 = merge::CudaMergeOp<tessera_core::f16>;
 type MergeBf16 = merge::CudaMergeOp<tessera_core::bf16>;
 
 static ATTENTION_F16: OrtCustomOp = table::<AttentionF16>(true);
 static ATTENTION_BF16: OrtCustomOp = table::<AttentionBf16>(true);
+static INDEXER: OrtCustomOp = table::<Indexer>(true);
+static TOPK_F16: OrtCustomOp = table::<TopKF16>(true);
+static TOPK_BF16: OrtCustomOp = table::<TopKBf16>(true);
 static MERGE_F32: OrtCustomOp = table::<MergeF32>(true);
 static MERGE_F16: OrtCustomOp = table::<MergeF16>(true);
 static MERGE_BF16: OrtCustomOp = table::<MergeBf16>(true);
 
 /// The CUDA-EP kernels, registered after the CPU ones of the same names.
-pub static OPS: [&OrtCustomOp; 5] = [
+pub static OPS: [&OrtCustomOp; 8] = [
     &ATTENTION_F16,
     &ATTENTION_BF16,
+    &INDEXER,
+    &TOPK_F16,
+    &TOPK_BF16,
     &MERGE_F32,
     &MERGE_F16,
     &MERGE_BF16,
@@ -157,14 +166,20 @@ pub static OPS: [&OrtCustomOp; 5] = [
 
 static ATTENTION_F16_NI: OrtCustomOp = table::<AttentionF16>(false);
 static ATTENTION_BF16_NI: OrtCustomOp = table::<AttentionBf16>(false);
+static INDEXER_NI: OrtCustomOp = table::<Indexer>(false);
+static TOPK_F16_NI: OrtCustomOp = table::<TopKF16>(false);
+static TOPK_BF16_NI: OrtCustomOp = table::<TopKBf16>(false);
 static MERGE_F32_NI: OrtCustomOp = table::<MergeF32>(false);
 static MERGE_F16_NI: OrtCustomOp = table::<MergeF16>(false);
 static MERGE_BF16_NI: OrtCustomOp = table::<MergeBf16>(false);
 
 /// [`OPS`] without shape inference, for runtimes before 1.24.
-pub static OPS_WITHOUT_INFERENCE: [&OrtCustomOp; 5] = [
+pub static OPS_WITHOUT_INFERENCE: [&OrtCustomOp; 8] = [
     &ATTENTION_F16_NI,
     &ATTENTION_BF16_NI,
+    &INDEXER_NI,
+    &TOPK_F16_NI,
+    &TOPK_BF16_NI,
     &MERGE_F32_NI,
     &MERGE_F16_NI,
     &MERGE_BF16_NI,
@@ -193,6 +208,14 @@ mod tests {
             (
                 &MERGE_BF16,
                 op::table::<crate::dsa::merge::MergeAttentionOp<tessera_core::bf16>>(),
+            ),
+            (
+                &INDEXER,
+                op::table::<crate::dsa::indexer::LightningIndexerOp>(),
+            ),
+            (
+                &TOPK_BF16,
+                op::table::<crate::dsa::topk_attention::TopKAttentionOp<tessera_core::bf16>>(),
             ),
         ] {
             // SAFETY: the table functions ignore their argument.

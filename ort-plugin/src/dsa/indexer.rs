@@ -73,9 +73,9 @@ impl Format {
 /// The op.
 #[derive(Debug)]
 pub struct LightningIndexerOp {
-    top_k: usize,
-    causal: bool,
-    format: Format,
+    pub(crate) top_k: usize,
+    pub(crate) causal: bool,
+    pub(crate) format: Format,
 }
 
 const INPUTS: &[Port] = &[

@@ -97,14 +97,14 @@ topk_dtype!(f32, elem::FLOAT);
 topk_dtype!(f16, elem::FLOAT16);
 topk_dtype!(bf16, elem::BFLOAT16);
 
-const INPUT_NAMES: [&str; 4] = ["Q", "K", "V", "indices"];
+pub(crate) const INPUT_NAMES: [&str; 4] = ["Q", "K", "V", "indices"];
 
 /// The op, for element type `T`.
 #[derive(Debug)]
 pub struct TopKAttentionOp<T> {
-    attrs: Attrs,
-    top_k: Option<usize>,
-    keep: Keep,
+    pub(crate) attrs: Attrs,
+    pub(crate) top_k: Option<usize>,
+    pub(crate) keep: Keep,
     _t: PhantomData<fn() -> T>,
 }
 

@@ -1,0 +1,178 @@
+//! `ai.tessera.LightningIndexer` on the CUDA EP: the CPU op's attributes
+//! (read by [`LightningIndexerOp::attach`]), schema and shape rules, run by
+//! `tessera_cuda::dsa::lightning_indexer` on the node's stream.
+//!
+//! Same result as the CPU op: q and k quantised to E4M3/E5M2 with one scale
+//! per 128 elements (codes and scales bit for bit the CPU's), f32 scores,
+//! bottom-right causal rule, top-k in ascending key order with ties to the
+//! lower key and `-1` padding; refused the same way (a non-finite input
+//! element, named; a visible score that is not finite). Only the order of
+//! the f32 additions differs, so two keys whose scores differ in the last
+//! bits may be ranked differently.
+//!
+//! Refused with `ORT_INVALID_ARGUMENT`, naming the rule: `format = "f32"`
+//! (the GPU indexer is FP8 only) and `index_dim` other than 64 or 128.
+//!
+//! # Cost
+//! Quantised copies of q and k (one byte per element plus one f32 per 128)
+//! and the f32 scores of a chunk of queries (at most 256 MiB) in scratch;
+//! two launches per chunk; one stream synchronisation per call to read the
+//! error flags.
+
+use core::ffi::CStr;
+
+use tessera_core::IndexerSpec;
+use tessera_cuda::dsa::{self, IndexerCall, IndexerIo, OnStream};
+use tessera_cuda::{Dtype, Fp8Format, Module};
+
+use super::device::{DeviceContext, DeviceTensor};
+use super::{from_cuda, host_compute_refused, DeviceKernel};
+use crate::dsa::indexer::{Format, LightningIndexerOp};
+use crate::dsa::{dims, fmt_shape, product};
+use crate::error::{ensure, Error, Result};
+use crate::ffi::{elem, KernelContext, KernelInfo, ShapeInference};
+use crate::op::{CustomOp, Port};
+
+const NAMES: [&str; 3] = ["index_q", "index_k", "index_w"];
+
+/// The CUDA-EP op: the CPU op's attributes.
+#[derive(Debug)]
+pub struct CudaIndexerOp {
+    cpu: LightningIndexerOp,
+}
+
+/// The kernels' name for an input's element type.
+fn source(name: &str, t: &DeviceTensor) -> Result<Dtype> {
+    match t.ts.elem {
+        elem::FLOAT => Ok(Dtype::F32),
+        elem::FLOAT16 => Ok(Dtype::F16),
+        elem::BFLOAT16 => Ok(Dtype::Bf16),
+        other => Err(Error::invalid(format!(
+            "{name}: element type {} is not supported (float, float16 or bfloat16)",
+            elem::name(other)
+        ))),
+    }
+}
+
+impl CustomOp for CudaIndexerOp {
+    const NAME: &'static CStr = c"LightningIndexer";
+
+    fn inputs() -> &'static [Port] {
+        LightningIndexerOp::inputs()
+    }
+
+    fn outputs() -> &'static [Port] {
+        LightningIndexerOp::outputs()
+    }
+
+    fn attach(info: &KernelInfo) -> Result<Self> {
+        Ok(Self {
+            cpu: LightningIndexerOp::attach(info)?,
+        })
+    }
+
+    fn compute(&self, _ctx: &mut KernelContext) -> Result<()> {
+        Err(host_compute_refused())
+    }
+
+    fn infer(ctx: &ShapeInference) -> Result<()> {
+        LightningIndexerOp::infer(ctx)
+    }
+}
+
+impl DeviceKernel for CudaIndexerOp {
+    fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
+        let format = match self.cpu.format {
+            Format::E4M3 => Fp8Format::E4M3,
+            Format::E5M2 => Fp8Format::E5M2,
+            Format::F32 => {
+                return Err(Error::invalid(
+                    "format = \"f32\" is not supported by the CUDA LightningIndexer (FP8 only: \"e4m3\" or \"e5m2\"; the CPU EP runs \"f32\")",
+                ))
+            }
+        };
+        let mut inputs: [Option<DeviceTensor>; 3] = Default::default();
+        for (i, slot) in inputs.iter_mut().enumerate() {
+            *slot = ctx.input(i)?;
+        }
+        let req = |i: usize| {
+            inputs[i]
+                .as_ref()
+                .ok_or_else(|| Error::invalid(format!("{} is required", NAMES[i])))
+        };
+        let (qt, kt, wt) = (req(0)?, req(1)?, req(2)?);
+        let q = dims(
+            "index_q",
+            &qt.ts.dims,
+            &[4],
+            "4 (batch, q_seq, index_heads, index_dim)",
+        )?;
+        let k = dims("index_k", &kt.ts.dims, &[3], "3 (batch, kv_seq, index_dim)")?;
+        let w = dims(
+            "index_w",
+            &wt.ts.dims,
+            &[3],
+            "3 (batch, q_seq, index_heads)",
+        )?;
+        let (b, sq, hi, di) = (q[0], q[1], q[2], q[3]);
+        ensure!(
+            k[0] == b && k[2] == di,
+            "index_k: shape {} must be (batch, kv_seq, index_dim) with batch {b} and index_dim {di} from index_q",
+            fmt_shape(&kt.ts.dims)
+        );
+        ensure!(
+            w == [b, sq, hi],
+            "index_w: shape {} must be (batch, q_seq, index_heads) = {:?} from index_q",
+            fmt_shape(&wt.ts.dims),
+            [b, sq, hi]
+        );
+        ensure!(
+            hi > 0 && di > 0,
+            "index_q: index_heads ({hi}) and index_dim ({di}) must be at least 1"
+        );
+        let top_k = self.cpu.top_k;
+        product("indices", &[b, sq, top_k])?;
+        let sources = [
+            source(NAMES[0], qt)?,
+            source(NAMES[1], kt)?,
+            source(NAMES[2], wt)?,
+        ];
+        let call = IndexerCall {
+            spec: IndexerSpec {
+                batch: b,
+                q_len: sq,
+                kv_len: k[1],
+                heads: hi,
+                dim: di,
+            },
+            top_k,
+            causal: self.cpu.causal,
+            format,
+            sources,
+            scores_budget: dsa::SCORES_BUDGET,
+        };
+        let stream = ctx.stream()?;
+        let out = ctx
+            .output(0, &[b, sq, top_k].map(|d| d as i64))?
+            .ok_or_else(|| Error::fail("indices could not be allocated"))?;
+        if b * sq == 0 {
+            return Ok(());
+        }
+        let scratch = ctx.scratch(qt, call.scratch_bytes().map_err(from_cuda)?)?;
+        // After ORT's allocations, so the EP's context is current here.
+        let module = Module::for_current_context().map_err(from_cuda)?;
+        let io = IndexerIo {
+            q: qt.ptr,
+            k: kt.ptr,
+            w: wt.ptr,
+            indices: out,
+        };
+        let dev = OnStream {
+            module: &module,
+            stream,
+        };
+        // The call ends with a synchronisation of the stream, so the
+        // scratch may be freed when it returns.
+        dsa::lightning_indexer(&dev, &call, &io, scratch.ptr()).map_err(from_cuda)
+    }
+}
