@@ -12,6 +12,12 @@
 #    float64 references (outputs poisoned with NaN first), then timings with
 #    CUDA events against torch SDPA (flash backend) and torch.topk, and TFLOP/s
 #    against a bf16 matmul peak measured in the same run.
+#    The DSA ops are also checked as the CUDA-EP kernels run them (quantise,
+#    indexer and top-k; list check and gather with causal/window/sink rules),
+#    through the harness; and through ONNX Runtime's CUDA EP when
+#    onnxruntime-gpu and onnx are importable and the plugin built with
+#    `--features cuda` is at TESSERA_ORT_CUDA_LIB (default
+#    target/cuda-plugin/libtessera_ort.so, which scripts/test.sh cuda builds).
 # 3. Prints the table last; OUTDIR holds device-check.log, table.md and
 #    results.json. Exits non-zero when any correctness check fails.
 set -euo pipefail

@@ -16,7 +16,8 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE_DIR)
 import tessera  # noqa: E402
 
 LOG = []
@@ -186,20 +187,31 @@ def check_flash(mod, case):
     return ok1 and ok2, f"{d1}; {d2}"
 
 
-def check_indexer(mod, B, Sq, Skv, H, Di, causal, q_offset, kv_lens=None, align=False):
+def check_indexer(mod, B, Sq, Skv, H, Di, causal, q_offset, kv_lens=None, align=False, fp8=torch.float8_e4m3fn,
+                  scaled=False):
     dev = "cuda"
-    q8 = (torch.randn(B, Sq, H, Di, device=dev) * 2).to(torch.float8_e4m3fn)
-    k8 = (torch.randn(B, Skv, Di, device=dev) * 2).to(torch.float8_e4m3fn)
+    q8 = (torch.randn(B, Sq, H, Di, device=dev) * 2).to(fp8)
+    k8 = (torch.randn(B, Skv, Di, device=dev) * 2).to(fp8)
     w = torch.randn(B, Sq, H, device=dev, dtype=torch.float32)
+    qs = torch.rand(B, Sq, H, device=dev) * 3 + 0.01 if scaled else None
+    ks = torch.rand(B, Skv, device=dev) * 3 + 0.01 if scaled else None
+    bad = torch.full((1,), tessera.FLAG_CLEAR, dtype=torch.int64, device=dev)
     scores = torch.full((B, Sq, Skv), float("nan"), device=dev)
     kv_t = torch.tensor(kv_lens, device=dev, dtype=torch.int64) if kv_lens is not None else None
-    mod.indexer(q8, k8, w, scores, causal=causal, q_offset=q_offset, kv_lens=kv_t, align=align)
+    mod.indexer(q8, k8, w, scores, causal=causal, q_offset=q_offset, kv_lens=kv_t, align=align, q_scale=qs,
+                k_scale=ks, bad=bad)
     torch.cuda.synchronize()
-    logits = torch.einsum("bthd,bsd->bths", q8.double(), k8.double())
+    qd, kd = q8.double(), k8.double()
+    if scaled:
+        qd, kd = qd * qs.double().unsqueeze(-1), kd * ks.double().unsqueeze(-1)
+    logits = torch.einsum("bthd,bsd->bths", qd, kd)
     ref = (torch.relu(logits) * w.double().unsqueeze(-1)).sum(2)
     vis = visible(B, Sq, Skv, causal=causal, q_offset=q_offset, kv_lens=kv_lens, align=align)[:, 0]
     ref = ref.masked_fill(~vis, float("-inf"))
-    return close("scores", scores, ref, 1e-2)
+    ok, detail = close("scores", scores, ref, 1e-2)
+    if int(bad.item()) != tessera.FLAG_CLEAR:
+        return False, f"{detail}; finite scores flagged"
+    return ok, detail
 
 
 def topk_ref(scores, k):
@@ -284,6 +296,244 @@ def check_merge(mod, rows, dv, dt, in_place):
     return ok1 and ok2, f"{d1}; {d2}"
 
 
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+
+
+def quantise_ref(x, fp8):
+    """tessera_core::fp8::quantize in torch: per row groups of 128, scale = amax / MAX (1 for an
+    all-zero group), code = fp8(x * (1 / scale)), all in f32. Returns (codes, scales, values f64)."""
+    rows, n = x.shape
+    x = x.float()
+    g = (n + 127) // 128
+    pad = torch.zeros(rows, g * 128, device=x.device)
+    pad[:, :n] = x
+    grp = pad.view(rows, g, 128)
+    amax = grp.abs().amax(-1)
+    scale = torch.where(amax > 0, amax / FP8_MAX[fp8], torch.ones_like(amax))
+    inv = 1.0 / scale
+    codes = (grp * inv.unsqueeze(-1)).to(fp8).view(rows, g * 128)[:, :n]
+    values = (codes.double().view(rows, n) * scale.double().repeat_interleave(128, dim=1)[:, :n])
+    return codes, scale, values
+
+
+def check_quantize(mod, rows, row_len, src_dt, fp8):
+    dev = "cuda"
+    mags = torch.tensor([1.0, 1e-3, 1e4, 0.0], device=dev)
+    col_mag = mags[(torch.arange(row_len, device=dev) // 128) % 4]
+    x = (torch.randn(rows, row_len, device=dev) * col_mag).to(src_dt)
+    codes = torch.empty(rows, row_len, dtype=fp8, device=dev)
+    scales = torch.full((rows, (row_len + 127) // 128), float("nan"), device=dev)
+    bad = torch.full((1,), tessera.FLAG_CLEAR, dtype=torch.int64, device=dev)
+    mod.quantize(x, codes, scales, bad)
+    torch.cuda.synchronize()
+    want_codes, want_scales, _ = quantise_ref(x, fp8)
+    same_codes = torch.equal(codes.view(torch.uint8), want_codes.contiguous().view(torch.uint8))
+    same_scales = torch.equal(scales.view(torch.int32), want_scales.view(torch.int32))
+    x.view(-1)[rows * row_len // 2] = float("nan")
+    mod.quantize(x, codes, scales, bad)
+    torch.cuda.synchronize()
+    flagged = int(bad.item()) == rows * row_len // 2
+    diff = (codes.view(torch.uint8) != want_codes.contiguous().view(torch.uint8)).sum().item() if not same_codes else 0
+    return same_codes and same_scales and flagged, (f"codes {'equal' if same_codes else f'{diff} differ'}, scales "
+                                                    f"{'equal' if same_scales else 'differ'}, NaN flagged {flagged}")
+
+
+def top_k_valid(idx, ref, top_k, tol):
+    """idx (B,Sq,top_k) is a top-k of ref (B,Sq,Skv; -inf = hidden): ascending, -1 padded, as many
+    as visible keys allow, every chosen key within tol of the k-th best. Returns (ok, detail)."""
+    idx, ref = idx.cpu(), ref.cpu()
+    for b, t in ((b, t) for b in range(ref.shape[0]) for t in range(ref.shape[1])):
+        row, sc = idx[b, t], ref[b, t]
+        fin = torch.isfinite(sc)
+        n = min(top_k, int(fin.sum()))
+        chosen = row[:n]
+        if (row[n:] != -1).any() or (chosen < 0).any() or (n > 1 and (chosen[1:] <= chosen[:-1]).any()):
+            return False, f"row ({b},{t}) malformed: {row[:8].tolist()}..."
+        if n and (~fin[chosen]).any():
+            return False, f"row ({b},{t}) chose a hidden key"
+        if n:
+            kth = torch.sort(sc[fin], descending=True).values[n - 1]
+            if (sc[chosen] < kth - tol).any():
+                return False, f"row ({b},{t}) chose a key below the k-th best by more than {tol:.1e}"
+    return True, "valid top-k of the f64 scores"
+
+
+def check_indexer_op(mod, B, Sq, Skv, H, Di, top_k, causal, src_dt, fp8, chunk=None):
+    """The CUDA-EP LightningIndexer's launches (quantise, widen, indexer, top-k) via the harness."""
+    dev = "cuda"
+    q = torch.randn(B, Sq, H, Di, device=dev).to(src_dt)
+    k = (torch.randn(B, Skv, Di, device=dev) * torch.rand(B, Skv, 1, device=dev) * 4).to(src_dt)
+    w = torch.rand(B, Sq, H, device=dev).to(src_dt)
+    idx, flags = mod.lightning_indexer(q, k, w, top_k, causal=causal, fp8=fp8, chunk=chunk)
+    torch.cuda.synchronize()
+    if (flags != tessera.FLAG_CLEAR).any():
+        return False, f"finite inputs raised a flag: {flags.tolist()}"
+    _, _, qv = quantise_ref(q.reshape(-1, Di), fp8)
+    _, _, kv = quantise_ref(k.reshape(-1, Di), fp8)
+    dots = torch.einsum("bthd,bsd->bths", qv.view(B, Sq, H, Di), kv.view(B, Skv, Di))
+    ref = (torch.relu(dots) * w.double().unsqueeze(-1)).sum(2)
+    vis = visible(B, Sq, Skv, causal=causal, q_offset=Skv - Sq)[:, 0]
+    ref = ref.masked_fill(~vis, float("-inf"))
+    fin = ref[torch.isfinite(ref)]
+    tol = 1e-5 * (fin.abs().max().item() if fin.numel() else 1.0)
+    return top_k_valid(idx, ref, top_k, tol)
+
+
+def check_topk_attention(mod, B, Hq, Hkv, Sq, Skv, D, K, dt, shared, causal, left, globals_):
+    """TopKAttention's index mode (the CUDA-EP op's launches): list check with selected_indices,
+    then the gather with the causal rule, window and sinks; then a repeated key is refused."""
+    dev = "cuda"
+    q = torch.randn(B, Hq, Sq, D, device=dev, dtype=dt)
+    k = torch.randn(B, Hkv, Skv, D, device=dev, dtype=dt)
+    v = torch.randn(B, Hkv, Skv, D, device=dev, dtype=dt)
+    y = torch.full_like(q, float("nan"))
+    lse = torch.full((B, Hq, Sq), float("nan"), device=dev)
+    LH = 1 if shared else Hkv
+    lists = torch.stack([torch.randperm(Skv, device=dev)[:K] for _ in range(B * LH * Sq)]).view(B, LH, Sq, K)
+    lists[torch.rand(B, LH, Sq, K, device=dev) < 0.2] = -1  # padding anywhere
+    off = Skv - Sq
+    kept_w = (left + 1 + globals_) if (left >= 0 or globals_) else 0
+    width = K + min(kept_w, Skv) if (left >= 0 or globals_) else K
+    sel = torch.full((B * LH * Sq, width), -7, dtype=torch.int64, device=dev)
+    bad = torch.full((1,), tessera.FLAG_CLEAR, dtype=torch.int64, device=dev)
+    rules = dict(causal=causal, q_offset=off, left=left, globals_=globals_)
+    mod.index_check(lists.view(-1, K), bad, Sq, Skv, sel, **rules)
+    mod.sparse(q, k, v, y, lists.view(B, Sq, K) if shared else lists, lse, shared=shared, **rules)
+    torch.cuda.synchronize()
+    if int(bad.item()) != tessera.FLAG_CLEAR:
+        return False, f"valid lists flagged at row {int(bad.item())}"
+    hits = torch.zeros(B, LH, Sq, Skv, dtype=torch.int32, device=dev)
+    hits.scatter_add_(3, lists.clamp(min=0), (lists >= 0).int())
+    listed = hits > 0
+    p = torch.arange(Sq, device=dev).view(Sq, 1) + off
+    j = torch.arange(Skv, device=dev).view(1, Skv)
+    kept = (j < globals_) | ((left >= 0) & (p >= 0) & (j >= p - left) & (j <= p))
+    seen = (j <= p) if causal else torch.ones_like(kept)
+    allowed = (listed | kept) & seen
+    y_ref, lse_ref = attention_ref(q, k, v, allowed.repeat_interleave(Hq // LH, dim=1))
+    ok1, d1 = close("Y", y, y_ref, 1e-2)
+    ok2, d2 = close("lse", lse, lse_ref, 1e-2)
+    want = torch.full((B * LH * Sq, width), -1, dtype=torch.int64)
+    for r, row in enumerate(allowed.view(-1, Skv).cpu()):
+        keys = row.nonzero().flatten()
+        want[r, :len(keys)] = keys
+    ok3 = torch.equal(sel.cpu(), want)
+    # A repeated key in one row is refused, naming that row.
+    r = (B * LH * Sq) // 2
+    lists.view(-1, K)[r, :2] = torch.tensor([3, 3], device=dev) % Skv
+    bad.fill_(tessera.FLAG_CLEAR)
+    mod.index_check(lists.view(-1, K), bad, Sq, Skv, None, **rules)
+    torch.cuda.synchronize()
+    ok4 = int(bad.item()) == r
+    return ok1 and ok2 and ok3 and ok4, f"{d1}; {d2}; selected {'exact' if ok3 else 'DIFFERS'}; duplicate " \
+                                        f"{'refused' if ok4 else 'NOT refused'}"
+
+
+# ---- the CUDA-EP ops through ONNX Runtime (when onnxruntime-gpu and the plugin are here) ----
+
+def ort_cuda_session():
+    """(onnxruntime, onnx, plugin path) when the CUDA EP and the plugin are available, else a reason."""
+    lib = os.environ.get("TESSERA_ORT_CUDA_LIB") or os.path.join(HERE_DIR, "..", "..", "target", "cuda-plugin",
+                                                                 "libtessera_ort.so")
+    try:
+        import onnxruntime as ort
+        import onnx  # noqa: F401
+    except ImportError as e:
+        return None, f"onnxruntime/onnx not importable ({e})"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return None, f"onnxruntime {ort.__version__} has no CUDAExecutionProvider"
+    if not os.path.exists(lib):
+        return None, f"no plugin library at {lib} (set TESSERA_ORT_CUDA_LIB)"
+    return (ort, lib), ""
+
+
+def ort_run(ort, lib, op, feeds, outputs, attrs):
+    from onnx import TensorProto as TP, helper
+    types = {torch.float32: TP.FLOAT, torch.float16: TP.FLOAT16, torch.bfloat16: TP.BFLOAT16, torch.int64: TP.INT64}
+    node = helper.make_node(op, list(feeds), [n for n, _ in outputs], domain="ai.tessera", **attrs)
+    g = helper.make_graph([node], "t", [helper.make_tensor_value_info(n, types[t.dtype], None) for n, t in feeds.items()],
+                          [helper.make_tensor_value_info(n, t, None) for n, t in outputs])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.tessera", 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(lib)
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CUDAExecutionProvider"])
+    assert sess.get_providers()[0] == "CUDAExecutionProvider", sess.get_providers()
+    outs = sess.run(None, {n: t.cpu().numpy() for n, t in feeds.items()})
+    return [torch.from_numpy(o).to("cuda") for o in outs]
+
+
+def check_ort_indexer(ort, lib, fp8_name):
+    from onnx import TensorProto as TP
+    B, Sq, Skv, H, Di, top_k = 2, 40, 700, 8, 128, 64
+    q = torch.randn(B, Sq, H, Di, device="cuda")
+    k = torch.randn(B, Skv, Di, device="cuda")
+    w = torch.rand(B, Sq, H, device="cuda")
+    (idx,) = ort_run(ort, lib, "LightningIndexer", {"index_q": q, "index_k": k, "index_w": w},
+                     [("indices", TP.INT64)], {"top_k": top_k, "is_causal": 1, "format": fp8_name})
+    fp8 = torch.float8_e4m3fn if fp8_name == "e4m3" else torch.float8_e5m2
+    _, _, qv = quantise_ref(q.reshape(-1, Di), fp8)
+    _, _, kv = quantise_ref(k.reshape(-1, Di), fp8)
+    ref = (torch.relu(torch.einsum("bthd,bsd->bths", qv.view(B, Sq, H, Di), kv.view(B, Skv, Di)))
+           * w.double().unsqueeze(-1)).sum(2)
+    ref = ref.masked_fill(~visible(B, Sq, Skv, causal=True, q_offset=Skv - Sq)[:, 0], float("-inf"))
+    return top_k_valid(idx, ref, top_k, 1e-5 * ref[torch.isfinite(ref)].abs().max().item())
+
+
+def check_ort_topk(ort, lib):
+    from onnx import TensorProto as TP
+    B, Hq, Hkv, Sq, Skv, D, K, left, sinks = 1, 8, 2, 33, 500, 128, 48, 16, 4
+    q = torch.randn(B, Hq, Sq, D, device="cuda", dtype=torch.float16)
+    k = torch.randn(B, Hkv, Skv, D, device="cuda", dtype=torch.float16)
+    v = torch.randn_like(k)
+    lists = torch.stack([torch.randperm(Skv, device="cuda")[:K] for _ in range(B * Sq)]).view(B, Sq, K)
+    lists[..., -5:] = -1
+    y, sel, lse = ort_run(ort, lib, "TopKAttention", {"Q": q, "K": k, "V": v, "indices": lists},
+                          [("Y", TP.FLOAT16), ("selected_indices", TP.INT64), ("softmax_lse", TP.FLOAT)],
+                          {"is_causal": 1, "left_window_size": left, "num_global_tokens": sinks})
+    listed = torch.zeros(B, 1, Sq, Skv, dtype=torch.bool, device="cuda")
+    for t in range(Sq):
+        keys = lists[0, t]
+        listed[0, 0, t, keys[keys >= 0]] = True
+    p = torch.arange(Sq, device="cuda").view(Sq, 1) + Skv - Sq
+    j = torch.arange(Skv, device="cuda").view(1, Skv)
+    allowed = (listed | (j < sinks) | ((j >= p - left) & (j <= p))) & (j <= p)
+    y_ref, lse_ref = attention_ref(q, k, v, allowed.expand(B, Hq, Sq, Skv))
+    ok1, d1 = close("Y", y, y_ref, 1e-2)
+    ok2, d2 = close("lse", lse, lse_ref, 1e-2)
+    ok3 = sel.shape == (B, Hkv, Sq, K + left + 1 + sinks)
+    return ok1 and ok2 and ok3, f"{d1}; {d2}; selected shape {tuple(sel.shape)}"
+
+
+def dsa_checks(mod, quick):
+    f8, f5 = torch.float8_e4m3fn, torch.float8_e5m2
+    guarded("indexer", "e5m2 scaled causal H64 D128", lambda: check_indexer(mod, 1, 37, 1000, 64, 128, True, 963,
+                                                                            fp8=f5, scaled=True))
+    guarded("indexer", "e4m3 scaled H20 D64 kv_lens", lambda: check_indexer(mod, 2, 20, 300, 20, 64, False, 0,
+                                                                            [300, 123], fp8=f8, scaled=True))
+    for src in (torch.float32, torch.float16, torch.bfloat16):
+        for fp8 in (f8, f5):
+            guarded("quantize", f"{str(src)[6:]} -> {str(fp8)[11:]} 300x300",
+                    lambda s=src, f=fp8: check_quantize(mod, 300, 300, s, f))
+    guarded("indexer op", "e4m3 f32 causal Sq=64 Skv=3000 H16 D128 k256 (chunks of 24)",
+            lambda: check_indexer_op(mod, 2, 64, 3000, 16, 128, 256, True, torch.float32, f8, chunk=24))
+    guarded("indexer op", "e5m2 bf16 Sq=50 Skv=800 H8 D64 k1000",
+            lambda: check_indexer_op(mod, 1, 50, 800, 8, 64, 1000, False, torch.bfloat16, f5))
+    guarded("topk attention", "shared causal window 16 sinks 4 GQA 4:1 f16",
+            lambda: check_topk_attention(mod, 2, 8, 2, 40, 600, 128, 64, torch.float16, True, True, 16, 4))
+    guarded("topk attention", "per-head lists causal Sq>Skv bf16 D64",
+            lambda: check_topk_attention(mod, 1, 4, 4, 50, 30, 64, 12, torch.bfloat16, False, True, 3, 0))
+    guarded("topk attention", "not causal sinks 50 f16",
+            lambda: check_topk_attention(mod, 1, 2, 1, 20, 300, 128, 40, torch.float16, True, False, -1, 50))
+    got, why = ort_cuda_session()
+    if got is None:
+        log(f"ORT CUDA-EP checks skipped: {why}; the direct launcher checks above cover the same launches")
+        return
+    ort, lib = got
+    for fmt in ("e4m3", "e5m2"):
+        guarded("ORT CUDA EP", f"LightningIndexer {fmt}", lambda f=fmt: check_ort_indexer(ort, lib, f))
+    guarded("ORT CUDA EP", "TopKAttention f16 window+sinks", lambda: check_ort_topk(ort, lib))
+
+
 def correctness(mod, quick):
     for case in FLASH_CASES:
         guarded("flash", case[0], lambda c=case: check_flash(mod, c))
@@ -301,6 +551,7 @@ def correctness(mod, quick):
     for dt in (torch.float32, torch.float16, torch.bfloat16):
         guarded("merge", f"{str(dt)[6:]} 1000x128", lambda d=dt: check_merge(mod, 1000, 128, d, False))
     guarded("merge", "in place f32 77x64", lambda: check_merge(mod, 77, 64, torch.float32, True))
+    dsa_checks(mod, quick)
 
 
 # ---- timing ---------------------------------------------------------------------

@@ -41,6 +41,11 @@ def parse_params(path=PARAMS_H):
 
 PARAMS = parse_params()
 
+# Kernel-name parts by torch dtype name (strings: the ABI test imports this file without torch).
+FP8_NAMES = {"torch.float8_e4m3fn": "e4m3", "torch.float8_e5m2": "e5m2"}
+SRC_NAMES = {"torch.float32": "f32", "torch.float16": "f16", "torch.bfloat16": "bf16"}
+FLAG_CLEAR = 0x7F7F7F7F7F7F7F7F  # an error flag no kernel has lowered (cuda/src/dsa.rs)
+
 
 class CudaError(RuntimeError):
     pass
@@ -88,10 +93,12 @@ class Module:
             m = ctypes.c_void_p()
             self.d.check("cuModuleLoadData " + f, self.d.lib.cuModuleLoadData(ctypes.byref(m), ctypes.cast(buf, ctypes.c_void_p)))
             self.modules[f[: -len(".fatbin")]] = m
-        abi = {"flash": "TesseraFlashParams", "indexer": "TesseraIndexerParams", "topk": "TesseraTopkParams",
-               "sparse": "TesseraSparseParams", "merge": "TesseraMergeParams"}
-        for mod, struct in abi.items():
-            (size,) = self.global_ints(mod, "tessera_abi_" + mod, 1)
+        abi = [("flash", "TesseraFlashParams", "flash"), ("indexer", "TesseraIndexerParams", "indexer"),
+               ("indexer", "TesseraQuantizeParams", "quantize"), ("topk", "TesseraTopkParams", "topk"),
+               ("sparse", "TesseraSparseParams", "sparse"), ("sparse", "TesseraIndexCheckParams", "index_check"),
+               ("merge", "TesseraMergeParams", "merge")]
+        for mod, struct, symbol in abi:
+            (size,) = self.global_ints(mod, "tessera_abi_" + symbol, 1)
             if size != ctypes.sizeof(PARAMS[struct]):
                 raise CudaError(f"{struct}: {ctypes.sizeof(PARAMS[struct])} bytes here, {size} in the module")
 
@@ -168,17 +175,76 @@ class Module:
         return self.launch("flash", kernel, f"tessera_flash_{name}_d{D}_geom", P,
                            lambda g: ((Sq + g[1] - 1) // g[1], Hq, B), run)
 
-    def indexer(self, q8, k8, w, scores, *, causal=False, q_offset=0, kv_lens=None, align=False, run=True):
-        """q8 (B,Sq,Hi,Di), k8 (B,Skv,Di) float8_e4m3fn; w (B,Sq,Hi) f32; scores (B,Sq,Skv) f32."""
+    def indexer(self, q8, k8, w, scores, *, causal=False, q_offset=0, kv_lens=None, align=False, q_scale=None,
+                k_scale=None, bad=None, run=True):
+        """q8 (B,Sq,Hi,Di), k8 (B,Skv,Di) float8_e4m3fn or float8_e5m2 (or uint8 codes with fmt=);
+        w (B,Sq,Hi) f32; scores (B,Sq,Skv) f32; q_scale (B,Sq,Hi) / k_scale (B,Skv) f32 > 0;
+        bad: int64 (1) lowered to the flat index of a visible non-finite score."""
         B, Sq, H, Di = q8.shape
         Skv = k8.shape[1]
+        fmt = FP8_NAMES[str(q8.dtype)]
         P = PARAMS["TesseraIndexerParams"]()
         P.q, P.k, P.w, P.scores = q8.data_ptr(), k8.data_ptr(), w.data_ptr(), scores.data_ptr()
         P.kv_lens = kv_lens.data_ptr() if kv_lens is not None else 0
+        P.q_scale = q_scale.data_ptr() if q_scale is not None else 0
+        P.k_scale = k_scale.data_ptr() if k_scale is not None else 0
+        P.bad = bad.data_ptr() if bad is not None else 0
         P.q_offset, P.batch, P.q_len, P.kv_len, P.heads, P.dim = q_offset, B, Sq, Skv, H, Di
         P.causal, P.offset_from_kv_lens = int(causal), int(align)
-        return self.launch("indexer", f"tessera_indexer_e4m3_d{Di}", f"tessera_indexer_e4m3_d{Di}_geom", P,
+        return self.launch("indexer", f"tessera_indexer_{fmt}_d{Di}", f"tessera_indexer_{fmt}_d{Di}_geom", P,
                            lambda g: ((Skv + g[2] - 1) // g[2], (Sq + g[1] - 1) // g[1], B), run)
+
+    def quantize(self, src, codes, scales, bad, run=True):
+        """src (rows, row_len) f32/f16/bf16 contiguous -> codes (rows, row_len) float8_e4m3fn/e5m2,
+        scales (rows, ceil(row_len/128)) f32; bad int64 (1) lowered to a non-finite element's index."""
+        rows, row_len = src.shape
+        P = PARAMS["TesseraQuantizeParams"]()
+        P.src, P.codes, P.scales, P.bad = src.data_ptr(), codes.data_ptr(), scales.data_ptr(), bad.data_ptr()
+        P.rows, P.row_len = rows, row_len
+        name = f"tessera_quantize_{FP8_NAMES[str(codes.dtype)]}_{SRC_NAMES[str(src.dtype)]}"
+        return self.launch("indexer", name, "tessera_quantize_geom", P,
+                           lambda g: ((rows * ((row_len + g[2] - 1) // g[2]) + g[1] - 1) // g[1], 1, 1), run)
+
+    def widen(self, src, dst, bad, run=True):
+        """src (n) f32/f16/bf16 -> dst (n) f32; bad int64 (1)."""
+        n = src.numel()
+        P = PARAMS["TesseraQuantizeParams"]()
+        P.src, P.codes, P.scales, P.bad, P.rows, P.row_len = src.data_ptr(), dst.data_ptr(), 0, bad.data_ptr(), n, 1
+        return self.launch("indexer", f"tessera_widen_{SRC_NAMES[str(src.dtype)]}", "tessera_widen_geom", P,
+                           lambda g: (max(1, min((n + g[0] - 1) // g[0], g[2])), 1, 1), run)
+
+    def lightning_indexer(self, q, k, w, top_k, *, causal=False, fp8=None, chunk=None):
+        """The CUDA-EP LightningIndexer's launches (cuda/src/dsa.rs): quantise q and k with
+        per-128 scales, widen w, then per (batch, chunk of queries) the indexer and the top-k.
+        Returns (indices (B,Sq,top_k) int64, flags [q, k, w, scores] int64)."""
+        fp8 = fp8 or torch.float8_e4m3fn
+        B, Sq, H, Di = q.shape
+        Skv = k.shape[1]
+        dev = q.device
+        flags = torch.full((4,), FLAG_CLEAR, dtype=torch.int64, device=dev)
+        q8 = torch.empty(B, Sq, H, Di, dtype=fp8, device=dev)
+        k8 = torch.empty(B, Skv, Di, dtype=fp8, device=dev)
+        qs = torch.empty(B, Sq, H, dtype=torch.float32, device=dev)
+        ks = torch.empty(B, Skv, dtype=torch.float32, device=dev)
+        wf = torch.empty(B, Sq, H, dtype=torch.float32, device=dev)
+        self.quantize(q.reshape(-1, Di), q8.view(-1, Di), qs.view(-1, 1), flags[0:1])
+        if Skv:
+            self.quantize(k.reshape(-1, Di), k8.view(-1, Di), ks.view(-1, 1), flags[1:2])
+        self.widen(w.reshape(-1), wf.view(-1), flags[2:3])
+        out = torch.full((B, Sq, top_k), -1, dtype=torch.int64, device=dev)
+        if Skv == 0:
+            return out, flags
+        chunk = chunk or max(1, min(Sq, (256 << 20) // (4 * Skv)))
+        scores = torch.empty(chunk, Skv, dtype=torch.float32, device=dev)
+        for b in range(B):
+            for t0 in range(0, Sq, chunk):
+                n = min(chunk, Sq - t0)
+                sc = scores[:n].view(1, n, Skv)
+                self.indexer(q8[b:b + 1, t0:t0 + n], k8[b:b + 1], wf[b:b + 1, t0:t0 + n], sc, causal=causal,
+                             q_offset=Skv - Sq + t0, q_scale=qs[b:b + 1, t0:t0 + n], k_scale=ks[b:b + 1],
+                             bad=flags[3:4])
+                self.top_k(scores[:n], out[b, t0:t0 + n])
+        return out, flags
 
     def top_k(self, scores, indices, run=True):
         """scores (rows, n) f32 contiguous -> indices (rows, k) int64."""
@@ -187,8 +253,11 @@ class Module:
         P.scores, P.indices, P.rows, P.row_len, P.k = scores.data_ptr(), indices.data_ptr(), rows, n, indices.shape[1]
         return self.launch("topk", "tessera_topk_f32", "tessera_topk_f32_geom", P, lambda g: (rows, 1, 1), run)
 
-    def sparse(self, q, k, v, y, lists, lse=None, *, shared=True, scale=None, softcap=0.0, run=True):
-        """lists: (B,Sq,K) int64 shared by all heads, or (B,Hkv,Sq,K) per KV head."""
+    def sparse(self, q, k, v, y, lists, lse=None, *, shared=True, scale=None, softcap=0.0, causal=False, q_offset=0,
+               left=-1, globals_=0, run=True):
+        """lists: (B,Sq,K) int64 shared by all heads, or (B,Hkv,Sq,K) per KV head. Query t sits at
+        t + q_offset; causal hides keys after it; the sinks [0, globals_) and, with left >= 0, the
+        window [p - left, p] are attended whether listed or not (TopKAttention's rules)."""
         B, Hq, Sq, D = q.shape
         Hkv, Skv, Dv = k.shape[1], k.shape[2], v.shape[3]
         name = {torch.float16: "f16", torch.bfloat16: "bf16"}[q.dtype]
@@ -201,12 +270,27 @@ class Module:
             P.idx_batch, P.idx_head, P.idx_seq = lists.stride(0), 0, lists.stride(1)
         else:
             P.idx_batch, P.idx_head, P.idx_seq = lists.stride(0), lists.stride(1), lists.stride(2)
+        P.q_offset, P.left_window, P.global_tokens, P.causal = q_offset, left, globals_, int(causal)
         P.batch, P.q_heads, P.kv_heads, P.q_len, P.kv_len, P.head_dim, P.v_head_dim = B, Hq, Hkv, Sq, Skv, D, Dv
         P.topk = lists.shape[-1]
         P.scale = scale if scale is not None else D ** -0.5
         P.softcap = softcap
         return self.launch("sparse", f"tessera_sparse_{name}_sc{int(softcap > 0)}", "tessera_sparse_geom", P,
                            lambda g: (Sq, B, 1), run)
+
+    def index_check(self, lists, bad, q_len, kv_len, selected=None, *, causal=False, q_offset=0, left=-1, globals_=0,
+                    run=True):
+        """lists (rows, K) int64 contiguous (row r is query r % q_len); bad int64 (1) lowered to the
+        lowest bad row; selected (rows, W) int64 gets the attended keys, ascending, -1 padded."""
+        rows, K = lists.shape
+        P = PARAMS["TesseraIndexCheckParams"]()
+        P.indices, P.bad = lists.data_ptr(), bad.data_ptr()
+        P.selected = selected.data_ptr() if selected is not None else 0
+        P.width = selected.shape[1] if selected is not None else 0
+        P.rows, P.q_offset, P.left_window, P.global_tokens = rows, q_offset, left, globals_
+        P.q_len, P.kv_len, P.topk, P.causal = q_len, kv_len, K, int(causal)
+        return self.launch("sparse", "tessera_index_check", "tessera_index_check_geom", P,
+                           lambda g: (max(1, min(rows, g[1])), 1, 1), run)
 
     def merge(self, y_a, lse_a, y_b, lse_b, y, lse, run=True):
         rows, dv = y.shape

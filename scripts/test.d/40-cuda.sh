@@ -43,7 +43,24 @@ want = {"TesseraFlashParams": 264, "TesseraIndexerParams": 104, "TesseraQuantize
         "TesseraTopkParams": 40, "TesseraSparseParams": 240, "TesseraIndexCheckParams": 80,
         "TesseraMergeParams": 64}
 assert sizes == want, sizes
-print("device harness: parameter blocks match the Rust mirrors")
+# A ctypes Structure takes any attribute silently: every `P.<field>` the
+# harness sets must be a field of the block that `P` holds in that function.
+import re
+src = open("cuda/device/tessera.py").read()
+checked = 0
+for fn in re.split(r"\n    def ", src):
+    m = re.search(r'P = PARAMS\["(\w+)"\]\(\)', fn)
+    if not m:
+        continue
+    fields = {f for f, _ in tessera.PARAMS[m.group(1)]._fields_}
+    used = set(re.findall(r"\bP\.(\w+)", fn)) | set(re.findall(r'setattr\(P, pre \+ "(\w+)"', fn))
+    used = {u for u in used if not u.startswith("_")}
+    for u in used:
+        if u in ("batch", "head", "seq") or u.startswith(("_batch", "_head", "_seq")):
+            continue
+        assert u in fields, f"tessera.py sets {m.group(1)}.{u}, which params.h does not have"
+        checked += 1
+print(f"device harness: parameter blocks match the Rust mirrors; {checked} field writes name real fields")
 PY
 
 # The ORT plugin with its CUDA-EP kernels (ort-plugin/src/cuda): clippy, the
