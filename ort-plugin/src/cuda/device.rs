@@ -26,6 +26,18 @@ pub struct DeviceTensor {
     value: *const OrtValue,
 }
 
+impl DeviceTensor {
+    /// A tensor description without an ORT value, for planning tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(ts: TypeShape, ptr: u64) -> Self {
+        Self {
+            ts,
+            ptr: DevicePtr(ptr),
+            value: core::ptr::null(),
+        }
+    }
+}
+
 /// The context of one CUDA-EP kernel run.
 #[derive(Debug)]
 pub struct DeviceContext {

@@ -80,17 +80,20 @@ impl CustomOp for CudaIndexerOp {
     }
 }
 
+/// The GPU indexer's format for the `format` attribute: FP8 only.
+fn kernel_format(f: Format) -> Result<Fp8Format> {
+    match f {
+        Format::E4M3 => Ok(Fp8Format::E4M3),
+        Format::E5M2 => Ok(Fp8Format::E5M2),
+        Format::F32 => Err(Error::invalid(
+            "format = \"f32\" is not supported by the CUDA LightningIndexer (FP8 only: \"e4m3\" or \"e5m2\"; the CPU EP runs \"f32\")",
+        )),
+    }
+}
+
 impl DeviceKernel for CudaIndexerOp {
     fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
-        let format = match self.cpu.format {
-            Format::E4M3 => Fp8Format::E4M3,
-            Format::E5M2 => Fp8Format::E5M2,
-            Format::F32 => {
-                return Err(Error::invalid(
-                    "format = \"f32\" is not supported by the CUDA LightningIndexer (FP8 only: \"e4m3\" or \"e5m2\"; the CPU EP runs \"f32\")",
-                ))
-            }
-        };
+        let format = kernel_format(self.cpu.format)?;
         let mut inputs: [Option<DeviceTensor>; 3] = Default::default();
         for (i, slot) in inputs.iter_mut().enumerate() {
             *slot = ctx.input(i)?;
@@ -174,5 +177,40 @@ impl DeviceKernel for CudaIndexerOp {
         // The call ends with a synchronisation of the stream, so the
         // scratch may be freed when it returns.
         dsa::lightning_indexer(&dev, &call, &io, scratch.ptr()).map_err(from_cuda)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fp8_formats_map_and_f32_is_refused_by_name() {
+        assert_eq!(kernel_format(Format::E4M3).unwrap(), Fp8Format::E4M3);
+        assert_eq!(kernel_format(Format::E5M2).unwrap(), Fp8Format::E5M2);
+        let e = kernel_format(Format::F32).unwrap_err();
+        assert!(e.message.contains("format = \"f32\""), "{}", e.message);
+    }
+
+    #[test]
+    fn input_types_map_to_the_quantiser_sources() {
+        let t = |elem| {
+            DeviceTensor::for_tests(
+                crate::ffi::TypeShape {
+                    elem,
+                    symbols: vec![],
+                    dims: vec![],
+                },
+                0,
+            )
+        };
+        assert_eq!(source("index_q", &t(elem::BFLOAT16)).unwrap(), Dtype::Bf16);
+        assert_eq!(source("index_k", &t(elem::FLOAT16)).unwrap(), Dtype::F16);
+        let e = source("index_w", &t(elem::DOUBLE)).unwrap_err();
+        assert!(
+            e.message.starts_with("index_w: element type double"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -85,58 +85,56 @@ impl<T: TopKHalf> CustomOp for CudaTopKAttentionOp<T> {
     }
 }
 
-impl<T: TopKHalf> CudaTopKAttentionOp<T> {
-    /// The `indices` input as key lists, checked against Q and K like the
-    /// CPU op does (rank, leading dims, `k >= 1`, `k = top_k` when set,
-    /// int64); the values are checked on the GPU.
-    fn lists(&self, t: &DeviceTensor, plan: &Plan) -> Result<KeyLists> {
-        let shape = dims(
-            "indices",
-            &t.ts.dims,
-            &[3, 4],
-            "3 (batch, q_seq, k) or 4 (batch, kv_num_heads, q_seq, k)",
-        )?;
-        ensure!(
-            t.ts.elem == elem::INT64,
-            "indices: element type {} must be int64",
-            elem::name(t.ts.elem)
-        );
-        let (b, sq, hkv) = (plan.batch, plan.q_len, plan.kv_heads);
-        let want: Vec<usize> = if shape.len() == 3 {
-            vec![b, sq]
+/// The `indices` input as key lists, checked against Q and K like the
+/// CPU op does (rank, leading dims, `k >= 1`, `k = top_k` when set,
+/// int64); the values are checked on the GPU.
+fn key_lists(t: &DeviceTensor, plan: &Plan, top_k: Option<usize>) -> Result<KeyLists> {
+    let shape = dims(
+        "indices",
+        &t.ts.dims,
+        &[3, 4],
+        "3 (batch, q_seq, k) or 4 (batch, kv_num_heads, q_seq, k)",
+    )?;
+    ensure!(
+        t.ts.elem == elem::INT64,
+        "indices: element type {} must be int64",
+        elem::name(t.ts.elem)
+    );
+    let (b, sq, hkv) = (plan.batch, plan.q_len, plan.kv_heads);
+    let want: Vec<usize> = if shape.len() == 3 {
+        vec![b, sq]
+    } else {
+        vec![b, hkv, sq]
+    };
+    let k = shape[shape.len() - 1];
+    ensure!(
+        shape[..shape.len() - 1] == want[..],
+        "indices: shape {} must be {} = {want:?} + [k] from Q and K",
+        fmt_shape(&t.ts.dims),
+        if shape.len() == 3 {
+            "(batch, q_seq, k)"
         } else {
-            vec![b, hkv, sq]
-        };
-        let k = shape[shape.len() - 1];
-        ensure!(
-            shape[..shape.len() - 1] == want[..],
-            "indices: shape {} must be {} = {want:?} + [k] from Q and K",
-            fmt_shape(&t.ts.dims),
-            if shape.len() == 3 {
-                "(batch, q_seq, k)"
-            } else {
-                "(batch, kv_num_heads, q_seq, k)"
-            }
-        );
-        ensure!(
-            k > 0,
-            "indices: the last axis (k, keys per query) must be at least 1"
-        );
-        if let Some(top_k) = self.cpu.top_k {
-            ensure!(
-                top_k == k,
-                "indices: last axis {k} must equal the top_k attribute {top_k}"
-            );
+            "(batch, kv_num_heads, q_seq, k)"
         }
-        let heads = if shape.len() == 4 { hkv } else { 1 };
-        Ok(KeyLists {
-            ptr: t.ptr,
-            top_k: k,
-            batch: heads * sq * k,
-            head: if shape.len() == 4 { sq * k } else { 0 },
-            seq: k,
-        })
+    );
+    ensure!(
+        k > 0,
+        "indices: the last axis (k, keys per query) must be at least 1"
+    );
+    if let Some(top_k) = top_k {
+        ensure!(
+            top_k == k,
+            "indices: last axis {k} must equal the top_k attribute {top_k}"
+        );
     }
+    let heads = if shape.len() == 4 { hkv } else { 1 };
+    Ok(KeyLists {
+        ptr: t.ptr,
+        top_k: k,
+        batch: heads * sq * k,
+        head: if shape.len() == 4 { sq * k } else { 0 },
+        seq: k,
+    })
 }
 
 impl<T: TopKHalf> DeviceKernel for CudaTopKAttentionOp<T> {
@@ -175,7 +173,7 @@ impl<T: TopKHalf> DeviceKernel for CudaTopKAttentionOp<T> {
                 elem::name(T::ONNX)
             );
         }
-        let lists = self.lists(idx_in, &plan)?;
+        let lists = key_lists(idx_in, &plan, self.cpu.top_k)?;
         let (hq, hkv, sq, skv, d, dv) = (
             plan.q_heads,
             plan.kv_heads,
@@ -245,5 +243,81 @@ impl<T: TopKHalf> DeviceKernel for CudaTopKAttentionOp<T> {
         // The call ends with a synchronisation of the stream, so the
         // scratch may be freed when it returns.
         dsa::topk_attention(&dev, &call, &io, scratch.ptr()).map_err(from_cuda)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::plan::{Attrs, RawAttrs};
+    use crate::ffi::TypeShape;
+
+    fn tensor(elem: i32, dims: &[i64]) -> DeviceTensor {
+        DeviceTensor::for_tests(
+            TypeShape {
+                elem,
+                symbols: vec![String::new(); dims.len()],
+                dims: dims.to_vec(),
+            },
+            0x1000,
+        )
+    }
+
+    fn plan() -> Plan {
+        let attrs = Attrs::parse(&RawAttrs::default()).unwrap();
+        let (q, k) = ([2i64, 4, 7, 64], [2i64, 2, 30, 64]);
+        Plan::new(
+            &attrs,
+            &Shapes {
+                q: &q,
+                k: &k,
+                v: &k,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn lists_are_shared_or_per_kv_head_with_the_cpu_shape_rules() {
+        let p = plan();
+        let shared = key_lists(&tensor(elem::INT64, &[2, 7, 5]), &p, None).unwrap();
+        assert_eq!(
+            (shared.top_k, shared.batch, shared.head, shared.seq),
+            (5, 35, 0, 5)
+        );
+        let per_head = key_lists(&tensor(elem::INT64, &[2, 2, 7, 5]), &p, Some(5)).unwrap();
+        assert_eq!((per_head.batch, per_head.head, per_head.seq), (70, 35, 5));
+        for (t, top_k, want) in [
+            (
+                tensor(elem::INT64, &[2, 7, 5]),
+                Some(4),
+                "must equal the top_k attribute 4",
+            ),
+            (
+                tensor(elem::INT64, &[2, 8, 5]),
+                None,
+                "indices: shape (2, 8, 5) must be (batch, q_seq, k)",
+            ),
+            (
+                tensor(elem::INT64, &[2, 3, 7, 5]),
+                None,
+                "(batch, kv_num_heads, q_seq, k)",
+            ),
+            (tensor(elem::INT64, &[2, 7, 0]), None, "at least 1"),
+            (
+                tensor(elem::INT32, &[2, 7, 5]),
+                None,
+                "element type int32 must be int64",
+            ),
+            (
+                tensor(elem::INT64, &[2, 7]),
+                None,
+                "indices: rank must be 3",
+            ),
+        ] {
+            let e = key_lists(&t, &p, top_k).unwrap_err();
+            assert!(e.message.contains(want), "{}", e.message);
+        }
     }
 }
