@@ -748,6 +748,54 @@ fn run_indexer_op<S: Element, F: Fp8>(
     Ok(())
 }
 
+/// Mixed input types (as the CPU op takes them: each input float, float16 or
+/// bfloat16) give exactly what their f32 widening gives: the quantiser sees
+/// the same values.
+#[test]
+fn the_indexer_op_takes_each_input_in_its_own_type() {
+    let (b, sq, skv, heads, dim, top_k) = (2usize, 9usize, 77usize, 5usize, 128usize, 72usize);
+    let mut rng = Rng(0x31);
+    let q: Vec<f16> = fill(&mut rng, b * sq * heads * dim);
+    let k: Vec<bf16> = fill(&mut rng, b * skv * dim);
+    let w: Vec<f32> = (0..b * sq * heads).map(|_| rng.normal()).collect();
+    let (qf, kf): (Vec<f32>, Vec<f32>) = (
+        q.iter().map(|x| x.to_f32()).collect(),
+        k.iter().map(|x| x.to_f32()).collect(),
+    );
+    // SAFETY: every address below is a live Vec of the call's size.
+    let dev = unsafe { emu::Emulator::new() };
+    let mut run = |sources: [Dtype; 3], q: DevicePtr, k: DevicePtr| {
+        let call = IndexerCall {
+            spec: IndexerSpec {
+                batch: b,
+                q_len: sq,
+                kv_len: skv,
+                heads,
+                dim,
+            },
+            top_k,
+            causal: true,
+            format: Fp8Format::E5M2,
+            sources,
+            scores_budget: dsa::SCORES_BUDGET,
+        };
+        let mut scratch = vec![0u64; call.scratch_bytes().unwrap().div_ceil(8)];
+        let mut indices = vec![-7i64; b * sq * top_k];
+        let io = IndexerIo {
+            q,
+            k,
+            w: addr(&w),
+            indices: out(&mut indices),
+        };
+        dsa::lightning_indexer(&dev, &call, &io, out(&mut scratch)).unwrap();
+        indices
+    };
+    let mixed = run([Dtype::F16, Dtype::Bf16, Dtype::F32], addr(&q), addr(&k));
+    let wide = run([Dtype::F32; 3], addr(&qf), addr(&kf));
+    assert_eq!(mixed, wide);
+    assert!(mixed.iter().all(|&j| j >= -1 && j < skv as i64) && mixed.contains(&-1));
+}
+
 /// Non-finite inputs are refused by name and element, as on the CPU.
 #[test]
 fn the_indexer_op_refuses_non_finite_inputs_by_name() {
