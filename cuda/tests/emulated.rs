@@ -764,7 +764,7 @@ fn the_indexer_op_takes_each_input_in_its_own_type() {
     );
     // SAFETY: every address below is a live Vec of the call's size.
     let dev = unsafe { emu::Emulator::new() };
-    let mut run = |sources: [Dtype; 3], q: DevicePtr, k: DevicePtr| {
+    let run = |sources: [Dtype; 3], q: DevicePtr, k: DevicePtr| {
         let call = IndexerCall {
             spec: IndexerSpec {
                 batch: b,
