@@ -90,6 +90,9 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     u16* sK = sQ + BQ * D;  // [2][BK][D]
     u16* sV = sK + 2 * BK * D;
     __shared__ int s_lo, s_hi, s_ghi;
+    // The dense-mask variants keep the row spans in shared memory instead of
+    // 12 registers: at D=128 those registers were what ptxas spilled.
+    __shared__ RowSpan s_span[DENSE ? BQ : 1];
 
     // Heaviest (causal) tiles first.
     const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -116,6 +119,7 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     __syncthreads();
     for (int r = threadIdx.x; r < BQ; r += Tr::THREADS) {
         RowSpan s = span_of(q0 + r);
+        if (DENSE) s_span[r] = s;
         if (s.lo <= s.hi) {
             atomicMin(&s_lo, s.lo);
             atomicMax(&s_hi, s.hi);
@@ -134,16 +138,19 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
     const int vote_row = row0 + lane % ROWS;
     const bool vote_valid = vote_row < p.q_len;
     const RowSpan vote_span = span_of(vote_row);
-    RowSpan spans[MT][2];
+    RowSpan spans[DENSE ? 1 : MT][2];
+    if (!DENSE) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int src = mt * 16 + g + 8 * r;
-            spans[mt][r].lo = __shfl_sync(0xffffffffu, vote_span.lo, src);
-            spans[mt][r].hi = __shfl_sync(0xffffffffu, vote_span.hi, src);
-            spans[mt][r].ghi = __shfl_sync(0xffffffffu, vote_span.ghi, src);
-        }
+            for (int r = 0; r < 2; ++r) {
+                const int src = mt * 16 + g + 8 * r;
+                RowSpan& sp = spans[DENSE ? 0 : mt][r];
+                sp.lo = __shfl_sync(0xffffffffu, vote_span.lo, src);
+                sp.hi = __shfl_sync(0xffffffffu, vote_span.hi, src);
+                sp.ghi = __shfl_sync(0xffffffffu, vote_span.ghi, src);
+            }
+    }
 
     const u16* q = (const u16*)p.q + b * p.q_batch + h * p.q_head + (long long)q0 * p.q_seq;
     const u16* k = (const u16*)p.k + b * p.k_batch + hk * p.k_head;
@@ -250,7 +257,8 @@ TESSERA_DEVICE void flash_forward(const TesseraFlashParams& p) {
                         if (partial) {
                             const int r = e / 2, row = row0 + mt * 16 + g + 8 * r;
                             const int col = j0 + n * 8 + 2 * c4 + (e & 1);
-                            if (!spans[mt][r].contains(col)) {
+                            const RowSpan sp = DENSE ? s_span[row - q0] : spans[DENSE ? 0 : mt][r];
+                            if (!sp.contains(col)) {
                                 x = neg_inf();
                             } else if (DENSE) {
                                 long long at = b * p.m_batch + h * p.m_head + row * p.m_q + col * p.m_k;
