@@ -683,6 +683,16 @@ def benchmarks(mod, peak, quick):
         t_tk = time_ms(mod.top_k(s2, idx, run=False))
         t_tk_ref = time_ms(lambda: torch.topk(s2, K, dim=1, sorted=False))
         bench_row("top-k radix", f"rows={Sq} n={Skv} k={K}", t_tk, t_tk_ref, 0, "ref = torch.topk(sorted=False)")
+        if Skv == 32768 and not out_of_time():
+            # The CUDA-EP LightningIndexer as a whole: quantise q and k (per-128 scales), score, top-k.
+            qb16 = torch.randn(1, Sq, Hi, Di, device="cuda", dtype=torch.bfloat16)
+            kb16 = torch.randn(1, Skv, Di, device="cuda", dtype=torch.bfloat16)
+            wb16 = torch.randn(1, Sq, Hi, device="cuda", dtype=torch.bfloat16)
+            t_op = time_ms(lambda: mod.lightning_indexer(qb16, kb16, wb16, K, causal=True), warmup=1, reps=5)
+            bench_row("LightningIndexer op (CUDA EP launches)", f"Sq={Sq} Skv={Skv} Hi={Hi} Di={Di} k={K} bf16 in",
+                      t_op, t_ix + t_tk, 2 * Sq * Skv * Hi * Di,
+                      "ref = indexer + top-k kernels alone (no quantisation)")
+            del qb16, kb16, wb16
         # Sparse attention over the selected keys (MQA, 16 query heads, D=128).
         qs = torch.randn(1, 16, Sq, 128, device="cuda", dtype=torch.bfloat16)
         ks = torch.randn(1, 1, Skv, 128, device="cuda", dtype=torch.bfloat16)
