@@ -201,8 +201,13 @@ impl Constant {
     /// Decode an inline tensor of a numeric type; `None` for external data,
     /// strings, or more than 4096 elements (constants we read are small).
     pub fn from_tensor(t: &TensorProto) -> Option<Self> {
+        Self::from_tensor_up_to(t, 4096)
+    }
+
+    /// [`Constant::from_tensor`] with another element limit.
+    pub fn from_tensor_up_to(t: &TensorProto, max: usize) -> Option<Self> {
         let count: i64 = t.dims.iter().product();
-        if !(0..=4096).contains(&count) || t.data_location == Some(1) {
+        if !(0..=max as i64).contains(&count) || t.data_location == Some(1) {
             return None;
         }
         let raw = t.raw_data.as_deref().unwrap_or(&[]);

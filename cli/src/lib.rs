@@ -2,12 +2,13 @@
 //! them for `ai.tessera.Attention`, and check that the swap changed nothing.
 //!
 //! Modules, one job each: [`proto`] (the ONNX schema), [`model`] (files and
-//! external data), [`graph`] (an index over one graph), [`mask`] (mask
-//! subgraph recognition), [`sites`] (matchers), [`rewrite`] (the swap),
+//! external data), [`graph`] (an index over one graph), [`eval`] (a small
+//! interpreter for mask subgraphs), [`mask`] (mask recognition), [`sites`] (matchers), [`rewrite`] (the swap),
 //! [`inspect`] (the report), [`verify`] (running both models in ONNX Runtime).
 
 pub mod demo;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod inspect;
 pub mod mask;

@@ -1,18 +1,40 @@
-//! Recognising the attention masks exporters build inside the graph.
+//! Recognising attention masks by what they compute.
 //!
-//! A mask reaches an attention site either as a bool tensor (true = attend)
-//! or as an additive float bias. Both are traced back through the small
-//! subgraphs PyTorch's exporters emit:
-//! - bias = `Where(bool, 0, -big)`, or `Mul(Sub(1, Cast(m)), -big)` from a padding input;
-//! - bool = `And(a, b)` of parts, each part one of
-//!   - a sliding window `LessOrEqual(Abs(Sub(p, q)), w)` (ModernBERT: `|i − j| ≤ w`),
-//!   - padding: a subgraph whose only graph input is the attention-mask input
-//!     (`Cast`, `Unsqueeze`, `Expand`, `GatherND`, …).
+//! Exporters spell the same mask in many ways (position `Range`s with
+//! `Unsqueeze` chains, `GatherND` or flattened `Gather` of the padding
+//! input, `Where(bool, 0, -big)`, `(1 − m)·min`, constant `True`s …). Instead
+//! of matching each spelling, the mask's subgraph is *run* by the small
+//! interpreter in [`crate::eval`] on generated inputs and the result is
+//! classified:
 //!
-//! Anything else is reported as an opaque mask and stays a dense `attn_mask`.
+//! 1. with an all-ones attention mask at S = [`S_BAND`], the allowed set must
+//!    be one band `−left ≤ k − q ≤ right` (either side may be unbounded),
+//!    the same for every batch row: that gives `causal` (right = 0, left
+//!    unbounded) or a window;
+//! 2. with a random attention mask (holes, left and right padding) at
+//!    S = [`S_PAD`], the allowed set must be exactly `band ∧ mask[b, k]`:
+//!    key padding. Anything else (query-side padding, per-head masks, chunks,
+//!    biases other than 0 / −∞) is reported as opaque and stays a dense
+//!    `attn_mask`, which is always exact.
+//!
+//! A band wider than `S_BAND` on a side looks unbounded; so a side is only
+//! called unbounded when no constant of the subgraph could be such a width.
+//!
+//! Cost: two or three interpreter runs over the mask's cone, each with
+//! tensors of at most `S_BAND²` elements.
 
-use crate::graph::{is_onnx, GraphIndex};
+use std::collections::HashSet;
+
+use crate::eval::{Evaluator, Roles};
+use crate::graph::GraphIndex;
 use crate::proto::tensor_proto::DataType;
+
+/// Sequence length of the band run (odd, so no tile or chunk size divides it).
+pub const S_BAND: usize = 1031;
+/// Sequence length of the padding runs.
+pub const S_PAD: usize = 97;
+/// Additive values at or below this are "blocked".
+const BLOCKED: f64 = -1e30;
 
 /// What a site's mask was recognised as.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -21,13 +43,13 @@ pub struct MaskInfo {
     pub tensor: Option<String>,
     /// `bool` (true = attend) or `additive` (added to the scores).
     pub form: Option<&'static str>,
-    /// A padding part was found, with the bool tensor that carries only it.
+    /// Key padding from this `(batch, sequence)` graph input (1 = token).
     pub padding: Option<String>,
-    /// A symmetric or asymmetric window `(left, right)`, inclusive.
+    /// A window `(left, right)`, inclusive, −1 = unbounded on that side.
     pub window: Option<(i64, i64)>,
-    /// A causal part `k_pos <= q_pos` was found.
+    /// Causal: keys `k ≤ q`.
     pub causal: bool,
-    /// Parts that were not recognised (op types), kept as a dense mask.
+    /// Why (part of) the mask was not recognised; kept as a dense mask.
     pub opaque: Vec<String>,
 }
 
@@ -51,93 +73,26 @@ impl MaskInfo {
             parts.push(format!("opaque({o})"));
         }
         if parts.is_empty() {
-            parts.push("opaque".into());
+            parts.push("all keys".into());
         }
         format!("{form}: {}", parts.join(" & "))
     }
 
-    /// Whether every part was recognised (so the dense mask can shrink to
-    /// the padding part plus window attributes).
+    /// Whether the mask was recognised whole, so it can be replaced by the
+    /// padding input plus `is_causal`/window attributes.
     pub fn fully_recognised(&self) -> bool {
-        self.form.is_some()
-            && self.opaque.is_empty()
-            && (self.padding.is_some() || self.window.is_some() || self.causal)
+        self.form.is_some() && self.opaque.is_empty()
     }
 }
 
 /// Analyse a bool mask tensor (true = attend).
 pub fn analyse_bool(ix: &GraphIndex, tensor: &str) -> MaskInfo {
-    let mut info = MaskInfo {
-        tensor: Some(tensor.into()),
-        form: Some("bool"),
-        ..Default::default()
-    };
-    bool_parts(ix, tensor, &mut info);
-    info
+    classify(ix, tensor, "bool")
 }
 
 /// Analyse an additive float mask.
 pub fn analyse_additive(ix: &GraphIndex, tensor: &str) -> MaskInfo {
-    let mut info = MaskInfo {
-        tensor: Some(tensor.into()),
-        form: Some("additive"),
-        ..Default::default()
-    };
-    if let Some(w) = ix.producer_op(tensor, "Where") {
-        let n = ix.node(w);
-        let zero = ix.scalar(&n.input[1]) == Some(0.0);
-        let neg = ix.scalar(&n.input[2]).is_some_and(|v| v <= -1e30);
-        if zero && neg {
-            bool_parts(ix, &n.input[0], &mut info);
-            return info;
-        }
-    }
-    if padding_only(ix, tensor) {
-        // e.g. (1 - mask) * finfo.min (BERT's extended mask): padding only,
-        // kept as the additive tensor it is.
-        info.padding = Some(tensor.to_string());
-        return info;
-    }
-    info.opaque.push(
-        ix.producer(tensor)
-            .map_or("graph input".into(), |p| ix.node(p).op_type().to_string()),
-    );
-    info
-}
-
-fn bool_parts(ix: &GraphIndex, tensor: &str, info: &mut MaskInfo) {
-    let Some(p) = ix.producer(tensor) else {
-        info.opaque.push(format!("graph input '{tensor}'"));
-        return;
-    };
-    let n = ix.node(p);
-    match (is_onnx(n), n.op_type()) {
-        // The op broadcasts the mask itself, so an Expand can be looked through.
-        (true, "Expand" | "Identity") => bool_parts(ix, &n.input[0], info),
-        (true, "Unsqueeze" | "Reshape") if !padding_only(ix, tensor) => {
-            bool_parts(ix, &n.input[0], info);
-        }
-        (true, "And") => {
-            bool_parts(ix, &n.input[0], info);
-            bool_parts(ix, &n.input[1], info);
-        }
-        (true, "LessOrEqual") if window_width(ix, tensor).is_some() => {
-            let w = window_width(ix, tensor).unwrap_or(0);
-            info.window = Some(match info.window {
-                Some((l, r)) => (l.min(w), r.min(w)),
-                None => (w, w),
-            });
-        }
-        (true, "LessOrEqual") if is_causal(ix, tensor) => info.causal = true,
-        _ if padding_only(ix, tensor) => {
-            if info.padding.is_none() {
-                info.padding = Some(tensor.to_string());
-            } else {
-                info.opaque.push("second padding part".into());
-            }
-        }
-        (_, op) => info.opaque.push(format!("{op} '{}'", n.name())),
-    }
+    classify(ix, tensor, "additive")
 }
 
 /// Whether `tensor` is bool: declared so, or made by a comparison, a
@@ -161,83 +116,198 @@ pub fn is_bool(ix: &GraphIndex, tensor: &str) -> bool {
     }
 }
 
-/// `LessOrEqual(Unsqueeze(pos, [0]), Unsqueeze(pos, [1]))`: key position
-/// (last axis) ≤ query position (second-to-last axis), i.e. causal.
-fn is_causal(ix: &GraphIndex, tensor: &str) -> bool {
-    let Some(le) = ix.producer_op(tensor, "LessOrEqual") else {
-        return false;
-    };
-    let le = ix.node(le);
-    let unsq = |t: &str| -> Option<(String, Vec<f64>)> {
-        let u = ix.node(ix.producer_op(t, "Unsqueeze")?);
-        let axes = match u.input.get(1) {
-            Some(a) => ix.constant(a)?.values,
-            None => crate::graph::attr_ints(u, "axes")?
-                .iter()
-                .map(|&a| a as f64)
-                .collect(),
-        };
-        Some((u.input[0].clone(), axes))
-    };
-    match (unsq(&le.input[0]), unsq(&le.input[1])) {
-        (Some((k, ka)), Some((q, qa))) => k == q && ka == [0.0] && (qa == [1.0] || qa == [-1.0]),
-        _ => false,
+/// A small deterministic generator (the classification must not depend on
+/// the run).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
     }
 }
 
-/// `LessOrEqual(Abs(Sub(a, b)), w)` with constant `w`: the keys `|i − j| ≤ w`.
-fn window_width(ix: &GraphIndex, tensor: &str) -> Option<i64> {
-    let le = ix.node(ix.producer_op(tensor, "LessOrEqual")?);
-    let w = ix.scalar(&le.input[1])?;
-    let abs = ix.node(ix.producer_op(&le.input[0], "Abs")?);
-    ix.producer_op(&abs.input[0], "Sub")?;
-    (w >= 0.0 && w.fract() == 0.0).then_some(w as i64)
+/// Key-padding rows for the padding run: right padding, left padding,
+/// random holes, and a full row.
+fn padding_rows(s: usize) -> Vec<Vec<bool>> {
+    let mut rng = Lcg(0x7e55e7a);
+    let right: Vec<bool> = (0..s).map(|k| k < s * 2 / 3).collect();
+    let left: Vec<bool> = (0..s).map(|k| k >= s / 4).collect();
+    let mut holes: Vec<bool> = (0..s).map(|_| rng.next() % 10 < 7).collect();
+    holes[0] = true;
+    vec![right, left, holes, vec![true; s]]
 }
 
-/// Whether `tensor` depends on exactly one graph input, an integer or bool
-/// rank-2 `(batch, seq)` mask, and on no comparison of positions.
-fn padding_only(ix: &GraphIndex, tensor: &str) -> bool {
-    let mut inputs = Vec::new();
-    let mut stack = vec![tensor.to_string()];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(t) = stack.pop() {
-        if !seen.insert(t.clone()) || seen.len() > 256 {
-            if seen.len() > 256 {
-                return false;
+/// Run the mask's subgraph with `rows` as the attention mask; the allowed
+/// set as `[batch][q][k]` (q axis of length 1 when the mask has none).
+fn allowed(
+    ix: &GraphIndex,
+    roles: &Roles,
+    tensor: &str,
+    form: &str,
+    rows: &[Vec<bool>],
+) -> Result<Vec<Vec<Vec<bool>>>, String> {
+    let (b, s) = (rows.len(), rows[0].len());
+    let feeds = roles.feeds(ix, rows);
+    let mut ev = Evaluator::new(ix, feeds);
+    let t = ev.eval(tensor).map_err(|e| match ev.missing.first() {
+        Some(input) => format!("depends on graph input '{input}'"),
+        None => e,
+    })?;
+    // Right-align to (batch, heads, q, k).
+    if t.shape.len() > 4 {
+        return Err(format!("rank {} mask", t.shape.len()));
+    }
+    let mut shape = vec![1usize; 4 - t.shape.len()];
+    shape.extend(&t.shape);
+    let [tb, th, tq, tk] = [shape[0], shape[1], shape[2], shape[3]];
+    if th != 1 {
+        return Err("per-head mask".into());
+    }
+    if tk != s || !(tq == 1 || tq == s) || !(tb == 1 || tb == b) {
+        return Err(format!("mask shape {:?} at batch {b}, S {s}", t.shape));
+    }
+    let mut out = vec![vec![vec![false; s]; tq]; b];
+    for (bi, rows) in out.iter_mut().enumerate() {
+        for (q, row) in rows.iter_mut().enumerate() {
+            for (k, cell) in row.iter_mut().enumerate() {
+                let v = t.data[((bi % tb) * tq + q) * tk + k];
+                *cell = if form == "bool" {
+                    v != 0.0
+                } else if v == 0.0 {
+                    true
+                } else if v <= BLOCKED {
+                    false
+                } else {
+                    return Err(format!("additive value {v} is neither 0 nor blocked"));
+                };
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The band `(left, right)` (−1 = unbounded) that `a[q][k]` is, if it is one.
+fn band(a: &[Vec<bool>]) -> Option<(i64, i64)> {
+    let s = a.first()?.len() as i64;
+    if a.len() == 1 {
+        // No query axis: only "every key" is a band.
+        return a[0].iter().all(|&v| v).then_some((-1, -1));
+    }
+    let (mut left, mut right) = (i64::MIN, i64::MIN);
+    for (q, row) in a.iter().enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            if v {
+                left = left.max(q as i64 - k as i64);
+                right = right.max(k as i64 - q as i64);
+            }
+        }
+    }
+    if left == i64::MIN {
+        return None;
+    }
+    let ok = a.iter().enumerate().all(|(q, row)| {
+        row.iter().enumerate().all(|(k, &v)| {
+            let d = k as i64 - q as i64;
+            v == (-left <= d && d <= right)
+        })
+    });
+    let unbounded = |w: i64| if w >= s - 1 { -1 } else { w };
+    ok.then(|| (unbounded(left), unbounded(right)))
+}
+
+fn in_band(q: usize, k: usize, (left, right): (i64, i64)) -> bool {
+    let d = k as i64 - q as i64;
+    (left < 0 || -left <= d) && (right < 0 || d <= right)
+}
+
+/// Constants in the cone of `tensor` that could be a window wider than
+/// [`S_BAND`] (ignoring int64 sentinels such as `i64::MAX` slice ends).
+fn wide_constant(ix: &GraphIndex, tensor: &str) -> Option<f64> {
+    let mut stack = vec![tensor.to_string()];
+    let mut seen = HashSet::new();
+    while let Some(t) = stack.pop() {
+        if !seen.insert(t.clone()) || seen.len() > 20_000 {
             continue;
         }
-        match ix.producer(&t) {
-            Some(p) => {
-                let n = ix.node(p);
-                if matches!(
-                    n.op_type(),
-                    "Range"
-                        | "LessOrEqual"
-                        | "Less"
-                        | "Greater"
-                        | "GreaterOrEqual"
-                        | "Abs"
-                        | "Trilu"
-                ) {
-                    return false;
-                }
-                // Only the shape of what `Shape` reads matters (e.g. Expand to [B,1,S,S]).
-                if n.op_type() != "Shape" {
-                    stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
-                }
+        if let Some(c) = ix.constant(&t) {
+            if let Some(&v) = c
+                .values
+                .iter()
+                .find(|v| v.abs() >= (S_BAND - 1) as f64 && v.abs() < 1e9)
+            {
+                return Some(v);
             }
-            None if ix.constant(&t).is_some()
-                || ix.graph.initializer.iter().any(|i| i.name() == t) => {}
-            None => inputs.push(t),
+        }
+        if let Some(p) = ix.producer(&t) {
+            let n = ix.node(p);
+            if n.op_type() != "Shape" {
+                stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+            }
         }
     }
-    let [input] = inputs.as_slice() else {
-        return false;
+    None
+}
+
+fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
+    let mut info = MaskInfo {
+        tensor: Some(tensor.into()),
+        form: Some(form),
+        ..Default::default()
     };
-    let int_like = matches!(
-        ix.elem_type(input).and_then(|e| DataType::try_from(e).ok()),
-        Some(DataType::Int64 | DataType::Int32 | DataType::Bool | DataType::Float)
-    );
-    int_like && ix.shape(input).is_some_and(|s| s.len() == 2)
+    let roles = Roles::of(ix);
+    let result = (|| -> Result<((i64, i64), bool), String> {
+        // 1. The band, with every key present.
+        let ones = allowed(ix, &roles, tensor, form, &[vec![true; S_BAND]])?;
+        let bnd = band(&ones[0])
+            .ok_or("not a band of keys around the query (e.g. chunked or arbitrary)")?;
+        if bnd.0 < 0 || bnd.1 < 0 {
+            if let Some(c) = wide_constant(ix, tensor) {
+                return Err(format!(
+                    "the constant {c} could be a window wider than the {S_BAND} positions checked"
+                ));
+            }
+        }
+        // 2. Key padding.
+        let rows = padding_rows(S_PAD);
+        let got = allowed(ix, &roles, tensor, form, &rows)?;
+        let (mut uses_padding, mut matches) = (false, true);
+        for (b, row_mask) in rows.iter().enumerate() {
+            for (q, row) in got[b].iter().enumerate() {
+                for (k, &v) in row.iter().enumerate() {
+                    let band_ok = got[b].len() == 1 || in_band(q, k, bnd);
+                    let padded = band_ok && row_mask[k];
+                    matches &= v == padded;
+                    uses_padding |= band_ok && !row_mask[k];
+                }
+            }
+        }
+        if !matches {
+            let unpadded = got.iter().all(|rows| {
+                rows.iter().enumerate().all(|(q, row)| {
+                    row.iter()
+                        .enumerate()
+                        .all(|(k, &v)| v == (rows.len() == 1 || in_band(q, k, bnd)))
+                })
+            });
+            if !unpadded {
+                return Err("depends on the attention mask other than as key padding".into());
+            }
+            uses_padding = false;
+        }
+        Ok((bnd, uses_padding))
+    })();
+    match result {
+        Ok((bnd, padding)) => {
+            info.causal = bnd == (-1, 0);
+            info.window = (bnd != (-1, -1) && !info.causal).then_some(bnd);
+            if padding {
+                info.padding.clone_from(&roles.mask);
+            }
+        }
+        Err(why) => info.opaque.push(why),
+    }
+    info
 }

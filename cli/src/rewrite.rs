@@ -134,7 +134,7 @@ fn set_attr(n: &mut NodeProto, a: AttributeProto) {
 fn mask_plan(site: &Site, policy: &Policy) -> (Option<(i64, i64)>, Option<String>, i64) {
     let kept = |s: &Site| {
         if s.mask.fully_recognised() {
-            s.mask.padding.clone()
+            s.mask.padding.as_deref().map(key_padding_name)
         } else {
             s.mask.tensor.clone()
         }
@@ -215,6 +215,22 @@ pub fn rewrite(
         return Ok(report);
     }
     let mut nodes = Vec::with_capacity(graph.node.len());
+    let padded: std::collections::BTreeSet<&str> = sites
+        .iter()
+        .filter(|s| s.mask.fully_recognised())
+        .filter_map(|s| s.mask.padding.as_deref())
+        .collect();
+    let unsqueeze_axes_as_input = model.opset("").unwrap_or(13) >= 13;
+    for input in padded {
+        if graph
+            .node
+            .iter()
+            .any(|n| n.output.iter().any(|o| *o == key_padding_name(input)))
+        {
+            continue;
+        }
+        nodes.extend(key_padding_nodes(input, unsqueeze_axes_as_input));
+    }
     for (i, n) in graph.node.iter().enumerate() {
         if let Some(new) = inserts.remove(&i) {
             nodes.extend(new);
@@ -324,6 +340,60 @@ fn swap_onnx_attention(n: &NodeProto, site: &Site, policy: &Policy) -> Vec<NodeP
         t.input.pop();
     }
     vec![t]
+}
+
+/// The tensor that carries a `(batch, sequence)` padding input as the
+/// bool `(batch, 1, 1, sequence)` key mask Tessera reads.
+fn key_padding_name(input: &str) -> String {
+    format!("{input}.tessera_key_padding")
+}
+
+/// `Unsqueeze(Cast(input, bool), [1, 2])`, shared by every site that needs it.
+fn key_padding_nodes(input: &str, axes_as_input: bool) -> Vec<NodeProto> {
+    let cast = format!("{input}.tessera_bool");
+    let axes = format!("{input}.tessera_axes");
+    let mut out = vec![NodeProto {
+        name: Some(format!("{input}.tessera_cast")),
+        op_type: Some("Cast".into()),
+        input: vec![input.into()],
+        output: vec![cast.clone()],
+        attribute: vec![int_attr(
+            "to",
+            crate::proto::tensor_proto::DataType::Bool as i64,
+        )],
+        ..Default::default()
+    }];
+    let mut unsqueeze = NodeProto {
+        name: Some(format!("{input}.tessera_unsqueeze")),
+        op_type: Some("Unsqueeze".into()),
+        input: vec![cast],
+        output: vec![key_padding_name(input)],
+        ..Default::default()
+    };
+    if axes_as_input {
+        out.push(NodeProto {
+            name: Some(format!("{input}.tessera_axes")),
+            op_type: Some("Constant".into()),
+            output: vec![axes.clone()],
+            attribute: vec![AttributeProto {
+                name: Some("value_ints".into()),
+                r#type: Some(AttributeType::Ints as i32),
+                ints: vec![1, 2],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        unsqueeze.input.push(axes);
+    } else {
+        unsqueeze.attribute.push(AttributeProto {
+            name: Some("axes".into()),
+            r#type: Some(AttributeType::Ints as i32),
+            ints: vec![1, 2],
+            ..Default::default()
+        });
+    }
+    out.push(unsqueeze);
+    out
 }
 
 /// `com.microsoft.MultiHeadAttention` (3-D Q/K/V, checked by the matcher)

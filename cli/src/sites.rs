@@ -10,8 +10,13 @@
 //!
 //! Cost: one pass over the nodes; each matcher walks a bounded chain.
 
+use crate::eval::probe_shape;
 use crate::graph::{attr_f, attr_i, attr_ints, is_onnx, Dim, GraphIndex};
 use crate::mask::{analyse_additive, analyse_bool, is_bool, MaskInfo};
+
+/// Sequence length at which operand shapes are probed (odd, unlike any
+/// head count or head size).
+const PROBE_S: usize = 7;
 
 /// The domain of Tessera's ops.
 pub const TESSERA_DOMAIN: &str = "ai.tessera";
@@ -418,25 +423,37 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
             }
         }
     }
-    // Kᵀ from K: undo a Transpose, or transpose back.
-    let k = match ix.producer_op(&kt, "Transpose") {
-        Some(tr) => {
-            let n = ix.node(tr);
-            let mut perm = attr_ints(n, "perm")?.to_vec();
-            if perm.len() != 4 {
-                return None;
-            }
-            perm.swap(2, 3);
-            if ix.consumers(&kt).len() == 1 {
-                nodes.push(tr);
-            }
-            if perm == [0, 1, 2, 3] {
-                (n.input[0].clone(), None)
-            } else {
-                (n.input[0].clone(), Some(perm))
-            }
+    // Kᵀ from K: undo a Transpose (4-D, or the dynamo exporter's 3-D
+    // Reshape → Transpose → Reshape), or transpose back.
+    let unflattened = unflatten_transpose(ix, &kt);
+    let k = if let Some((k4, via)) = unflattened {
+        if via
+            .iter()
+            .all(|&n| ix.node(n).output.iter().all(|o| ix.consumers(o).len() <= 1))
+        {
+            nodes.extend(via);
         }
-        None => (kt.clone(), Some(vec![0, 1, 3, 2])),
+        (k4, None)
+    } else {
+        match ix.producer_op(&kt, "Transpose") {
+            Some(tr) => {
+                let n = ix.node(tr);
+                let mut perm = attr_ints(n, "perm")?.to_vec();
+                if perm.len() != 4 {
+                    return None;
+                }
+                perm.swap(2, 3);
+                if ix.consumers(&kt).len() == 1 {
+                    nodes.push(tr);
+                }
+                if perm == [0, 1, 2, 3] {
+                    (n.input[0].clone(), None)
+                } else {
+                    (n.input[0].clone(), Some(perm))
+                }
+            }
+            None => (kt.clone(), Some(vec![0, 1, 3, 2])),
+        }
     };
     // GQA: fold the exporter's repeat_kv back to the KV heads.
     let mut k = k;
@@ -452,14 +469,42 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
             }
         }
     }
-    let (hq, d) = heads_from_reshape(ix, &q)
+    let (mut hq, mut d) = heads_from_reshape(ix, &q)
         .map(|(h, d)| (Some(h), Some(d)))
         .unwrap_or_else(|| heads_from_shape(ix, &q));
-    let hkv = match n_rep {
+    let mut hkv = match n_rep {
         Some(n) => hq.map(|h| h / n),
         None => heads_from_reshape(ix, &v)
             .map(|(h, _)| h)
             .or(heads_from_shape(ix, &v).0),
+    };
+    // Shapes from the graph itself at one small sequence: fills what the
+    // declared shapes lack (legacy exports carry none) and checks the rest.
+    let probe = |t: &str| probe_shape(ix, t, PROBE_S);
+    let (pq, pv) = (probe(&q), probe(&v));
+    let pk = match &k {
+        (t, None) => probe(t),
+        (t, Some(perm)) => probe(t)
+            .filter(|s| s.len() == perm.len())
+            .map(|s| perm.iter().map(|&p| s[p as usize]).collect()),
+    };
+    let probed = match (&pq, &pk, &pv) {
+        (Some(q4), Some(k4), Some(v4)) if q4.len() == 4 && k4.len() == 4 && v4.len() == 4 => {
+            let consistent = q4[0] == k4[0]
+                && k4[..3] == v4[..3]
+                && q4[3] == k4[3]
+                && k4[1] > 0
+                && q4[1] % k4[1] == 0
+                && q4[2] == PROBE_S
+                && k4[2] == PROBE_S;
+            if consistent {
+                hq = Some(q4[1] as i64);
+                hkv = Some(k4[1] as i64);
+                d = Some(q4[3] as i64);
+            }
+            Some(consistent)
+        }
+        _ => None,
     };
 
     let exact = if !(axis == -1 || axis == 3) {
@@ -467,7 +512,12 @@ fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) -> Option<Sit
             "Softmax '{}' axis {axis} is not the key axis",
             sm.name()
         ))
-    } else if !rank4(ix, &q) || !rank4(ix, &v) {
+    } else if probed == Some(false) {
+        Err(format!(
+            "MatMul '{}': Q {pq:?}, K {pk:?}, V {pv:?} (at S = {PROBE_S}) are not (B,H,S,D) attention operands",
+            qkn.name()
+        ))
+    } else if probed.is_none() && (!rank4(ix, &q) || !rank4(ix, &v)) {
         Err(format!(
             "MatMul '{}': Q/V are not known to be 4-D (B,H,S,D); run shape inference first",
             qkn.name()
@@ -542,4 +592,24 @@ fn leads_to_matmul(ix: &GraphIndex, t: &str) -> bool {
     ix.producer(t).map(|p| ix.node(p)).is_some_and(|n| {
         matches!(n.op_type(), "Mul" | "Div") && ix.producer_op(&n.input[0], "MatMul").is_some()
     })
+}
+
+/// `Reshape(Transpose(Reshape(K, [-1, S, D]), [0, 2, 1]), [B, H, D, S])`:
+/// the dynamo exporter's Kᵀ through 3-D. Returns K and the three nodes.
+fn unflatten_transpose(ix: &GraphIndex, kt: &str) -> Option<(String, Vec<usize>)> {
+    let outer = ix.producer_op(kt, "Reshape")?;
+    let tr = ix.producer_op(&ix.node(outer).input[0], "Transpose")?;
+    if attr_ints(ix.node(tr), "perm")? != [0, 2, 1] {
+        return None;
+    }
+    let inner = ix.producer_op(&ix.node(tr).input[0], "Reshape")?;
+    let k = ix.node(inner).input[0].clone();
+    let ks = probe_shape(ix, &k, PROBE_S)?;
+    let kts = probe_shape(ix, kt, PROBE_S)?;
+    let swapped = ks.len() == 4
+        && kts.len() == 4
+        && ks[..2] == kts[..2]
+        && ks[2] == kts[3]
+        && ks[3] == kts[2];
+    swapped.then_some((k, vec![outer, tr, inner]))
 }
