@@ -2,8 +2,9 @@
 //!
 //! Tessera's attention kernels for NVIDIA GPUs (sm_80 and newer): flash
 //! forward on the tensor cores (f16/bf16, f32 accumulation, per-tile mask
-//! classes, GQA, softcap, LSE), the FP8 lightning indexer, radix top-k,
-//! sparse gather attention and the LSE merge.
+//! classes, GQA, softcap, LSE), the FP8 (E4M3/E5M2) quantiser and lightning
+//! indexer, radix top-k, sparse gather attention with TopKAttention's
+//! causal/window/sink rules and its index-list check, and the LSE merge.
 //!
 //! - The kernels (`kernels/*.cu`) are compiled by nvcc at build time, with the
 //!   `cuda` feature only, into fatbins (sm_80 and sm_90 SASS plus compute_90
@@ -14,6 +15,9 @@
 //!   a driver every entry point returns [`CudaError::NoDriver`].
 //! - [`plan`] validates a call and builds the kernel's parameter block
 //!   without touching the GPU; [`Module`] (one per CUDA context) launches it.
+//! - [`dsa`] runs the DSA ops (`LightningIndexer`, `TopKAttention`) as
+//!   sequences of launches on any [`dsa::Device`]: a stream, or the CPU
+//!   emulator (feature `emulate`) in tests.
 //!
 //! ```no_run
 //! use tessera_core::{AttentionSpec, MaskSpec};
