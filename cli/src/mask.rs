@@ -17,8 +17,10 @@
 //!    biases other than 0 / −∞) is reported as opaque and stays a dense
 //!    `attn_mask`, which is always exact.
 //!
-//! A band wider than `S_BAND` on a side looks unbounded; so a side is only
-//! called unbounded when no constant of the subgraph could be such a width.
+//! A band wider than the band run's length on a side looks unbounded; so a
+//! side is only called unbounded when no constant of the subgraph could be
+//! such a width. A model whose position table is shorter than `S_BAND` is
+//! run at the longest of 509, 251 or 97 tokens that it accepts.
 //!
 //! Cost: two or three interpreter runs over the mask's cone, each with
 //! tensors of at most `S_BAND²` elements.
@@ -224,8 +226,8 @@ fn in_band(q: usize, k: usize, (left, right): (i64, i64)) -> bool {
 }
 
 /// Constants in the cone of `tensor` that could be a window wider than
-/// [`S_BAND`] (ignoring int64 sentinels such as `i64::MAX` slice ends).
-fn wide_constant(ix: &GraphIndex, tensor: &str) -> Option<f64> {
+/// the `s_band` positions the band run used (ignoring int64 sentinels such as `i64::MAX` slice ends).
+fn wide_constant(ix: &GraphIndex, tensor: &str, s_band: usize) -> Option<f64> {
     let mut stack = vec![tensor.to_string()];
     let mut seen = HashSet::new();
     while let Some(t) = stack.pop() {
@@ -236,7 +238,7 @@ fn wide_constant(ix: &GraphIndex, tensor: &str) -> Option<f64> {
             if let Some(&v) = c
                 .values
                 .iter()
-                .find(|v| v.abs() >= (S_BAND - 1) as f64 && v.abs() < 1e9)
+                .find(|v| v.abs() >= (s_band - 1) as f64 && v.abs() < 1e9)
             {
                 return Some(v);
             }
@@ -260,13 +262,24 @@ fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
     let roles = Roles::of(ix);
     let result = (|| -> Result<((i64, i64), bool), String> {
         // 1. The band, with every key present.
-        let ones = allowed(ix, &roles, tensor, form, &[vec![true; S_BAND]])?;
+        // A model with a short position table cannot run S_BAND: the
+        // longest length that runs is used instead.
+        let mut tried = Err(String::new());
+        let mut s_band = S_BAND;
+        for s in [S_BAND, 509, 251, S_PAD] {
+            tried = allowed(ix, &roles, tensor, form, &[vec![true; s]]);
+            if tried.is_ok() {
+                s_band = s;
+                break;
+            }
+        }
+        let ones = tried?;
         let bnd = band(&ones[0])
             .ok_or("not a band of keys around the query (e.g. chunked or arbitrary)")?;
         if bnd.0 < 0 || bnd.1 < 0 {
-            if let Some(c) = wide_constant(ix, tensor) {
+            if let Some(c) = wide_constant(ix, tensor, s_band) {
                 return Err(format!(
-                    "the constant {c} could be a window wider than the {S_BAND} positions checked"
+                    "the constant {c} could be a window wider than the {s_band} positions checked"
                 ));
             }
         }
