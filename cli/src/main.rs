@@ -10,7 +10,7 @@ use tessera_cli::{bail, inspect, model, verify};
 
 const USAGE: &str = "usage:
   tessera inspect MODEL.onnx [--json]
-  tessera rewrite IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]] [--layers LIST]
+  tessera rewrite IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST]
   tessera verify ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]
   tessera demo [--seq 512,2048,8192] [--threads T]
   tessera bench MODEL.onnx [--seq N,...] [--policy P]... [--batch B] [--threads T] [--plot FILE.png] [--json]";

@@ -33,6 +33,18 @@ pub enum Policy {
         /// Global tokens.
         globals: i64,
     },
+    /// DSA-like: every eligible site becomes `ai.tessera.TopKAttention` in its
+    /// training-free mode (each query tile keeps the `k` keys, in blocks of
+    /// 64, whose block summaries bound the scores highest), plus the last
+    /// `window` keys before each query and the first `globals` keys.
+    TopK {
+        /// Keys kept per query.
+        k: i64,
+        /// Local window always kept (`None` = the op's default).
+        window: Option<i64>,
+        /// Sink tokens always kept.
+        globals: i64,
+    },
 }
 
 impl Policy {
@@ -41,8 +53,33 @@ impl Policy {
         if s == "exact" {
             return Ok(Self::Exact);
         }
+        if let Some(rest) = s.strip_prefix("topk=") {
+            let mut parts = rest.split(',');
+            let k = parts.next().unwrap_or("");
+            let k = match k.trim().parse::<i64>() {
+                Ok(k) if k >= 1 => k,
+                _ => bail!("--policy '{s}': top_k must be an integer >= 1 (got '{k}')"),
+            };
+            let (mut window, mut globals) = (None, 0i64);
+            for p in parts {
+                let num = |v: &str, what: &str| -> Result<i64> {
+                    match v.trim().parse::<i64>() {
+                        Ok(v) if v >= 0 => Ok(v),
+                        _ => bail!("--policy '{s}': {what} must be an integer >= 0 (got '{v}')"),
+                    }
+                };
+                if let Some(w) = p.strip_prefix("window=") {
+                    window = Some(num(w, "window")?);
+                } else if let Some(g) = p.strip_prefix("globals=") {
+                    globals = num(g, "globals")?;
+                } else {
+                    bail!("--policy '{s}': unknown part '{p}' (expected window=L or globals=G)");
+                }
+            }
+            return Ok(Self::TopK { k, window, globals });
+        }
         let Some(rest) = s.strip_prefix("window=") else {
-            bail!("--policy '{s}': expected 'exact' or 'window=L,R[,global-every=N][,globals=G]' (topk is not implemented yet)");
+            bail!("--policy '{s}': expected 'exact', 'window=L,R[,global-every=N][,globals=G]' or 'topk=K[,window=L][,globals=G]'");
         };
         let parts: Vec<&str> = rest.split(',').collect();
         let num = |p: &str, what: &str| -> Result<i64> {
@@ -165,7 +202,87 @@ fn mask_plan(site: &Site, policy: &Policy) -> (Option<(i64, i64)>, Option<String
             };
             (win, kept(site), *globals)
         }
+        Policy::TopK { .. } => (None, None, 0),
     }
+}
+
+/// Whether a site can become `TopKAttention` without changing what the
+/// unpadded positions see beyond the selection itself: the op has no mask
+/// input, so the mask must be recognised whole and be causal (with right
+/// padding a query then never sees a padded key), or absent.
+fn topk_eligible(ix: &GraphIndex, site: &Site) -> std::result::Result<(), String> {
+    let m = &site.mask;
+    if site.kind == SiteKind::OnnxAttention {
+        let n = ix.node(site.nodes[0]);
+        let used =
+            |o: &String| !o.is_empty() && (!ix.consumers(o).is_empty() || ix.is_graph_output(o));
+        if n.output.iter().skip(1).any(used) {
+            return Err(
+                "topk: the Attention node's present_key/present_value/qk outputs are used; kept"
+                    .into(),
+            );
+        }
+    }
+    if m.form.is_some() && !m.fully_recognised() {
+        return Err(format!(
+            "topk: the mask is not recognised ({}); kept",
+            m.describe()
+        ));
+    }
+    if m.window.is_some() {
+        return Err("topk: the site already has a sliding window; kept".into());
+    }
+    if m.padding.is_some() && !m.causal {
+        return Err(
+            "topk: TopKAttention has no padding input and this bidirectional site pads keys; kept"
+                .into(),
+        );
+    }
+    if site.kind == SiteKind::MicrosoftMultiHeadAttention {
+        return Err(
+            "topk: com.microsoft.MultiHeadAttention is rewritten by the exact policy only".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `ai.tessera.TopKAttention` (training-free block selection) for a site.
+fn build_topk(
+    ix: &GraphIndex,
+    site: &Site,
+    k: i64,
+    window: Option<i64>,
+    globals: i64,
+) -> Vec<NodeProto> {
+    let mut out = build_decomposed(site, &Policy::Exact);
+    let node = out
+        .last_mut()
+        .expect("build_decomposed emits the attention node");
+    node.op_type = Some("TopKAttention".into());
+    node.input.truncate(3);
+    node.attribute
+        .retain(|a| matches!(a.name(), "scale" | "is_causal"));
+    if site.kind == SiteKind::OnnxAttention {
+        // 3-D Q/K/V carry their head counts as attributes.
+        let n = ix.node(site.nodes[0]);
+        for name in ["q_num_heads", "kv_num_heads"] {
+            if let Some(v) = crate::graph::attr_i(n, name) {
+                node.attribute.push(int_attr(name, v));
+            }
+        }
+        if crate::graph::attr_i(n, "is_causal") == Some(1) {
+            set_attr(node, int_attr("is_causal", 1));
+        }
+    }
+    node.name = Some(format!("{}.tessera_topk_attention", site.anchor));
+    node.attribute.push(int_attr("top_k", k));
+    if let Some(w) = window {
+        node.attribute.push(int_attr("left_window_size", w));
+    }
+    if globals > 0 {
+        node.attribute.push(int_attr("num_global_tokens", globals));
+    }
+    out
 }
 
 /// Rewrite the sites of `model` chosen by `layers` (all when `None`).
@@ -199,11 +316,28 @@ pub fn rewrite(
                 continue;
             }
         };
+        let mut note = note;
+        if let Policy::TopK { k, .. } = policy {
+            if let Err(why) = topk_eligible(&ix, site) {
+                report.skipped.push((site.layer, site.anchor.clone(), why));
+                continue;
+            }
+            note = format!(
+                "TopKAttention top_k={k}: approximate (exact where a query sees at most {k} keys)"
+            );
+        }
         let at = *site.nodes.iter().max().expect("a site has nodes");
-        let new = match site.kind {
-            SiteKind::OnnxAttention => swap_onnx_attention(ix.node(site.nodes[0]), site, policy),
-            SiteKind::MicrosoftMultiHeadAttention => build_mha(site, policy),
-            _ => build_decomposed(site, policy),
+        let new = match (site.kind, policy) {
+            (_, Policy::TopK { k, window, globals }) => {
+                build_topk(&ix, site, *k, *window, *globals)
+            }
+            _ => match site.kind {
+                SiteKind::OnnxAttention => {
+                    swap_onnx_attention(ix.node(site.nodes[0]), site, policy)
+                }
+                SiteKind::MicrosoftMultiHeadAttention => build_mha(site, policy),
+                _ => build_decomposed(site, policy),
+            },
         };
         removed.extend(site.nodes.iter().copied());
         inserts.insert(at, new);
@@ -215,10 +349,14 @@ pub fn rewrite(
         return Ok(report);
     }
     let mut nodes = Vec::with_capacity(graph.node.len());
+    // The shared key-padding tensors the new nodes read.
     let padded: std::collections::BTreeSet<&str> = sites
         .iter()
-        .filter(|s| s.mask.fully_recognised())
         .filter_map(|s| s.mask.padding.as_deref())
+        .filter(|p| {
+            let name = key_padding_name(p);
+            inserts.values().flatten().any(|n| n.input.contains(&name))
+        })
         .collect();
     let unsqueeze_axes_as_input = model.opset("").unwrap_or(13) >= 13;
     for input in padded {

@@ -114,6 +114,37 @@ def test_window_policy_keeps_global_layers(tmp_path):
     assert all({a.name: a.i for a in n.attribute}.get("num_global_tokens") == 1 for n in attn)
 
 
+@pytest.mark.parametrize("name", ["llama_eager_opset17", "llama_sdpa_opset20", "llama_attention_opset24"])
+def test_topk_policy_uses_topk_attention_and_is_exact_when_k_covers_the_keys(name, tmp_path):
+    wide, narrow = str(tmp_path / "wide.onnx"), str(tmp_path / "narrow.onnx")
+    tessera("rewrite", model(name), "-o", wide, "--policy", "topk=4096,window=16,globals=2")
+    m = onnx.load(wide)
+    onnx.checker.check_model(m, full_check=True)
+    ops = [n for n in m.graph.node if n.domain == "ai.tessera"]
+    assert [n.op_type for n in ops] == ["TopKAttention"] * 2
+    attrs = {a.name: a.i for a in ops[0].attribute if a.type == onnx.AttributeProto.INT}
+    assert attrs["top_k"] == 4096 and attrs["is_causal"] == 1 and attrs["left_window_size"] == 16
+    assert attrs["num_global_tokens"] == 2
+    assert len(m.graph.input) == 2 and not any(len(n.input) > 3 for n in ops), "no mask input"
+    rep = json.loads(tessera("verify", model(name), wide, "--seq", "128,512", "--json").stdout)
+    assert rep["pass"]
+    # Fewer keys than a query sees: an approximation, and verify says so.
+    tessera("rewrite", model(name), "-o", narrow, "--policy", "topk=64")
+    r = tessera("verify", model(name), narrow, "--seq", "512", "--json", check=False)
+    assert r.returncode == 1 and not json.loads(r.stdout)["pass"]
+
+
+def test_topk_policy_keeps_padded_bidirectional_and_windowed_sites(tmp_path):
+    out = str(tmp_path / "m.onnx")
+    r = tessera("rewrite", model("modernbert_sdpa_opset20"), "-o", out, "--policy", "topk=256")
+    assert r.stderr.count("kept site") == 6
+    assert "already has a sliding window" in r.stderr and "no padding input" in r.stderr
+    assert not [n for n in onnx.load(out).graph.node if n.domain == "ai.tessera"]
+    for bad in ("topk=0", "topk=x", "topk=8,window=-2", "topk=8,sinks=1"):
+        r = tessera("rewrite", model("llama_sdpa_opset20"), "-o", out, "--policy", bad, check=False)
+        assert r.returncode == 2 and "--policy" in r.stderr, (bad, r.stderr)
+
+
 def run_ort(path, feeds):
     so = ort.SessionOptions()
     so.register_custom_ops_library(PLUGIN)
