@@ -51,6 +51,27 @@ def test_bool_mask_and_lse(lib):
     assert np.isfinite(lse[:, :, [0, 1, 3, 4, 5]]).all()
 
 
+@pytest.mark.parametrize("rows", ["right-padded", "one row empty", "one row with a hole", "broadcast batch"])
+@pytest.mark.parametrize("attrs,ref", [({}, {}), ({"is_causal": 1}, {"causal": True}),
+                                       ({"left_window_size": 9, "right_window_size": 9}, {"left": 9, "right": 9})])
+def test_key_padding_masks(lib, rows, attrs, ref):
+    """(B|1, 1, 1, S) bool masks: prefix rows run as key lengths (tiles
+    skipped), anything else as a dense mask; both must equal the reference."""
+    rng = np.random.default_rng(7)
+    b, s = 3, 150
+    q, k, v = rand(rng, b, 2, s, 16), rand(rng, b, 1, s, 16), rand(rng, b, 1, s, 16)
+    lens = {"right-padded": [150, 97, 1], "one row empty": [150, 0, 64], "one row with a hole": [150, 97, 40]}
+    if rows == "broadcast batch":
+        mask = (np.arange(s) < 77)[None, None, None, :]
+    else:
+        mask = (np.arange(s)[None, :] < np.array(lens[rows])[:, None])[:, None, None, :]
+        if rows == "one row with a hole":
+            mask[2, 0, 0, 10] = False
+    model = attention_model([("Q", F), ("K", F), ("V", F), ("attn_mask", TP.BOOL)], attrs)
+    (y,) = session(lib, model, threads=2).run(None, {"Q": q, "K": k, "V": v, "attn_mask": mask})
+    np.testing.assert_allclose(y, reference(q, k, v, bool_mask=mask, **ref), rtol=1e-4, atol=2e-5)
+
+
 def q_k_v(q=(1, 2, 4, 8), k=(1, 2, 5, 8), v=(1, 2, 5, 8), dt=np.float32):
     return {"Q": np.ones(q, dt), "K": np.ones(k, dt), "V": np.ones(v, dt)}
 

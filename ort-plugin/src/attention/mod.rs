@@ -188,8 +188,17 @@ impl<T: Dtype> CustomOp for AttentionOp<T> {
             None => None,
             Some(t) => Some(kv_lens(t, total)?),
         };
+        // A bool key-padding mask whose rows are prefixes (right padding, as
+        // the graph tool's key-padding input usually is) becomes key lengths,
+        // so padded tiles are skipped instead of tested element by element.
+        let prefix_lens = match (&inputs[3], plan.mask, &nonpad) {
+            (Some(t), Some(d), None) if self.attrs.global_tokens == 0 => {
+                prefix_lengths(t, d, plan.batch)?
+            }
+            _ => None,
+        };
         let mask_data = match (&inputs[3], plan.mask) {
-            (Some(t), Some(d)) => Some(MaskData::new(t, d, total)?),
+            (Some(t), Some(d)) if prefix_lens.is_none() => Some(MaskData::new(t, d, total)?),
             _ => None,
         };
 
@@ -276,6 +285,9 @@ impl<T: Dtype> CustomOp for AttentionOp<T> {
         if let Some(lens) = &nonpad {
             mask = mask.kv_lens(lens, true);
         }
+        if let Some(lens) = &prefix_lens {
+            mask = mask.kv_lens(lens, false);
+        }
         if let Some(m) = &mask_data {
             mask = mask.dense(m.view());
         }
@@ -327,6 +339,33 @@ impl<T: Dtype> CustomOp for AttentionOp<T> {
         // one), so this function serves every T: Y takes Q's element type.
         ctx.set_output(0, q.elem, &y)
     }
+}
+
+/// The key lengths of a bool `attn_mask` of shape `(B or 1, 1, 1, width)`
+/// whose every row is `true…true false…false` (keys past `width` count as
+/// masked), or `None` when it has another shape or a row is not a prefix.
+/// Cost: one pass over the mask.
+fn prefix_lengths(t: &InputTensor, d: [usize; 4], batch: usize) -> Result<Option<Vec<usize>>> {
+    if t.ts.elem != elem::BOOL || d[1] != 1 || d[2] != 1 || !(d[0] == 1 || d[0] == batch) {
+        return Ok(None);
+    }
+    let bytes = t.bytes("attn_mask")?;
+    let width = d[3];
+    let mut lens = Vec::with_capacity(batch);
+    for row in bytes.chunks_exact(width.max(1)).take(d[0]) {
+        let len = row.iter().take_while(|&&x| x != 0).count();
+        if row[len..].iter().any(|&x| x != 0) {
+            return Ok(None);
+        }
+        lens.push(len);
+    }
+    if lens.len() != d[0] {
+        return Ok(None);
+    }
+    if d[0] == 1 {
+        lens.resize(batch, lens[0]);
+    }
+    Ok(Some(lens))
 }
 
 /// `nonpad_kv_seqlen` as key counts, each within `[0, total]`.
