@@ -334,3 +334,116 @@ def test_microsoft_multi_head_attention_is_rewritten_exactly(tmp_path):
     f = {"x": rng.standard_normal((2, 37, 64)).astype(np.float32)}
     a, b = run_ort(path, f)[0], run_ort(out, f)[0]
     assert np.abs(a - b).max() <= 1e-5
+
+def masked_model(path, parts):
+    """A one-head attention model (D = 8) whose additive mask is
+    Where(And(parts…), 0, -inf), parts built from positions q (S, 1), k (1, S)
+    and the padding input `attention_mask` (B, S); `parts` maps those names
+    to a list of nodes ending in a bool tensor named 'part<i>'."""
+    I64 = TensorProto.INT64
+    c = lambda n, v, dt=np.int64: numpy_helper.from_array(np.array(v, dtype=dt), n)
+    inits = [numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32), "emb"),
+             c("zero", 0), c("one", 1), c("ax0", [0]), c("ax1", [1]), c("ax12", [1, 2]), c("perm_dummy", 0),
+             numpy_helper.from_array(np.array(0.0, np.float32), "f0"), numpy_helper.from_array(np.array(-np.inf, np.float32), "ninf"),
+             numpy_helper.from_array(np.array(0.35, np.float32), "scale")]
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["x"]),
+        helper.make_node("Unsqueeze", ["x", "ax1"], ["qkv"]),
+        helper.make_node("Shape", ["input_ids"], ["shp"], start=1, end=2),
+        helper.make_node("Squeeze", ["shp", "ax0"], ["n"]),
+        helper.make_node("Range", ["zero", "n", "one"], ["pos"]),
+        helper.make_node("Unsqueeze", ["pos", "ax1"], ["q"]),
+        helper.make_node("Unsqueeze", ["pos", "ax0"], ["k"]),
+        helper.make_node("Cast", ["attention_mask"], ["pad2"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["pad2", "ax12"], ["pad"]),
+    ]
+    names = []
+    for i, part in enumerate(parts):
+        for n in part(f"part{i}", inits):
+            nodes.append(n)
+        names.append(f"part{i}")
+    acc = names[0]
+    for i, n in enumerate(names[1:]):
+        nodes.append(helper.make_node("And", [acc, n], [f"and{i}"]))
+        acc = f"and{i}"
+    nodes += [
+        helper.make_node("Where", [acc, "f0", "ninf"], ["bias"]),
+        helper.make_node("Transpose", ["qkv"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["qkv", "kt"], ["s0"]),
+        helper.make_node("Mul", ["s0", "scale"], ["s1"]),
+        helper.make_node("Add", ["s1", "bias"], ["s2"]),
+        helper.make_node("Softmax", ["s2"], ["p"], axis=-1, name="sm"),
+        helper.make_node("MatMul", ["p", "qkv"], ["y_bhsd"]),
+        # (B, S, 1, D), so verify compares the unpadded query positions only.
+        helper.make_node("Transpose", ["y_bhsd"], ["y"], perm=[0, 2, 1, 3]),
+    ]
+    g = helper.make_graph(nodes, "masked", [helper.make_tensor_value_info("input_ids", I64, ["B", "S"]),
+                                            helper.make_tensor_value_info("attention_mask", I64, ["B", "S"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def cmp(op, a, b, out):
+    return lambda name, inits: [helper.make_node(op, [a, b], [name if out is None else out])]
+
+
+def diff_le(w, name_w):
+    """|q - k| <= w, or q - k <= w with one-sided."""
+    def build(name, inits):
+        inits.append(numpy_helper.from_array(np.array(w, np.int64), name_w))
+        return [helper.make_node("Sub", ["q", "k"], [name + "_d"]),
+                helper.make_node("Abs", [name + "_d"], [name + "_a"]),
+                helper.make_node("LessOrEqual", [name + "_a", name_w], [name])]
+    return build
+
+
+def pad_part(name, inits):
+    return [helper.make_node("Identity", ["pad"], [name])]
+
+
+def causal_part(name, inits):
+    return [helper.make_node("LessOrEqual", ["k", "q"], [name])]
+
+
+def query_pad_part(name, inits):
+    # padding on the query axis: attention_mask[b, q] -> (B, 1, S, 1)
+    inits.append(numpy_helper.from_array(np.array([1, 3], np.int64), "ax13"))
+    return [helper.make_node("Unsqueeze", ["pad2", "ax13"], [name])]
+
+
+def chunk_part(name, inits):
+    inits.append(numpy_helper.from_array(np.array(16, np.int64), "chunk"))
+    return [helper.make_node("Div", ["q", "chunk"], [name + "_qc"]), helper.make_node("Div", ["k", "chunk"], [name + "_kc"]),
+            helper.make_node("Equal", [name + "_qc", name + "_kc"], [name])]
+
+
+MASK_CASES = [
+    # parts, what inspect must report, attributes the rewrite must set
+    ([pad_part, causal_part], {"padding": True, "causal": True, "window": None, "opaque": []}, {"is_causal": 1}),
+    ([pad_part, diff_le(5, "w5")], {"padding": True, "causal": False, "window": [5, 5], "opaque": []},
+     {"left_window_size": 5, "right_window_size": 5}),
+    ([causal_part, diff_le(3, "w3")], {"padding": False, "causal": False, "window": [3, 0], "opaque": []},
+     {"left_window_size": 3, "right_window_size": 0}),
+    ([pad_part, query_pad_part], {"opaque": ["depends on the attention mask other than as key padding"]}, {}),
+    ([pad_part, chunk_part], {"opaque": ["not a band of keys around the query (e.g. chunked or arbitrary)"]}, {}),
+    ([pad_part, diff_le(4096, "w4096")], {"opaque": ["the constant 4096 could be a window wider than the 1031 positions checked"]}, {}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(MASK_CASES)))
+def test_masks_are_recognised_by_what_they_compute_and_otherwise_kept_dense(case, tmp_path):
+    parts, want, attrs = MASK_CASES[case]
+    src = masked_model(str(tmp_path / "m.onnx"), parts)
+    (site,) = json.loads(tessera("inspect", src, "--json").stdout)["sites"]
+    for key, value in want.items():
+        assert site["mask"][key] == value, (key, site["mask"])
+    out = str(tmp_path / "r.onnx")
+    tessera("rewrite", src, "-o", out)
+    (node,) = [n for n in onnx.load(out).graph.node if n.domain == "ai.tessera"]
+    got = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+    assert {k: got.get(k) for k in attrs} == attrs
+    if want.get("opaque"):
+        assert len(node.input) == 4 and node.input[3] == "bias", "an unrecognised mask stays the dense bias"
+    rep = json.loads(tessera("verify", src, out, "--seq", "40,150", "--batch", "3", "--json").stdout)
+    assert rep["pass"], rep
