@@ -371,10 +371,7 @@ impl<'a, 'g> Evaluator<'a, 'g> {
         }
         if op == "Unsqueeze" || op == "Squeeze" {
             let x = self.shape_of(p, 0)?;
-            let axes: Option<Vec<i64>> = match self.input(p, 1)? {
-                Some(a) => Some(a.ints()),
-                None => attr_ints(n, "axes").map(<[i64]>::to_vec),
-            };
+            let axes = self.axes_arg(p)?;
             return squeezed(x, axes, op == "Unsqueeze");
         }
         if op == "Concat" {
@@ -389,18 +386,8 @@ impl<'a, 'g> Evaluator<'a, 'g> {
         }
         if op == "Slice" {
             let x = self.shape_of(p, 0)?;
-            let starts = self.need(p, 1)?.ints();
-            let ends = self.need(p, 2)?.ints();
-            let axes = self
-                .input(p, 3)?
-                .map_or_else(|| (0..starts.len() as i64).collect(), |t| t.ints());
-            let steps = self
-                .input(p, 4)?
-                .map_or_else(|| vec![1; starts.len()], |t| t.ints());
-            let probe = Tensor::new(x.clone(), vec![0.0; x.iter().product()], FLOAT);
-            if probe.data.len() <= MAX_ELEMENTS {
-                return Ok(slice(&probe, &starts, &ends, &axes, &steps)?.shape);
-            }
+            let args = self.slice_args(p)?;
+            return Ok(slice_ranges(&x, &args)?.iter().map(Vec::len).collect());
         }
         if op == "Transpose" {
             let x = self.shape_of(p, 0)?;
@@ -410,6 +397,27 @@ impl<'a, 'g> Evaluator<'a, 'g> {
             });
         }
         Ok(self.value(name)?.shape.clone())
+    }
+
+    /// `Slice`'s starts, ends, axes and steps (the last two defaulted).
+    fn slice_args(&mut self, p: usize) -> R<[Vec<i64>; 4]> {
+        let starts = self.need(p, 1)?.ints();
+        let ends = self.need(p, 2)?.ints();
+        let axes = self
+            .input(p, 3)?
+            .map_or_else(|| (0..starts.len() as i64).collect(), |t| t.ints());
+        let steps = self
+            .input(p, 4)?
+            .map_or_else(|| vec![1; starts.len()], |t| t.ints());
+        Ok([starts, ends, axes, steps])
+    }
+
+    /// `Unsqueeze`/`Squeeze` axes: input 1 (opset 13+) or the attribute.
+    fn axes_arg(&mut self, p: usize) -> R<Option<Vec<i64>>> {
+        Ok(match self.input(p, 1)? {
+            Some(a) => Some(a.ints()),
+            None => attr_ints(self.ix.node(p), "axes").map(<[i64]>::to_vec),
+        })
     }
 
     fn run(&mut self, p: usize) -> R<Vec<Tensor>> {
@@ -498,10 +506,7 @@ impl<'a, 'g> Evaluator<'a, 'g> {
             }
             "Unsqueeze" | "Squeeze" => {
                 let x = self.need(p, 0)?;
-                let axes: Option<Vec<i64>> = match self.input(p, 1)? {
-                    Some(a) => Some(a.ints()),
-                    None => attr_ints(n, "axes").map(<[i64]>::to_vec),
-                };
+                let axes = self.axes_arg(p)?;
                 let shape = squeezed(x.shape.clone(), axes, op == "Unsqueeze")?;
                 one(Tensor::new(shape, x.data.clone(), x.dtype))
             }
@@ -554,15 +559,8 @@ impl<'a, 'g> Evaluator<'a, 'g> {
             }
             "Slice" => {
                 let x = self.need(p, 0)?;
-                let starts = self.need(p, 1)?.ints();
-                let ends = self.need(p, 2)?.ints();
-                let axes = self
-                    .input(p, 3)?
-                    .map_or_else(|| (0..starts.len() as i64).collect(), |t| t.ints());
-                let steps = self
-                    .input(p, 4)?
-                    .map_or_else(|| vec![1; starts.len()], |t| t.ints());
-                one(slice(&x, &starts, &ends, &axes, &steps)?)
+                let args = self.slice_args(p)?;
+                one(slice(&x, &args)?)
             }
             "Gather" => {
                 let (x, idx) = (self.need(p, 0)?, self.need(p, 1)?);
@@ -878,38 +876,37 @@ fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
     for _ in 0..count {
         let off: usize = idx.iter().zip(&st).map(|(i, s)| i * s).sum();
         data.push(x.data[off]);
-        for ax in (0..shape.len()).rev() {
-            idx[ax] += 1;
-            if idx[ax] < shape[ax] {
-                break;
-            }
-            idx[ax] = 0;
-        }
+        advance(&mut idx, &shape);
     }
     Tensor::new(shape, data, x.dtype)
 }
 
-fn slice(x: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> R<Tensor> {
-    let r = x.shape.len() as i64;
-    let mut ranges: Vec<Vec<usize>> = x.shape.iter().map(|&d| (0..d).collect()).collect();
-    for k in 0..starts.len() {
-        let a = axes[k];
+/// The kept indices per axis of a `Slice` of `shape` with `[starts, ends, axes, steps]`.
+fn slice_ranges(
+    shape: &[usize],
+    [starts, ends, axes, steps]: &[Vec<i64>; 4],
+) -> R<Vec<Vec<usize>>> {
+    let r = shape.len() as i64;
+    let mut ranges: Vec<Vec<usize>> = shape.iter().map(|&d| (0..d).collect()).collect();
+    for (k, &start) in starts.iter().enumerate() {
+        let a = *axes.get(k).ok_or("axes shorter than starts")?;
         let a = if a < 0 { a + r } else { a } as usize;
-        let d = x.shape[a] as i64;
-        let step = steps[k];
+        let d = *shape.get(a).ok_or("bad axis")? as i64;
+        let step = *steps.get(k).ok_or("steps shorter than starts")?;
+        let end = *ends.get(k).ok_or("ends shorter than starts")?;
         if step == 0 {
             return Err("step 0".into());
         }
         let fix = |v: i64, lo: i64, hi: i64| (if v < 0 { v + d } else { v }).clamp(lo, hi);
         let mut out = Vec::new();
         if step > 0 {
-            let (mut i, e) = (fix(starts[k], 0, d), fix(ends[k], 0, d));
+            let (mut i, e) = (fix(start, 0, d), fix(end, 0, d));
             while i < e {
                 out.push(i as usize);
                 i += step;
             }
         } else {
-            let (mut i, e) = (fix(starts[k], -1, d - 1), fix(ends[k], -1, d - 1));
+            let (mut i, e) = (fix(start, -1, d - 1), fix(end, -1, d - 1));
             while i > e {
                 out.push(i as usize);
                 i += step;
@@ -917,6 +914,22 @@ fn slice(x: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) 
         }
         ranges[a] = out;
     }
+    Ok(ranges)
+}
+
+/// Step a row-major multi-index `idx` within `shape` (wrapping to zero).
+fn advance(idx: &mut [usize], shape: &[usize]) {
+    for ax in (0..shape.len()).rev() {
+        idx[ax] += 1;
+        if idx[ax] < shape[ax] {
+            return;
+        }
+        idx[ax] = 0;
+    }
+}
+
+fn slice(x: &Tensor, args: &[Vec<i64>; 4]) -> R<Tensor> {
+    let ranges = slice_ranges(&x.shape, args)?;
     let shape: Vec<usize> = ranges.iter().map(Vec::len).collect();
     let st = strides_in(&x.shape, &x.shape);
     let count: usize = shape.iter().product();
@@ -929,13 +942,7 @@ fn slice(x: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) 
             .map(|(a, &i)| ranges[a][i] * st[a])
             .sum();
         data.push(x.data[off]);
-        for ax in (0..shape.len()).rev() {
-            idx[ax] += 1;
-            if idx[ax] < shape[ax] {
-                break;
-            }
-            idx[ax] = 0;
-        }
+        advance(&mut idx, &shape);
     }
     Ok(Tensor::new(shape, data, x.dtype))
 }
@@ -1059,7 +1066,7 @@ mod tests {
         assert_eq!(ge.data, vec![2.0, 0.0, 4.0, 4.0]);
         let nd = gather_nd(&x, &t(&[2, 2], &[1.0, 2.0, 0.0, 1.0])).unwrap();
         assert_eq!(nd.data, vec![5.0, 1.0]);
-        let s = slice(&x, &[-1], &[-4], &[1], &[-1]).unwrap();
+        let s = slice(&x, &[vec![-1], vec![-4], vec![1], vec![-1]]).unwrap();
         assert_eq!(s.data, vec![2.0, 1.0, 0.0, 5.0, 4.0, 3.0]);
         let c = concat(&[Rc::new(x.clone()), Rc::new(x)], 1).unwrap();
         assert_eq!(c.shape, vec![2, 6]);
