@@ -2,6 +2,8 @@
 //! attributes to the sizes of one call, or an error that names the input and
 //! the rule. Pure: no ORT, no data, so every rule is unit-tested here.
 
+use tessera_core::{default_scale, AttentionSpec, Strides};
+
 use crate::error::{ensure, Error, Result};
 
 /// `qk_matmul_output_mode`, as the ONNX backend test data defines it.
@@ -462,6 +464,36 @@ impl Plan {
     /// Keys seen: past plus new.
     pub const fn kv_total(&self) -> usize {
         self.past + self.kv_new
+    }
+
+    /// Strides of a `(heads, seq, dim)` tensor in this plan's layout.
+    pub fn strides(&self, heads: usize, seq: usize, dim: usize) -> Strides {
+        match self.layout {
+            Layout::Bhsd => Strides::bhsd(heads, seq, dim),
+            Layout::Bshd => Strides::bshd(heads, seq, dim),
+        }
+    }
+
+    /// The core spec of a call with no cache: Q, K, V and Y read and written
+    /// in place in this plan's layout (`scale` defaults to `1/√D`; no softcap).
+    pub fn cacheless_spec(&self, scale: Option<f32>) -> AttentionSpec {
+        let (hq, hkv, sq, skv) = (self.q_heads, self.kv_heads, self.q_len, self.kv_new);
+        let (d, dv) = (self.head_dim, self.v_head_dim);
+        AttentionSpec {
+            batch: self.batch,
+            q_heads: hq,
+            kv_heads: hkv,
+            q_len: sq,
+            kv_len: skv,
+            head_dim: d,
+            v_head_dim: dv,
+            scale: scale.unwrap_or_else(|| default_scale(d)),
+            softcap: 0.0,
+            q: self.strides(hq, sq, d),
+            k: self.strides(hkv, skv, d),
+            v: self.strides(hkv, skv, dv),
+            out: self.strides(hq, sq, dv),
+        }
     }
 
     /// Shape of Y.

@@ -21,19 +21,16 @@
 
 use core::ffi::CStr;
 
-use tessera_core::IndexerSpec;
 use tessera_cuda::dsa::{self, IndexerCall, IndexerIo, OnStream};
 use tessera_cuda::{Dtype, Fp8Format, Module};
 
 use super::device::{DeviceContext, DeviceTensor};
 use super::{from_cuda, host_compute_refused, DeviceKernel};
-use crate::dsa::indexer::{Format, LightningIndexerOp};
-use crate::dsa::{dims, fmt_shape, product};
-use crate::error::{ensure, Error, Result};
+use crate::dsa::indexer::{indexer_spec, Format, LightningIndexerOp, INPUT_NAMES};
+use crate::dsa::product;
+use crate::error::{Error, Result};
 use crate::ffi::{elem, KernelContext, KernelInfo, ShapeInference};
 use crate::op::{CustomOp, Port};
-
-const NAMES: [&str; 3] = ["index_q", "index_k", "index_w"];
 
 /// The CUDA-EP op: the CPU op's attributes.
 #[derive(Debug)]
@@ -101,53 +98,20 @@ impl DeviceKernel for CudaIndexerOp {
         let req = |i: usize| {
             inputs[i]
                 .as_ref()
-                .ok_or_else(|| Error::invalid(format!("{} is required", NAMES[i])))
+                .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
         };
         let (qt, kt, wt) = (req(0)?, req(1)?, req(2)?);
-        let q = dims(
-            "index_q",
-            &qt.ts.dims,
-            &[4],
-            "4 (batch, q_seq, index_heads, index_dim)",
-        )?;
-        let k = dims("index_k", &kt.ts.dims, &[3], "3 (batch, kv_seq, index_dim)")?;
-        let w = dims(
-            "index_w",
-            &wt.ts.dims,
-            &[3],
-            "3 (batch, q_seq, index_heads)",
-        )?;
-        let (b, sq, hi, di) = (q[0], q[1], q[2], q[3]);
-        ensure!(
-            k[0] == b && k[2] == di,
-            "index_k: shape {} must be (batch, kv_seq, index_dim) with batch {b} and index_dim {di} from index_q",
-            fmt_shape(&kt.ts.dims)
-        );
-        ensure!(
-            w == [b, sq, hi],
-            "index_w: shape {} must be (batch, q_seq, index_heads) = {:?} from index_q",
-            fmt_shape(&wt.ts.dims),
-            [b, sq, hi]
-        );
-        ensure!(
-            hi > 0 && di > 0,
-            "index_q: index_heads ({hi}) and index_dim ({di}) must be at least 1"
-        );
+        let spec = indexer_spec(&qt.ts.dims, &kt.ts.dims, &wt.ts.dims)?;
+        let (b, sq) = (spec.batch, spec.q_len);
         let top_k = self.cpu.top_k;
         product("indices", &[b, sq, top_k])?;
         let sources = [
-            source(NAMES[0], qt)?,
-            source(NAMES[1], kt)?,
-            source(NAMES[2], wt)?,
+            source(INPUT_NAMES[0], qt)?,
+            source(INPUT_NAMES[1], kt)?,
+            source(INPUT_NAMES[2], wt)?,
         ];
         let call = IndexerCall {
-            spec: IndexerSpec {
-                batch: b,
-                q_len: sq,
-                kv_len: k[1],
-                heads: hi,
-                dim: di,
-            },
+            spec,
             top_k,
             causal: self.cpu.causal,
             format,

@@ -25,14 +25,14 @@
 use core::ffi::CStr;
 use core::marker::PhantomData;
 
-use tessera_core::{bf16, default_scale, f16, AttentionSpec, Strides};
+use tessera_core::{bf16, f16};
 use tessera_cuda::dsa::{self, OnStream, TopKCall, TopKIo};
 use tessera_cuda::{AttentionBuffers, Dtype, KeyLists, Module, SparseRules};
 
 use super::attention::HalfDtype;
 use super::device::{DeviceContext, DeviceTensor};
 use super::{from_cuda, host_compute_refused, DeviceKernel};
-use crate::attention::plan::{Layout, Plan, Shapes};
+use crate::attention::plan::{Plan, Shapes};
 use crate::dsa::topk_attention::{TopKAttentionOp, TopKDtype, INPUT_NAMES};
 use crate::dsa::{causal_offset, dims, fmt_shape, product};
 use crate::error::{ensure, Error, Result};
@@ -49,13 +49,6 @@ impl TopKHalf for bf16 {}
 pub struct CudaTopKAttentionOp<T> {
     cpu: TopKAttentionOp<T>,
     _t: PhantomData<fn() -> T>,
-}
-
-fn layout_strides(layout: Layout, heads: usize, seq: usize, dim: usize) -> Strides {
-    match layout {
-        Layout::Bhsd => Strides::bhsd(heads, seq, dim),
-        Layout::Bshd => Strides::bshd(heads, seq, dim),
-    }
 }
 
 impl<T: TopKHalf> CustomOp for CudaTopKAttentionOp<T> {
@@ -174,29 +167,8 @@ impl<T: TopKHalf> DeviceKernel for CudaTopKAttentionOp<T> {
             );
         }
         let lists = key_lists(idx_in, &plan, self.cpu.top_k)?;
-        let (hq, hkv, sq, skv, d, dv) = (
-            plan.q_heads,
-            plan.kv_heads,
-            plan.q_len,
-            plan.kv_new,
-            plan.head_dim,
-            plan.v_head_dim,
-        );
-        let spec = AttentionSpec {
-            batch: plan.batch,
-            q_heads: hq,
-            kv_heads: hkv,
-            q_len: sq,
-            kv_len: skv,
-            head_dim: d,
-            v_head_dim: dv,
-            scale: attrs.scale.unwrap_or_else(|| default_scale(d)),
-            softcap: 0.0,
-            q: layout_strides(plan.layout, hq, sq, d),
-            k: layout_strides(plan.layout, hkv, skv, d),
-            v: layout_strides(plan.layout, hkv, skv, dv),
-            out: layout_strides(plan.layout, hq, sq, dv),
-        };
+        let spec = plan.cacheless_spec(attrs.scale);
+        let (hkv, sq, skv) = (spec.kv_heads, spec.q_len, spec.kv_len);
         let rules = SparseRules {
             causal: attrs.is_causal,
             q_offset: causal_offset(sq, skv)?,

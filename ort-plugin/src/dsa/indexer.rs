@@ -40,6 +40,47 @@ use crate::error::{Error, Result};
 use crate::ffi::{elem, Dim, InputTensor, KernelContext, KernelInfo, ShapeInference};
 use crate::op::{CustomOp, Port, PortType};
 
+/// The op's input names, in order.
+pub(crate) const INPUT_NAMES: [&str; 3] = ["index_q", "index_k", "index_w"];
+
+/// The indexer's sizes from the dims of `index_q` `(B, Sq, Hi, Di)`, `index_k`
+/// `(B, Skv, Di)` and `index_w` `(B, Sq, Hi)`, checked against each other
+/// (shared by the CPU and CUDA kernels).
+pub(crate) fn indexer_spec(q: &[i64], k: &[i64], w: &[i64]) -> Result<IndexerSpec> {
+    let q = dims(
+        "index_q",
+        q,
+        &[4],
+        "4 (batch, q_seq, index_heads, index_dim)",
+    )?;
+    let k = dims("index_k", k, &[3], "3 (batch, kv_seq, index_dim)")?;
+    let w = dims("index_w", w, &[3], "3 (batch, q_seq, index_heads)")?;
+    let (b, sq, hi, di) = (q[0], q[1], q[2], q[3]);
+    if k[0] != b || k[2] != di {
+        return Err(Error::invalid(format!(
+            "index_k: shape {k:?} must be (batch, kv_seq, index_dim) with batch {b} and index_dim {di} from index_q"
+        )));
+    }
+    if w != [b, sq, hi] {
+        return Err(Error::invalid(format!(
+            "index_w: shape {w:?} must be (batch, q_seq, index_heads) = {:?} from index_q",
+            [b, sq, hi]
+        )));
+    }
+    if hi == 0 || di == 0 {
+        return Err(Error::invalid(format!(
+            "index_q: index_heads ({hi}) and index_dim ({di}) must be at least 1"
+        )));
+    }
+    Ok(IndexerSpec {
+        batch: b,
+        q_len: sq,
+        kv_len: k[1],
+        heads: hi,
+        dim: di,
+    })
+}
+
 /// Queries per tile.
 pub const BQ: usize = 16;
 /// Keys per tile.
@@ -228,45 +269,14 @@ impl CustomOp for LightningIndexerOp {
         for (i, slot) in inputs.iter_mut().enumerate() {
             *slot = ctx.input(i)?;
         }
-        let names = ["index_q", "index_k", "index_w"];
         let req = |i: usize| {
             inputs[i]
                 .as_ref()
-                .ok_or_else(|| Error::invalid(format!("{} is required", names[i])))
+                .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
         };
         let (qt, kt, wt) = (req(0)?, req(1)?, req(2)?);
-        let q = dims(
-            "index_q",
-            &qt.ts.dims,
-            &[4],
-            "4 (batch, q_seq, index_heads, index_dim)",
-        )?;
-        let k = dims("index_k", &kt.ts.dims, &[3], "3 (batch, kv_seq, index_dim)")?;
-        let w = dims(
-            "index_w",
-            &wt.ts.dims,
-            &[3],
-            "3 (batch, q_seq, index_heads)",
-        )?;
-        let (b, sq, hi, di) = (q[0], q[1], q[2], q[3]);
-        let skv = k[1];
-        if k[0] != b || k[2] != di {
-            return Err(Error::invalid(format!(
-                "index_k: shape {:?} must be (batch, kv_seq, index_dim) with batch {b} and index_dim {di} from index_q",
-                k
-            )));
-        }
-        if w != [b, sq, hi] {
-            return Err(Error::invalid(format!(
-                "index_w: shape {w:?} must be (batch, q_seq, index_heads) = {:?} from index_q",
-                [b, sq, hi]
-            )));
-        }
-        if hi == 0 || di == 0 {
-            return Err(Error::invalid(format!(
-                "index_q: index_heads ({hi}) and index_dim ({di}) must be at least 1"
-            )));
-        }
+        let spec = indexer_spec(&qt.ts.dims, &kt.ts.dims, &wt.ts.dims)?;
+        let (b, sq) = (spec.batch, spec.q_len);
         super::product("indices", &[b, sq, self.top_k])?;
         let (qx, kx, wx) = (
             finite_f32(qt, "index_q")?,
@@ -282,13 +292,7 @@ impl CustomOp for LightningIndexerOp {
         if out.is_empty() {
             return Ok(());
         }
-        let spec = IndexerSpec {
-            batch: b,
-            q_len: sq,
-            kv_len: skv,
-            heads: hi,
-            dim: di,
-        };
+        let skv = spec.kv_len;
         let mask = if self.causal {
             MaskSpec::NONE.causal(causal_offset(sq, skv)?)
         } else {

@@ -51,12 +51,12 @@ use std::borrow::Cow;
 use tessera_core::blocksel::summary_len;
 use tessera_core::kernel::MicroKernel;
 use tessera_core::{
-    bf16, default_scale, f16, summarize, Attention, AttentionSpec, BlockSelector, BlockSummaries,
-    Flash, GatherAttention, IndexList, Keep, MaskSpec, SparseAttention, Stats, Strides,
+    bf16, f16, summarize, Attention, AttentionSpec, BlockSelector, BlockSummaries, Flash,
+    GatherAttention, IndexList, Keep, MaskSpec, SparseAttention, Stats,
 };
 
 use super::{attr_at_least, attr_bool, causal_offset, chunks, dims, with_kernel, Disjoint};
-use crate::attention::plan::{Attrs, Layout, Plan, RawAttrs, Shapes};
+use crate::attention::plan::{Attrs, Plan, RawAttrs, Shapes};
 use crate::attention::Dtype;
 use crate::error::{Error, Result};
 use crate::ffi::{elem, InputTensor, KernelContext, KernelInfo, ShapeInference};
@@ -401,33 +401,8 @@ impl<T: TopKDtype> CustomOp for TopKAttentionOp<T> {
             })
         };
         let (q, k, v) = (typed(0)?, typed(1)?, typed(2)?);
-        let strides = |heads: usize, seq: usize, dim: usize| match plan.layout {
-            Layout::Bhsd => Strides::bhsd(heads, seq, dim),
-            Layout::Bshd => Strides::bshd(heads, seq, dim),
-        };
-        let (hq, hkv, sq, skv, d, dv) = (
-            plan.q_heads,
-            plan.kv_heads,
-            plan.q_len,
-            plan.kv_new,
-            plan.head_dim,
-            plan.v_head_dim,
-        );
-        let spec = AttentionSpec {
-            batch: plan.batch,
-            q_heads: hq,
-            kv_heads: hkv,
-            q_len: sq,
-            kv_len: skv,
-            head_dim: d,
-            v_head_dim: dv,
-            scale: self.attrs.scale.unwrap_or_else(|| default_scale(d)),
-            softcap: 0.0,
-            q: strides(hq, sq, d),
-            k: strides(hkv, skv, d),
-            v: strides(hkv, skv, dv),
-            out: strides(hq, sq, dv),
-        };
+        let spec = plan.cacheless_spec(self.attrs.scale);
+        let (hkv, sq, skv) = (spec.kv_heads, spec.q_len, spec.kv_len);
         let mask = if self.attrs.is_causal {
             MaskSpec::NONE.causal(causal_offset(sq, skv)?)
         } else {
