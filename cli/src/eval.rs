@@ -340,12 +340,7 @@ impl<'a, 'g> Evaluator<'a, 'g> {
         }
         if op == "Expand" {
             let x = self.shape_of(p, 0)?;
-            let target: Vec<usize> = self
-                .need(p, 1)?
-                .ints()
-                .iter()
-                .map(|&v| v as usize)
-                .collect();
+            let target = self.dims_arg(p, 1)?;
             return broadcast_shape(&[&x, &target]);
         }
         if op == "Gemm" {
@@ -412,6 +407,16 @@ impl<'a, 'g> Evaluator<'a, 'g> {
         Ok([starts, ends, axes, steps])
     }
 
+    /// Input `k` read as a shape (`Expand`, `ConstantOfShape`).
+    fn dims_arg(&mut self, p: usize, k: usize) -> R<Vec<usize>> {
+        Ok(self
+            .need(p, k)?
+            .ints()
+            .iter()
+            .map(|&v| v.max(0) as usize)
+            .collect())
+    }
+
     /// `Unsqueeze`/`Squeeze` axes: input 1 (opset 13+) or the attribute.
     fn axes_arg(&mut self, p: usize) -> R<Option<Vec<i64>>> {
         Ok(match self.input(p, 1)? {
@@ -461,12 +466,7 @@ impl<'a, 'g> Evaluator<'a, 'g> {
                 ))
             }
             "ConstantOfShape" => {
-                let shape: Vec<usize> = self
-                    .need(p, 0)?
-                    .ints()
-                    .iter()
-                    .map(|&v| v as usize)
-                    .collect();
+                let shape = self.dims_arg(p, 0)?;
                 let (v, dt) = match attr(n, "value").and_then(|a| a.t.as_ref()) {
                     Some(t) => (
                         Constant::from_tensor(t)
@@ -530,12 +530,7 @@ impl<'a, 'g> Evaluator<'a, 'g> {
             }
             "Expand" => {
                 let x = self.need(p, 0)?;
-                let target: Vec<usize> = self
-                    .need(p, 1)?
-                    .ints()
-                    .iter()
-                    .map(|&v| v as usize)
-                    .collect();
+                let target = self.dims_arg(p, 1)?;
                 let shape = broadcast_shape(&[&x.shape, &target])?;
                 one(map_n(&[&x], &shape, x.dtype, |v| v[0]))
             }
