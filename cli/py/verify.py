@@ -229,7 +229,12 @@ def bench(spec):
 
 def plot(rows, path, title):
     """Time and peak RSS against S, one line per model, log-log, side by side."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"bench: no plot ({path}): matplotlib is not installed in {sys.executable}'s environment; "
+              "`source scripts/lib.sh; need_venv` installs it", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -59,9 +59,11 @@ pub fn demo(seqs: &[usize], threads: usize) -> Result<i32> {
             "cargo build",
         )?;
     }
-    if verify::python().is_err() && !root.join(".venv/bin/python").exists() {
+    if std::env::var_os("TESSERA_PYTHON").is_none() {
+        // Creates ./.venv on first use; later only checks the pinned
+        // requirements' stamp (and installs what a newer checkout added).
         eprintln!(
-            "installing onnxruntime from PyPI into {}/.venv (python/requirements.txt)",
+            "python: {}/.venv with python/requirements.txt (onnxruntime, matplotlib, …)",
             root.display()
         );
         run(
