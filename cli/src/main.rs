@@ -67,6 +67,24 @@ impl Args {
             .filter(move |(f, _)| f == k)
             .filter_map(|(_, v)| v.as_deref())
     }
+    /// A non-negative integer flag, `default` when absent.
+    fn count(&self, k: &str, default: &str) -> Result<usize> {
+        let s = self.get(k).unwrap_or(default);
+        s.trim()
+            .parse()
+            .map_err(|_| Error(format!("{k} '{s}' is not a positive integer")))
+    }
+    /// `--seq N,...`, `default` when absent.
+    fn seqs(&self, default: &str) -> Result<Vec<usize>> {
+        let list = self.get("--seq").unwrap_or(default);
+        list.split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| Error(format!("--seq '{s}' is not a positive integer")))
+            })
+            .collect()
+    }
     fn one(&self, n: usize, what: &str) -> Result<PathBuf> {
         if self.positional.len() != n {
             bail!("expected {what}\n{USAGE}");
@@ -150,17 +168,7 @@ fn run(words: &[String]) -> Result<i32> {
             );
             let m = model::load(&orig)?;
             model::load(&new)?;
-            let num = |k: &str, s: &str| -> Result<usize> {
-                s.trim()
-                    .parse()
-                    .map_err(|_| Error(format!("{k} '{s}' is not a positive integer")))
-            };
-            let seqs = a
-                .get("--seq")
-                .unwrap_or("128")
-                .split(',')
-                .map(|s| num("--seq", s))
-                .collect::<Result<Vec<_>>>()?;
+            let seqs = a.seqs("128")?;
             let given = a
                 .all("--input")
                 .map(|s| {
@@ -171,7 +179,7 @@ fn run(words: &[String]) -> Result<i32> {
                 .collect::<Result<Vec<_>>>()?;
             let opts = verify::Options {
                 seqs,
-                batch: num("--batch", a.get("--batch").unwrap_or("2"))?,
+                batch: a.count("--batch", "2")?,
                 tol: a
                     .get("--tol")
                     .unwrap_or("1e-4")
@@ -179,7 +187,7 @@ fn run(words: &[String]) -> Result<i32> {
                     .map_err(|_| Error("--tol must be a number".into()))?,
                 json: a.has("--json"),
                 given,
-                threads: num("--threads", a.get("--threads").unwrap_or("0"))?,
+                threads: a.count("--threads", "0")?,
                 plot: None,
             };
             verify::verify(&orig, &new, &m, &opts)
@@ -191,17 +199,7 @@ fn run(words: &[String]) -> Result<i32> {
             )?;
             let path = a.one(1, "one model file")?;
             let m = model::load(&path)?;
-            let num = |k: &str, s: &str| -> Result<usize> {
-                s.trim()
-                    .parse()
-                    .map_err(|_| Error(format!("{k} '{s}' is not a positive integer")))
-            };
-            let seqs = a
-                .get("--seq")
-                .unwrap_or("512,2048")
-                .split(',')
-                .map(|s| num("--seq", s))
-                .collect::<Result<Vec<_>>>()?;
+            let seqs = a.seqs("512,2048")?;
             let mut policies: Vec<&str> = vec!["exact"];
             policies.extend(a.all("--policy").filter(|p| *p != "exact"));
             let dir = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
@@ -222,11 +220,11 @@ fn run(words: &[String]) -> Result<i32> {
             }
             let opts = verify::Options {
                 seqs,
-                batch: num("--batch", a.get("--batch").unwrap_or("1"))?,
+                batch: a.count("--batch", "1")?,
                 tol: 0.0,
                 json: a.has("--json"),
                 given: Vec::new(),
-                threads: num("--threads", a.get("--threads").unwrap_or("0"))?,
+                threads: a.count("--threads", "0")?,
                 plot: Some(PathBuf::from(
                     a.get("--plot").unwrap_or("tessera-bench.png"),
                 )),
@@ -240,18 +238,8 @@ fn run(words: &[String]) -> Result<i32> {
             if !a.positional.is_empty() {
                 bail!("demo takes no files\n{USAGE}");
             }
-            let num = |k: &str, s: &str| -> Result<usize> {
-                s.trim()
-                    .parse()
-                    .map_err(|_| Error(format!("{k} '{s}' is not a positive integer")))
-            };
-            let seqs = a
-                .get("--seq")
-                .unwrap_or("512,2048,8192")
-                .split(',')
-                .map(|s| num("--seq", s))
-                .collect::<Result<Vec<_>>>()?;
-            tessera_cli::demo::demo(&seqs, num("--threads", a.get("--threads").unwrap_or("0"))?)
+            let seqs = a.seqs("512,2048,8192")?;
+            tessera_cli::demo::demo(&seqs, a.count("--threads", "0")?)
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
