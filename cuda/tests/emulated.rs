@@ -550,20 +550,24 @@ fn the_quantiser_equals_the_core_quantiser_bit_for_bit() {
         let mut codes = vec![0xa5u8; x.len()];
         let mut scales = vec![f32::NAN; rows * groups];
         let mut bad = [dsa::FLAG_CLEAR];
-        let l = plan::quantize(
-            "x",
-            format,
-            source,
-            rows,
-            row_len,
-            addr(&x),
-            out(&mut codes),
-            out(&mut scales),
-            out(&mut bad),
-        )
-        .unwrap();
-        // SAFETY: all buffers are sized rows x row_len (codes, source) and rows x groups.
-        unsafe { emu::launch(&l) }.unwrap();
+        // Quantise `x` on the emulator into codes, scales and the bad-element flag.
+        let run = |x: &[S], codes: &mut [u8], scales: &mut [f32], bad: &mut [i64; 1]| {
+            let l = plan::quantize(
+                "x",
+                format,
+                source,
+                rows,
+                row_len,
+                addr(x),
+                out(codes),
+                out(scales),
+                out(bad),
+            )
+            .unwrap();
+            // SAFETY: all buffers are sized rows x row_len (codes, source) and rows x groups.
+            unsafe { emu::launch(&l) }.unwrap();
+        };
+        run(&x, &mut codes, &mut scales, &mut bad);
         assert_eq!(bad[0], dsa::FLAG_CLEAR);
         let want: Vec<u8> = want_codes.iter().map(|c| c.to_bits()).collect();
         assert_eq!(codes, want, "{format:?} from {source:?}: codes");
@@ -576,20 +580,7 @@ fn the_quantiser_equals_the_core_quantiser_bit_for_bit() {
         let n = x.len();
         x[n - 1] = S::from_f32(f32::INFINITY);
         x[n / 2] = S::from_f32(f32::NAN);
-        let l = plan::quantize(
-            "x",
-            format,
-            source,
-            rows,
-            row_len,
-            addr(&x),
-            out(&mut codes),
-            out(&mut scales),
-            out(&mut bad),
-        )
-        .unwrap();
-        // SAFETY: as above.
-        unsafe { emu::launch(&l) }.unwrap();
+        run(&x, &mut codes, &mut scales, &mut bad);
         assert_eq!(bad[0], (n / 2) as i64);
     }
     check::<E4M3, f32>(Fp8Format::E4M3, Dtype::F32, 7, 300, 1);
