@@ -78,105 +78,114 @@ struct Extra {
     split: Option<usize>,
 }
 
-fn cases() -> String {
-    let mut src = String::new();
-    let mut names = Vec::new();
-    let mut rng = Rng(0x7e55_e7a0_0c0f_fee5);
-    let mut max = (0usize, 0usize, 0usize, 0usize); // d, dv, y, lse
+impl Extra {
+    /// f32 inputs of amplitude 1, not split.
+    const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            half: false,
+            amp: 1.0,
+            split: None,
+        }
+    }
+}
 
-    let seg_q: Vec<i32> = (0..2 * 30)
-        .map(|i| [0, 0, 1, 1, 1, 2][(i % 30) / 5])
-        .collect();
-    let seg_kv: Vec<i32> = (0..2 * 30)
-        .map(|j| [0, 0, 1, 1, 1, 2][(j % 30) / 5] + (j / 30) as i32 * 7 % 2)
-        .collect();
-    let kv_lens = [20usize, 7];
+/// One conformance case: its extras, spec, mask, and the mask's source text
+/// as the firmware writes it.
+type CaseDef<'m> = (Extra, AttentionSpec, MaskSpec<'m>, &'static str);
+
+/// The host data some masks borrow; emitted as statics of the same names.
+struct MaskData {
+    seg_q: Vec<i32>,
+    seg_kv: Vec<i32>,
+    kv_lens: [usize; 2],
+}
+
+impl MaskData {
+    fn new() -> Self {
+        Self {
+            seg_q: (0..2 * 30)
+                .map(|i| [0, 0, 1, 1, 1, 2][(i % 30) / 5])
+                .collect(),
+            seg_kv: (0..2 * 30)
+                .map(|j| [0, 0, 1, 1, 1, 2][(j % 30) / 5] + (j / 30) as i32 * 7 % 2)
+                .collect(),
+            kv_lens: [20, 7],
+        }
+    }
+
+    /// `SEG_Q`, `SEG_KV` and `KV_LENS`.
+    fn write(&self, src: &mut String) {
+        let (seg_q, seg_kv, kv_lens) = (&self.seg_q, &self.seg_kv, self.kv_lens);
+        writeln!(
+            src,
+            "pub static SEG_Q: [i32; {}] = {:?};",
+            seg_q.len(),
+            seg_q
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "pub static SEG_KV: [i32; {}] = {:?};",
+            seg_kv.len(),
+            seg_kv
+        )
+        .unwrap();
+        writeln!(src, "pub static KV_LENS: [usize; 2] = {kv_lens:?};").unwrap();
+    }
+}
+
+/// The cases, in the order the firmware runs them.
+fn case_list(data: &MaskData) -> Vec<CaseDef<'_>> {
     let sp = |b, hq, hk, sq, skv, d, dv| AttentionSpec::bhsd(b, hq, hk, sq, skv, d, dv);
     let none = MaskSpec::NONE;
-    let list: Vec<(Extra, AttentionSpec, MaskSpec<'_>, &str)> = vec![
+    vec![
         (
-            Extra {
-                name: "dense",
-                half: false,
-                amp: 1.0,
-                split: None,
-            },
+            Extra::new("dense"),
             sp(1, 2, 2, 13, 21, 8, 8),
             none,
             "MaskSpec::NONE",
         ),
         (
-            Extra {
-                name: "causal, rows 0..3 fully masked",
-                half: false,
-                amp: 1.0,
-                split: None,
-            },
+            Extra::new("causal, rows 0..3 fully masked"),
             sp(1, 2, 2, 19, 19, 16, 16),
             none.causal(-3),
             "MaskSpec::NONE.causal(-3)",
         ),
         (
-            Extra {
-                name: "causal decode chunk (offset 15)",
-                half: false,
-                amp: 1.0,
-                split: None,
-            },
+            Extra::new("causal decode chunk (offset 15)"),
             sp(1, 1, 1, 9, 24, 8, 8),
             none.causal(15),
             "MaskSpec::NONE.causal(15)",
         ),
         (
-            Extra {
-                name: "window(5,3) + 3 globals",
-                half: false,
-                amp: 1.0,
-                split: None,
-            },
+            Extra::new("window(5,3) + 3 globals"),
             sp(2, 2, 2, 40, 40, 8, 8),
             none.window(5, 3).globals(3),
             "MaskSpec::NONE.window(5, 3).globals(3)",
         ),
         (
-            Extra {
-                name: "causal window(7,0) + 2 sinks",
-                half: false,
-                amp: 1.0,
-                split: None,
-            },
+            Extra::new("causal window(7,0) + 2 sinks"),
             sp(1, 1, 1, 50, 50, 8, 4),
             none.causal(0).window(7, 0).globals(2),
             "MaskSpec::NONE.causal(0).window(7, 0).globals(2)",
         ),
         (
-            Extra {
-                name: "GQA 6:2, Dv != D",
-                half: false,
-                amp: 1.0,
-                split: None,
-            },
+            Extra::new("GQA 6:2, Dv != D"),
             sp(1, 6, 2, 17, 23, 8, 12),
             none.causal(6),
             "MaskSpec::NONE.causal(6)",
         ),
         (
-            Extra {
-                name: "segment ids, causal",
-                half: false,
-                amp: 1.0,
-                split: None,
-            },
+            Extra::new("segment ids, causal"),
             sp(2, 1, 1, 30, 30, 8, 8),
-            none.causal(0).segments(&seg_q, &seg_kv),
+            none.causal(0).segments(&data.seg_q, &data.seg_kv),
             "MaskSpec::NONE.causal(0).segments(&SEG_Q, &SEG_KV)",
         ),
         (
             Extra {
-                name: "f16 input, window(6,6)",
                 half: true,
-                amp: 1.0,
-                split: None,
+                ..Extra::new("f16 input, window(6,6)")
             },
             sp(1, 2, 2, 15, 26, 16, 8),
             none.window(6, 6),
@@ -184,10 +193,8 @@ fn cases() -> String {
         ),
         (
             Extra {
-                name: "merge of split keys 0..13 | 13..31",
-                half: false,
-                amp: 1.0,
                 split: Some(13),
+                ..Extra::new("merge of split keys 0..13 | 13..31")
             },
             sp(1, 2, 1, 14, 31, 8, 8),
             none.causal(17),
@@ -195,10 +202,8 @@ fn cases() -> String {
         ),
         (
             Extra {
-                name: "BSHD, scale 0.7, softcap 5",
-                half: false,
                 amp: 3.0,
-                split: None,
+                ..Extra::new("BSHD, scale 0.7, softcap 5")
             },
             AttentionSpec::bshd(1, 2, 2, 11, 18, 8, 8)
                 .with_scale(0.7)
@@ -207,35 +212,62 @@ fn cases() -> String {
             "MaskSpec::NONE.window(4, -1)",
         ),
         (
-            Extra {
-                name: "kv_lens [20, 7], external-cache offset",
-                half: false,
-                amp: 1.0,
-                split: None,
-            },
+            Extra::new("kv_lens [20, 7], external-cache offset"),
             sp(2, 1, 1, 5, 20, 8, 8),
-            none.causal(0).kv_lens(&kv_lens, true),
+            none.causal(0).kv_lens(&data.kv_lens, true),
             "MaskSpec::NONE.causal(0).kv_lens(&KV_LENS, true)",
         ),
-    ];
+    ]
+}
 
-    writeln!(
-        src,
-        "pub static SEG_Q: [i32; {}] = {:?};",
-        seg_q.len(),
-        seg_q
-    )
-    .unwrap();
-    writeln!(
-        src,
-        "pub static SEG_KV: [i32; {}] = {:?};",
-        seg_kv.len(),
-        seg_kv
-    )
-    .unwrap();
-    writeln!(src, "pub static KV_LENS: [usize; 2] = {kv_lens:?};").unwrap();
-
+/// The generated source: the mask statics, one `CASE_n` static per case,
+/// `CASES`, and the largest sizes the firmware must provide buffers for.
+fn cases() -> String {
+    let mut src = String::new();
+    let mut rng = Rng(0x7e55_e7a0_0c0f_fee5);
+    let mut max = (0usize, 0usize, 0usize, 0usize); // d, dv, y, lse
+    let data = MaskData::new();
+    let list = case_list(&data);
+    data.write(&mut src);
     for (n, (extra, spec, mask, mask_src)) in list.iter().enumerate() {
+        let r = Expected::compute(&mut rng, extra, spec, mask);
+        max = (
+            max.0.max(spec.head_dim),
+            max.1.max(spec.v_head_dim),
+            max.2.max(r.y.len()),
+            max.3.max(r.lse.len()),
+        );
+        write_case(&mut src, n, extra, spec, mask_src, &r);
+    }
+    let names: Vec<String> = (0..list.len()).map(|n| format!("&CASE_{n}")).collect();
+    writeln!(
+        src,
+        "pub static CASES: [&Case; {}] = [{}];",
+        names.len(),
+        names.join(", ")
+    )
+    .unwrap();
+    writeln!(src, "pub const MAX_HEAD_DIM: usize = {};", max.0).unwrap();
+    writeln!(src, "pub const MAX_V_HEAD_DIM: usize = {};", max.1).unwrap();
+    writeln!(src, "pub const MAX_Y: usize = {};", max.2).unwrap();
+    writeln!(src, "pub const MAX_ROWS: usize = {};", max.3).unwrap();
+    src
+}
+
+/// A case's random inputs (as source) and its f64 reference outputs.
+struct Expected {
+    /// The `Input::F32` or `Input::F16` expression.
+    input: String,
+    y: Vec<f64>,
+    lse: Vec<f64>,
+    /// max |v| of the f32 values drawn for V.
+    v_amp: f32,
+}
+
+impl Expected {
+    /// Draws Q, K and V (in that order, from `rng`) and runs the reference,
+    /// on the f16 roundings of the inputs when the case is half.
+    fn compute(rng: &mut Rng, extra: &Extra, spec: &AttentionSpec, mask: &MaskSpec<'_>) -> Self {
         let (lq, lk, lv) = (
             spec.required_len(Tensor::Q).unwrap(),
             spec.required_len(Tensor::K).unwrap(),
@@ -268,58 +300,57 @@ fn cases() -> String {
                 f32s(&v)
             )
         };
-        let y32: Vec<f32> = y.iter().map(|&x| x as f32).collect();
-        let lse32: Vec<f32> = lse.iter().map(|&x| x as f32).collect();
         let v_amp = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        max = (
-            max.0.max(spec.head_dim),
-            max.1.max(spec.v_head_dim),
-            max.2.max(y.len()),
-            max.3.max(lse.len()),
-        );
-        let s = |st: tessera_core::Strides| {
-            format!(
-                "Strides {{ batch: {}, head: {}, seq: {} }}",
-                st.batch, st.head, st.seq
-            )
-        };
-        writeln!(
-            src,
-            "static CASE_{n}: Case = Case {{\n    name: {:?},\n    spec: AttentionSpec {{ batch: {}, q_heads: {}, kv_heads: {}, q_len: {}, kv_len: {}, head_dim: {}, v_head_dim: {}, scale: f32::from_bits({:#x}), softcap: f32::from_bits({:#x}), q: {}, k: {}, v: {}, out: {} }},\n    mask: {mask_src},\n    input: {input},\n    y: &[{}],\n    lse: &[{}],\n    v_amp: f32::from_bits({:#x}),\n    split: {:?},\n}};",
-            extra.name,
-            spec.batch,
-            spec.q_heads,
-            spec.kv_heads,
-            spec.q_len,
-            spec.kv_len,
-            spec.head_dim,
-            spec.v_head_dim,
-            spec.scale.to_bits(),
-            spec.softcap.to_bits(),
-            s(spec.q),
-            s(spec.k),
-            s(spec.v),
-            s(spec.out),
-            f32s(&y32),
-            f32s(&lse32),
-            v_amp.to_bits(),
-            extra.split,
-        )
-        .unwrap();
-        names.push(format!("&CASE_{n}"));
+        Self {
+            input,
+            y,
+            lse,
+            v_amp,
+        }
     }
+}
+
+/// `static CASE_n: Case = ...;`, every float through `from_bits`.
+fn write_case(
+    src: &mut String,
+    n: usize,
+    extra: &Extra,
+    spec: &AttentionSpec,
+    mask_src: &str,
+    r: &Expected,
+) {
+    let y32: Vec<f32> = r.y.iter().map(|&x| x as f32).collect();
+    let lse32: Vec<f32> = r.lse.iter().map(|&x| x as f32).collect();
+    let s = |st: tessera_core::Strides| {
+        format!(
+            "Strides {{ batch: {}, head: {}, seq: {} }}",
+            st.batch, st.head, st.seq
+        )
+    };
     writeln!(
         src,
-        "pub static CASES: [&Case; {}] = [{}];",
-        names.len(),
-        names.join(", ")
+        "static CASE_{n}: Case = Case {{\n    name: {:?},\n    spec: AttentionSpec {{ batch: {}, q_heads: {}, kv_heads: {}, q_len: {}, kv_len: {}, head_dim: {}, v_head_dim: {}, scale: f32::from_bits({:#x}), softcap: f32::from_bits({:#x}), q: {}, k: {}, v: {}, out: {} }},\n    mask: {mask_src},\n    input: {},\n    y: &[{}],\n    lse: &[{}],\n    v_amp: f32::from_bits({:#x}),\n    split: {:?},\n}};",
+        extra.name,
+        spec.batch,
+        spec.q_heads,
+        spec.kv_heads,
+        spec.q_len,
+        spec.kv_len,
+        spec.head_dim,
+        spec.v_head_dim,
+        spec.scale.to_bits(),
+        spec.softcap.to_bits(),
+        s(spec.q),
+        s(spec.k),
+        s(spec.v),
+        s(spec.out),
+        r.input,
+        f32s(&y32),
+        f32s(&lse32),
+        r.v_amp.to_bits(),
+        extra.split,
     )
     .unwrap();
-    writeln!(src, "pub const MAX_HEAD_DIM: usize = {};", max.0).unwrap();
-    writeln!(src, "pub const MAX_V_HEAD_DIM: usize = {};", max.1).unwrap();
-    writeln!(src, "pub const MAX_Y: usize = {};", max.2).unwrap();
-    writeln!(src, "pub const MAX_ROWS: usize = {};", max.3).unwrap();
-    src
 }
 
 fn f32s(x: &[f32]) -> String {
