@@ -206,27 +206,77 @@ pub fn lightning_indexer<D: Device>(
     scratch: DevicePtr,
 ) -> Result<(), CudaError> {
     let s = call.spec;
-    if call.top_k == 0 {
-        return Err(CudaError::invalid("top_k", "must be at least 1"));
-    }
-    if !plan::INDEXER_HEAD_DIMS.contains(&s.dim) {
-        return Err(CudaError::invalid(
-            "index_q",
-            format!(
-                "index_dim {} is not supported by the CUDA LightningIndexer (index_dim in {:?}; the CPU EP takes any)",
-                s.dim,
-                plan::INDEXER_HEAD_DIMS
-            ),
-        ));
-    }
+    check_indexer_call(call)?;
     let out_len = s.batch * s.q_len * call.top_k;
     if out_len == 0 {
         return Ok(());
     }
-    let l = call.layout()?;
-    let at = |off: usize| DevicePtr(scratch.0 + off as u64);
-    let flag = |i: usize| at(l.flags + 8 * i);
-    dev.fill(at(l.flags), FLAG_BYTE, 32)?;
+    let at = PlacedScratch {
+        base: scratch,
+        layout: call.layout()?,
+    };
+    dev.fill(at.flag(0), FLAG_BYTE, 32)?;
+    convert_inputs(dev, call, io, &at)?;
+    if s.kv_len == 0 {
+        // No key: every slot is padding.
+        dev.fill(io.indices, 0xff, out_len * 8)?;
+    } else {
+        for b in 0..s.batch {
+            for t0 in (0..s.q_len).step_by(at.layout.chunk) {
+                select_chunk(dev, call, io, &at, b, t0)?;
+            }
+        }
+    }
+    indexer_flags(dev, at.flag(0))
+}
+
+/// What the CUDA indexer refuses before any launch: `top_k = 0` and head
+/// dims other than [`plan::INDEXER_HEAD_DIMS`].
+fn check_indexer_call(call: &IndexerCall) -> Result<(), CudaError> {
+    if call.top_k == 0 {
+        return Err(CudaError::invalid("top_k", "must be at least 1"));
+    }
+    if !plan::INDEXER_HEAD_DIMS.contains(&call.spec.dim) {
+        return Err(CudaError::invalid(
+            "index_q",
+            format!(
+                "index_dim {} is not supported by the CUDA LightningIndexer (index_dim in {:?}; the CPU EP takes any)",
+                call.spec.dim,
+                plan::INDEXER_HEAD_DIMS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The indexer's scratch layout at its device address.
+struct PlacedScratch {
+    base: DevicePtr,
+    layout: IndexerScratch,
+}
+
+impl PlacedScratch {
+    /// The address `off` bytes into the scratch.
+    fn at(&self, off: usize) -> DevicePtr {
+        DevicePtr(self.base.0 + off as u64)
+    }
+
+    /// Flag `i`: 0, 1, 2 for a non-finite `index_q`, `index_k`, `index_w`
+    /// element, 3 for a non-finite visible score.
+    fn flag(&self, i: usize) -> DevicePtr {
+        self.at(self.layout.flags + 8 * i)
+    }
+}
+
+/// q and k to FP8 codes with per-128 scales, w widened to f32, each
+/// lowering its flag at a non-finite element.
+fn convert_inputs<D: Device>(
+    dev: &D,
+    call: &IndexerCall,
+    io: &IndexerIo,
+    at: &PlacedScratch,
+) -> Result<(), CudaError> {
+    let (s, l) = (call.spec, at.layout);
     let q_rows = s.batch * s.q_len * s.heads;
     let k_rows = s.batch * s.kv_len;
     let (f, [q_src, k_src, w_src]) = (call.format, call.sources);
@@ -237,9 +287,9 @@ pub fn lightning_indexer<D: Device>(
         q_rows,
         s.dim,
         io.q,
-        at(l.q_codes),
-        at(l.q_scales),
-        flag(0),
+        at.at(l.q_codes),
+        at.at(l.q_scales),
+        at.flag(0),
     )?)?;
     if k_rows > 0 {
         dev.launch(&plan::quantize(
@@ -249,9 +299,9 @@ pub fn lightning_indexer<D: Device>(
             k_rows,
             s.dim,
             io.k,
-            at(l.k_codes),
-            at(l.k_scales),
-            flag(1),
+            at.at(l.k_codes),
+            at.at(l.k_scales),
+            at.flag(1),
         )?)?;
     }
     dev.launch(&plan::widen(
@@ -259,57 +309,64 @@ pub fn lightning_indexer<D: Device>(
         w_src,
         q_rows,
         io.w,
-        at(l.w),
-        flag(2),
-    )?)?;
+        at.at(l.w),
+        at.flag(2),
+    )?)
+}
 
-    if s.kv_len == 0 {
-        // No key: every slot is padding.
-        dev.fill(io.indices, 0xff, out_len * 8)?;
-    } else {
+/// Scores the chunk of queries of batch `b` from `t0` against every key of
+/// the batch, then writes the top-k of each of its rows to `indices`.
+fn select_chunk<D: Device>(
+    dev: &D,
+    call: &IndexerCall,
+    io: &IndexerIo,
+    at: &PlacedScratch,
+    b: usize,
+    t0: usize,
+) -> Result<(), CudaError> {
+    let (s, l) = (call.spec, at.layout);
+    let n = l.chunk.min(s.q_len - t0);
+    let row = (b * s.q_len + t0) as u64;
+    let mask = if call.causal {
         let offset = s.kv_len as isize - s.q_len as isize;
-        for b in 0..s.batch {
-            for t0 in (0..s.q_len).step_by(l.chunk) {
-                let n = l.chunk.min(s.q_len - t0);
-                let row = (b * s.q_len + t0) as u64;
-                let mask = if call.causal {
-                    MaskSpec::NONE.causal(offset + t0 as isize)
-                } else {
-                    MaskSpec::NONE
-                };
-                let spec = IndexerSpec {
-                    batch: 1,
-                    q_len: n,
-                    ..s
-                };
-                let bufs = IndexerBuffers {
-                    q: at(l.q_codes + (row as usize) * s.heads * s.dim),
-                    k: at(l.k_codes + b * s.kv_len * s.dim),
-                    w: at(l.w + (row as usize) * s.heads * 4),
-                    scores: at(l.scores),
-                    q_scale: Some(at(l.q_scales + (row as usize) * s.heads * 4)),
-                    k_scale: Some(at(l.k_scales + b * s.kv_len * 4)),
-                    bad: Some(flag(3)),
-                };
-                dev.launch(&plan::indexer_fp8(
-                    &spec,
-                    &mask,
-                    &DeviceMask::default(),
-                    f,
-                    &bufs,
-                )?)?;
-                dev.launch(&plan::top_k(
-                    n,
-                    s.kv_len,
-                    call.top_k,
-                    at(l.scores),
-                    DevicePtr(io.indices.0 + row * call.top_k as u64 * 8),
-                )?)?;
-            }
-        }
-    }
+        MaskSpec::NONE.causal(offset + t0 as isize)
+    } else {
+        MaskSpec::NONE
+    };
+    let spec = IndexerSpec {
+        batch: 1,
+        q_len: n,
+        ..s
+    };
+    let bufs = IndexerBuffers {
+        q: at.at(l.q_codes + (row as usize) * s.heads * s.dim),
+        k: at.at(l.k_codes + b * s.kv_len * s.dim),
+        w: at.at(l.w + (row as usize) * s.heads * 4),
+        scores: at.at(l.scores),
+        q_scale: Some(at.at(l.q_scales + (row as usize) * s.heads * 4)),
+        k_scale: Some(at.at(l.k_scales + b * s.kv_len * 4)),
+        bad: Some(at.flag(3)),
+    };
+    dev.launch(&plan::indexer_fp8(
+        &spec,
+        &mask,
+        &DeviceMask::default(),
+        call.format,
+        &bufs,
+    )?)?;
+    dev.launch(&plan::top_k(
+        n,
+        s.kv_len,
+        call.top_k,
+        at.at(l.scores),
+        DevicePtr(io.indices.0 + row * call.top_k as u64 * 8),
+    )?)
+}
+
+/// Waits for the launches and turns a lowered flag into the CPU op's error.
+fn indexer_flags<D: Device>(dev: &D, flags_at: DevicePtr) -> Result<(), CudaError> {
     let mut flags = [0i64; 4];
-    dev.read_i64(flag(0), &mut flags)?;
+    dev.read_i64(flags_at, &mut flags)?;
     for (i, name) in ["index_q", "index_k", "index_w"].into_iter().enumerate() {
         if flags[i] != FLAG_CLEAR {
             return Err(CudaError::invalid(

@@ -57,6 +57,21 @@ unsafe impl Send for Module {}
 // SAFETY: as above; no method mutates the Module.
 unsafe impl Sync for Module {}
 
+/// The compute capability of the current device: sm_80 or newer.
+fn device_arch(driver: &Driver) -> Result<(i32, i32), CudaError> {
+    let arch = (
+        driver.device_attribute(driver::ATTR_CC_MAJOR)?,
+        driver.device_attribute(driver::ATTR_CC_MINOR)?,
+    );
+    if arch.0 < 8 {
+        return Err(CudaError::Arch {
+            major: arch.0,
+            minor: arch.1,
+        });
+    }
+    Ok(arch)
+}
+
 impl Module {
     /// Load every embedded kernel into the context current on this thread,
     /// check the parameter-block ABI, read each kernel's geometry and allow
@@ -66,16 +81,7 @@ impl Module {
             return Err(CudaError::NotBuilt);
         }
         let context = driver.current_context()?;
-        let arch = (
-            driver.device_attribute(driver::ATTR_CC_MAJOR)?,
-            driver.device_attribute(driver::ATTR_CC_MINOR)?,
-        );
-        if arch.0 < 8 {
-            return Err(CudaError::Arch {
-                major: arch.0,
-                minor: arch.1,
-            });
-        }
+        let arch = device_arch(driver)?;
         let smem_optin = driver.device_attribute(driver::ATTR_SMEM_OPTIN)?;
         let mut module = Module {
             driver,
@@ -84,6 +90,21 @@ impl Module {
             kernels: HashMap::new(),
             arch,
         };
+        let by_name = module.load_images()?;
+        module.check_abi(&by_name)?;
+        for (file, entry, geometry) in plan::all_kernels() {
+            let m = *by_name.get(file).ok_or_else(|| {
+                CudaError::Unsupported(format!("kernel module {file} is not embedded"))
+            })?;
+            let kernel = module.resolve(m, entry, geometry, smem_optin)?;
+            module.kernels.insert(entry, kernel);
+        }
+        Ok(module)
+    }
+
+    /// Loads every embedded fatbin; returns the modules by file name.
+    fn load_images(&mut self) -> Result<HashMap<&'static str, CuModule>, CudaError> {
+        let driver = self.driver;
         let mut by_name = HashMap::new();
         for &(name, image) in crate::kernels::FATBINS {
             // The driver reads the image through a pointer; give it an
@@ -102,12 +123,43 @@ impl Module {
             driver.check("cuModuleLoadData", unsafe {
                 (driver.module_load_data)(&mut m, words.as_ptr().cast())
             })?;
-            module.modules.push(m);
+            self.modules.push(m);
             by_name.insert(name, m);
         }
-        let abi = |name: &'static str, host: usize, symbol: &str| -> Result<(), CudaError> {
-            let m = by_name[name];
-            let [device] = module.read_global::<1>(m, symbol)?;
+        Ok(by_name)
+    }
+
+    /// Every parameter block has the size its module was compiled with.
+    fn check_abi(&self, by_name: &HashMap<&'static str, CuModule>) -> Result<(), CudaError> {
+        use crate::params::*;
+        use core::mem::size_of;
+        let blocks = [
+            ("flash", size_of::<FlashParams>(), FlashParams::ABI_SYMBOL),
+            (
+                "indexer",
+                size_of::<IndexerParams>(),
+                IndexerParams::ABI_SYMBOL,
+            ),
+            (
+                "indexer",
+                size_of::<QuantizeParams>(),
+                QuantizeParams::ABI_SYMBOL,
+            ),
+            (
+                "sparse",
+                size_of::<IndexCheckParams>(),
+                IndexCheckParams::ABI_SYMBOL,
+            ),
+            ("topk", size_of::<TopkParams>(), TopkParams::ABI_SYMBOL),
+            (
+                "sparse",
+                size_of::<SparseParams>(),
+                SparseParams::ABI_SYMBOL,
+            ),
+            ("merge", size_of::<MergeParams>(), MergeParams::ABI_SYMBOL),
+        ];
+        for (name, host, symbol) in blocks {
+            let [device] = self.read_global::<1>(by_name[name], symbol)?;
             if device as usize != host {
                 return Err(CudaError::AbiMismatch {
                     params: name,
@@ -115,75 +167,45 @@ impl Module {
                     device: device as usize,
                 });
             }
-            Ok(())
-        };
-        use crate::params::*;
-        abi(
-            "flash",
-            core::mem::size_of::<FlashParams>(),
-            FlashParams::ABI_SYMBOL,
-        )?;
-        abi(
-            "indexer",
-            core::mem::size_of::<IndexerParams>(),
-            IndexerParams::ABI_SYMBOL,
-        )?;
-        abi(
-            "indexer",
-            core::mem::size_of::<QuantizeParams>(),
-            QuantizeParams::ABI_SYMBOL,
-        )?;
-        abi(
-            "sparse",
-            core::mem::size_of::<IndexCheckParams>(),
-            IndexCheckParams::ABI_SYMBOL,
-        )?;
-        abi(
-            "topk",
-            core::mem::size_of::<TopkParams>(),
-            TopkParams::ABI_SYMBOL,
-        )?;
-        abi(
-            "sparse",
-            core::mem::size_of::<SparseParams>(),
-            SparseParams::ABI_SYMBOL,
-        )?;
-        abi(
-            "merge",
-            core::mem::size_of::<MergeParams>(),
-            MergeParams::ABI_SYMBOL,
-        )?;
-        for (file, entry, geometry) in plan::all_kernels() {
-            let m = *by_name.get(file).ok_or_else(|| {
-                CudaError::Unsupported(format!("kernel module {file} is not embedded"))
-            })?;
-            let cname = CString::new(entry).expect("kernel names have no NUL");
-            let mut func: CuFunction = core::ptr::null_mut();
-            // SAFETY: `m` is a loaded module and `cname` a NUL-terminated name.
-            driver.check("cuModuleGetFunction", unsafe {
-                (driver.module_get_function)(&mut func, m, cname.as_ptr())
-            })?;
-            let [threads, tile_a, tile_b, smem] = module.read_global::<4>(m, geometry)?;
-            let geometry = Geometry {
-                threads: threads as u32,
-                tile_a: tile_a as u32,
-                tile_b: tile_b as u32,
-                smem: smem as u32,
-            };
-            if smem > 48 * 1024 {
-                if smem > smem_optin {
-                    return Err(CudaError::Unsupported(format!(
-                        "{entry} needs {smem} bytes of shared memory; this GPU allows {smem_optin}"
-                    )));
-                }
-                // SAFETY: `func` is a valid function of a loaded module.
-                driver.check("cuFuncSetAttribute", unsafe {
-                    (driver.func_set_attribute)(func, driver::FUNC_MAX_DYNAMIC_SMEM, smem)
-                })?;
-            }
-            module.kernels.insert(entry, Kernel { func, geometry });
         }
-        Ok(module)
+        Ok(())
+    }
+
+    /// Looks `entry` up in module `m`, reads its geometry symbol and raises
+    /// its dynamic shared memory limit where it needs more than 48 KiB.
+    fn resolve(
+        &self,
+        m: CuModule,
+        entry: &'static str,
+        geometry: &str,
+        smem_optin: i32,
+    ) -> Result<Kernel, CudaError> {
+        let driver = self.driver;
+        let cname = CString::new(entry).expect("kernel names have no NUL");
+        let mut func: CuFunction = core::ptr::null_mut();
+        // SAFETY: `m` is a loaded module and `cname` a NUL-terminated name.
+        driver.check("cuModuleGetFunction", unsafe {
+            (driver.module_get_function)(&mut func, m, cname.as_ptr())
+        })?;
+        let [threads, tile_a, tile_b, smem] = self.read_global::<4>(m, geometry)?;
+        let geometry = Geometry {
+            threads: threads as u32,
+            tile_a: tile_a as u32,
+            tile_b: tile_b as u32,
+            smem: smem as u32,
+        };
+        if smem > 48 * 1024 {
+            if smem > smem_optin {
+                return Err(CudaError::Unsupported(format!(
+                    "{entry} needs {smem} bytes of shared memory; this GPU allows {smem_optin}"
+                )));
+            }
+            // SAFETY: `func` is a valid function of a loaded module.
+            driver.check("cuFuncSetAttribute", unsafe {
+                (driver.func_set_attribute)(func, driver::FUNC_MAX_DYNAMIC_SMEM, smem)
+            })?;
+        }
+        Ok(Kernel { func, geometry })
     }
 
     /// The module of the context current on this thread, loaded on first
