@@ -119,141 +119,197 @@ fn a_dense_mask_selects_the_masked_variant_and_its_strides() {
     );
 }
 
+/// One call the flash plan must refuse, and the test its error must pass.
+struct Refusal {
+    what: &'static str,
+    spec: AttentionSpec,
+    mask: MaskSpec<'static>,
+    device: DeviceMask,
+    dtype: Dtype,
+    bufs: AttentionBuffers,
+    want: fn(&CudaError) -> bool,
+}
+
+/// A valid f16 call (GQA 4:2, D = 64) refused only for what a case changes.
+fn refusal(what: &'static str, want: fn(&CudaError) -> bool) -> Refusal {
+    Refusal {
+        what,
+        spec: AttentionSpec::bhsd(1, 4, 2, 64, 64, 64, 64),
+        mask: MaskSpec::NONE,
+        device: DeviceMask::default(),
+        dtype: Dtype::F16,
+        bufs: bufs(),
+        want,
+    }
+}
+
+/// Sizes and types the flash kernels are not built for.
+fn shape_refusals() -> Vec<Refusal> {
+    vec![
+        Refusal {
+            spec: AttentionSpec::bhsd(1, 4, 2, 64, 64, 96, 96),
+            ..refusal(
+                "D = 96",
+                |e| matches!(e, CudaError::Unsupported(m) if m.contains("D=96")),
+            )
+        },
+        Refusal {
+            spec: AttentionSpec::bhsd(1, 4, 2, 64, 64, 128, 64),
+            ..refusal(
+                "Dv != D",
+                |e| matches!(e, CudaError::Unsupported(m) if m.contains("Dv=64")),
+            )
+        },
+        Refusal {
+            dtype: Dtype::F32,
+            ..refusal(
+                "f32",
+                |e| matches!(e, CudaError::Unsupported(m) if m.contains("f32")),
+            )
+        },
+        Refusal {
+            spec: AttentionSpec::bhsd(70_000, 4, 2, 1, 64, 64, 64),
+            ..refusal("batch over the grid", |e| {
+                e.to_string()
+                    .contains("batch 70000 exceeds the CUDA grid limit")
+            })
+        },
+    ]
+}
+
+/// Specs and masks the core rules refuse before any CUDA rule.
+fn spec_refusals() -> Vec<Refusal> {
+    let spec = refusal("", |_| true).spec;
+    vec![
+        Refusal {
+            spec: AttentionSpec::bhsd(1, 3, 2, 64, 64, 64, 64),
+            ..refusal("heads not divisible", |e| {
+                *e == CudaError::Spec(SpecError::HeadsNotDivisible {
+                    q_heads: 3,
+                    kv_heads: 2,
+                })
+            })
+        },
+        Refusal {
+            spec: spec.with_scale(f32::NAN),
+            ..refusal("NaN scale", |e| {
+                matches!(e, CudaError::Spec(SpecError::BadScale(_)))
+            })
+        },
+        Refusal {
+            mask: MaskSpec::NONE.window(-2, 0),
+            ..refusal("window -2", |e| {
+                *e == CudaError::Spec(SpecError::WindowBelowMinusOne(-2))
+            })
+        },
+    ]
+}
+
+/// Misaligned or null buffers and strides the vector loads cannot take.
+fn buffer_refusals() -> Vec<Refusal> {
+    let b = bufs();
+    let mut odd = refusal("", |_| true).spec;
+    odd.v.seq = 68; // a padded V row: not 16-byte aligned
+    vec![
+        Refusal {
+            bufs: AttentionBuffers {
+                k: DevicePtr(0x2008),
+                ..b
+            },
+            ..refusal("K misaligned", |e| {
+                matches!(e, CudaError::Invalid { input: "K", .. })
+            })
+        },
+        Refusal {
+            bufs: AttentionBuffers {
+                y: DevicePtr::NULL,
+                ..b
+            },
+            ..refusal("Y null", |e| e.to_string() == "Y: device pointer is null")
+        },
+        Refusal {
+            bufs: AttentionBuffers {
+                lse: Some(DevicePtr(0x5002)),
+                ..b
+            },
+            ..refusal("lse misaligned", |e| {
+                matches!(
+                    e,
+                    CudaError::Invalid {
+                        input: "softmax_lse",
+                        ..
+                    }
+                )
+            })
+        },
+        Refusal {
+            spec: odd,
+            ..refusal("V row not 16-byte aligned", |e| {
+                e.to_string()
+                    .starts_with("V: seq stride 68 must be a multiple of 8")
+            })
+        },
+    ]
+}
+
+/// Mask parts in host memory, which the GPU cannot read.
+fn mask_refusals() -> Vec<Refusal> {
+    static LENS: [usize; 1] = [64];
+    static SEG: [i32; 64] = [0; 64];
+    vec![
+        Refusal {
+            mask: MaskSpec::NONE.kv_lens(&LENS, true),
+            ..refusal("host kv lengths", |e| {
+                matches!(
+                    e,
+                    CudaError::Invalid {
+                        input: "nonpad_kv_seqlen",
+                        ..
+                    }
+                )
+            })
+        },
+        Refusal {
+            mask: MaskSpec::NONE.segments(&SEG, &SEG),
+            ..refusal("segments", |e| matches!(e, CudaError::Unsupported(_)))
+        },
+        Refusal {
+            device: DeviceMask {
+                align_to_kv_lens: true,
+                ..DeviceMask::default()
+            },
+            ..refusal("align without kv lens", |e| {
+                matches!(
+                    e,
+                    CudaError::Invalid {
+                        input: "nonpad_kv_seqlen",
+                        ..
+                    }
+                )
+            })
+        },
+    ]
+}
+
 #[test]
 fn attention_refuses_what_the_kernels_cannot_do_and_names_the_input() {
-    let spec = AttentionSpec::bhsd(1, 4, 2, 64, 64, 64, 64);
-    let none = DeviceMask::default();
-    let run =
-        |s: &AttentionSpec, m: &MaskSpec<'_>, d: &DeviceMask, t: Dtype, b: &AttentionBuffers| {
-            plan::attention(s, m, d, t, b)
-        };
-
-    let e = run(
-        &AttentionSpec::bhsd(1, 4, 2, 64, 64, 96, 96),
-        &MaskSpec::NONE,
-        &none,
-        Dtype::F16,
-        &bufs(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&e, CudaError::Unsupported(m) if m.contains("D=96")),
-        "{e}"
-    );
-    let e = run(
-        &AttentionSpec::bhsd(1, 4, 2, 64, 64, 128, 64),
-        &MaskSpec::NONE,
-        &none,
-        Dtype::F16,
-        &bufs(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&e, CudaError::Unsupported(m) if m.contains("Dv=64")),
-        "{e}"
-    );
-    let e = run(&spec, &MaskSpec::NONE, &none, Dtype::F32, &bufs()).unwrap_err();
-    assert!(
-        matches!(&e, CudaError::Unsupported(m) if m.contains("f32")),
-        "{e}"
-    );
-
-    let e = run(
-        &AttentionSpec::bhsd(1, 3, 2, 64, 64, 64, 64),
-        &MaskSpec::NONE,
-        &none,
-        Dtype::F16,
-        &bufs(),
-    )
-    .unwrap_err();
-    assert_eq!(
-        e,
-        CudaError::Spec(SpecError::HeadsNotDivisible {
-            q_heads: 3,
-            kv_heads: 2
-        })
-    );
-    let e = run(
-        &spec.with_scale(f32::NAN),
-        &MaskSpec::NONE,
-        &none,
-        Dtype::F16,
-        &bufs(),
-    )
-    .unwrap_err();
-    assert!(matches!(e, CudaError::Spec(SpecError::BadScale(_))));
-    let e = run(
-        &spec,
-        &MaskSpec::NONE.window(-2, 0),
-        &none,
-        Dtype::F16,
-        &bufs(),
-    )
-    .unwrap_err();
-    assert_eq!(e, CudaError::Spec(SpecError::WindowBelowMinusOne(-2)));
-
-    let mut b = bufs();
-    b.k = DevicePtr(0x2008);
-    assert_eq!(
-        invalid_input(run(&spec, &MaskSpec::NONE, &none, Dtype::F16, &b).unwrap_err()),
-        "K"
-    );
-    b = bufs();
-    b.y = DevicePtr::NULL;
-    let e = run(&spec, &MaskSpec::NONE, &none, Dtype::F16, &b).unwrap_err();
-    assert_eq!(e.to_string(), "Y: device pointer is null");
-    b = bufs();
-    b.lse = Some(DevicePtr(0x5002));
-    assert_eq!(
-        invalid_input(run(&spec, &MaskSpec::NONE, &none, Dtype::F16, &b).unwrap_err()),
-        "softmax_lse"
-    );
-
-    let mut odd = spec;
-    odd.v.seq = 68; // a padded V row: not 16-byte aligned
-    let e = run(&odd, &MaskSpec::NONE, &none, Dtype::F16, &bufs()).unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with("V: seq stride 68 must be a multiple of 8"),
-        "{e}"
-    );
-
-    let lens = [64usize];
-    let e = run(
-        &spec,
-        &MaskSpec::NONE.kv_lens(&lens, true),
-        &none,
-        Dtype::F16,
-        &bufs(),
-    )
-    .unwrap_err();
-    assert_eq!(invalid_input(e), "nonpad_kv_seqlen");
-    let seg = [0i32; 64];
-    let e = run(
-        &spec,
-        &MaskSpec::NONE.segments(&seg, &seg),
-        &none,
-        Dtype::F16,
-        &bufs(),
-    )
-    .unwrap_err();
-    assert!(matches!(e, CudaError::Unsupported(_)));
-    let align = DeviceMask {
-        align_to_kv_lens: true,
-        ..none
-    };
-    assert_eq!(
-        invalid_input(run(&spec, &MaskSpec::NONE, &align, Dtype::F16, &bufs()).unwrap_err()),
-        "nonpad_kv_seqlen"
-    );
-
-    let wide = AttentionSpec::bhsd(70_000, 4, 2, 1, 64, 64, 64);
-    let e = run(&wide, &MaskSpec::NONE, &none, Dtype::F16, &bufs()).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("batch 70000 exceeds the CUDA grid limit"),
-        "{e}"
-    );
+    let cases: Vec<Refusal> = [
+        shape_refusals(),
+        spec_refusals(),
+        buffer_refusals(),
+        mask_refusals(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(cases.len(), 14);
+    for c in cases {
+        let got = plan::attention(&c.spec, &c.mask, &c.device, c.dtype, &c.bufs);
+        match got {
+            Ok(_) => panic!("{}: accepted", c.what),
+            Err(e) => assert!((c.want)(&e), "{}: {e}", c.what),
+        }
+    }
 }
 
 #[test]
