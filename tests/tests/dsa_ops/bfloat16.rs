@@ -7,8 +7,9 @@ use tessera_tests::onnx::elem;
 use tessera_tests::Rng;
 
 use crate::env;
-use crate::node::{bf16_in, f32_in, model, round_bf16, run, session};
+use crate::node::{bf16_in, f32_in, model, round_bf16, run};
 use crate::reference::{assert_close, reference, visible};
+use crate::shared::session;
 
 #[test]
 fn bfloat16_inputs_run_as_their_exact_values() {

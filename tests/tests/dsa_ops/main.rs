@@ -9,10 +9,8 @@
 //! holds the f64 references, then one module per op's tests, `bfloat16`
 //! for bfloat16 inputs, and `bad_inputs` for the refusals.
 
-use std::sync::OnceLock;
-
-use ort::environment::Environment;
-use tessera_tests::ort_dylib;
+#[path = "../shared/mod.rs"]
+mod shared;
 
 mod bad_inputs;
 mod bfloat16;
@@ -22,16 +20,4 @@ mod node;
 mod reference;
 mod topk;
 
-fn env() -> Option<&'static Environment> {
-    static ENV: OnceLock<Option<Environment>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let path = ort_dylib()?;
-        Some(
-            ort::init_from(path)
-                .expect("load libonnxruntime")
-                .build()
-                .expect("ORT environment"),
-        )
-    })
-    .as_ref()
-}
+use shared::env;

@@ -2,13 +2,11 @@
 //! and the outputs read back.
 
 use half::bf16;
-use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use tessera_tests::onnx::{self, elem, Attr, Node};
-use tessera_tests::plugin_path;
 
-use crate::env;
+use crate::shared::{env, session};
 
 /// An input: name, element type, value.
 pub type In = (&'static str, i32, DynValue);
@@ -87,17 +85,6 @@ pub fn model(
         .filter(|(n, _)| !n.is_empty())
         .collect();
     onnx::model(&node, inputs, &outs, &[("", 21), ("ai.tessera", 1)])
-}
-
-pub fn session(env: &Environment, model: &[u8], threads: usize) -> Result<Session, String> {
-    Session::builder(env)
-        .map_err(|e| e.to_string())?
-        .with_intra_threads(threads)
-        .map_err(|e| e.to_string())?
-        .with_operator_library(plugin_path())
-        .map_err(|e| e.to_string())?
-        .commit_from_memory(model)
-        .map_err(|e| e.to_string())
 }
 
 pub fn run_in(

@@ -5,8 +5,9 @@ use tessera_tests::onnx::elem;
 use tessera_tests::Rng;
 
 use crate::env;
-use crate::node::{f32_in, i64_in, model, run, run_in, session};
+use crate::node::{f32_in, i64_in, model, run, run_in};
 use crate::reference::{assert_close, random_lists, reference, visible};
+use crate::shared::session;
 
 #[test]
 fn topk_index_mode_matches_the_masked_reference() {

@@ -118,7 +118,8 @@ pub fn base(
     }
 }
 
-/// `(B, H, S, X)` → `(B, S, H·X)`.
+/// Swaps the two middle axes: `(B, H, S, X)` → `(B, S, H·X)`, and with
+/// `h` and `s` exchanged, back.
 fn to_bshd(x: &[f32], b: usize, h: usize, s: usize, d: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     for bi in 0..b {
@@ -378,17 +379,7 @@ fn check_y(c: &Case, y: &DynValue, want_y: &[f64]) {
             c.name
         );
         // (B, S, H·Dv) → (B, H, S, Dv) for the comparison.
-        let mut bhsd = vec![0.0; y.len()];
-        for bi in 0..b {
-            for hi in 0..hq {
-                for si in 0..sq {
-                    let src = ((bi * sq + si) * hq + hi) * dv;
-                    let dst = ((bi * hq + hi) * sq + si) * dv;
-                    bhsd[dst..dst + dv].copy_from_slice(&y[src..src + dv]);
-                }
-            }
-        }
-        y = bhsd;
+        y = to_bshd(&y, b, sq, hq, dv);
     } else {
         assert_eq!(
             shape,
