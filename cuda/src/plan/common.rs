@@ -3,7 +3,7 @@
 //! that turn sizes, strides and pointers into the kernels' integer fields.
 
 use tessera_core::mask::{MaskSpec, MaskStrides};
-use tessera_core::spec::Strides;
+use tessera_core::spec::{AttentionSpec, Strides, Tensor};
 
 use crate::error::CudaError;
 use crate::params::KernelParams;
@@ -170,6 +170,13 @@ pub(super) fn fits_i64(input: &'static str, what: &str, x: usize) -> Result<i64,
         .map_err(|_| CudaError::invalid(input, format!("{what} {x} does not fit in i64")))
 }
 
+/// A size (in elements, `None` when it overflowed `usize`) that i64
+/// offsets can address.
+pub(super) fn addressable(input: &'static str, n: Option<usize>) -> Result<usize, CudaError> {
+    n.filter(|&n| n <= i64::MAX as usize)
+        .ok_or_else(|| CudaError::invalid(input, "size overflows the address space"))
+}
+
 pub(super) fn grid_dim(input: &'static str, what: &str, x: usize) -> Result<i32, CudaError> {
     if x > MAX_GRID_YZ {
         return Err(CudaError::invalid(
@@ -181,7 +188,7 @@ pub(super) fn grid_dim(input: &'static str, what: &str, x: usize) -> Result<i32,
 }
 
 /// Strides must keep every row 16-byte aligned for the vector loads.
-pub(super) fn strides(
+fn strides(
     input: &'static str,
     s: &Strides,
     align_elems: usize,
@@ -199,6 +206,28 @@ pub(super) fn strides(
         fits_i64(input, "head stride", s.head)?,
         fits_i64(input, "seq stride", s.seq)?,
     ])
+}
+
+/// The batch/head/seq strides of Q, K, V and Y, in that order, each a
+/// multiple of its `align` elements.
+pub(super) fn qkvy_strides(
+    spec: &AttentionSpec,
+    align: [usize; 4],
+) -> Result<[[i64; 3]; 4], CudaError> {
+    Ok([
+        strides("Q", &spec.q, align[0])?,
+        strides("K", &spec.k, align[1])?,
+        strides("V", &spec.v, align[2])?,
+        strides("Y", &spec.out, align[3])?,
+    ])
+}
+
+/// Every tensor of the call fits the address space.
+pub(super) fn required_lens(spec: &AttentionSpec) -> Result<(), CudaError> {
+    for t in [Tensor::Q, Tensor::K, Tensor::V, Tensor::Y, Tensor::Lse] {
+        spec.required_len(t)?;
+    }
+    Ok(())
 }
 
 /// Only the structural rules can run on the GPU; host slices cannot.

@@ -2,9 +2,11 @@
 //! and builds its [`FlashParams`].
 
 use tessera_core::mask::{MaskSpec, MaskStrides};
-use tessera_core::spec::{AttentionSpec, Tensor};
+use tessera_core::spec::AttentionSpec;
 
-use super::common::{fits_i32, fits_i64, grid_dim, kv_lens, strides, structural_only};
+use super::common::{
+    fits_i32, fits_i64, grid_dim, kv_lens, qkvy_strides, required_lens, structural_only,
+};
 use super::{AttentionBuffers, DeviceMask, Dtype, Launch};
 use crate::error::CudaError;
 use crate::params::FlashParams;
@@ -24,6 +26,27 @@ pub fn attention(
     dtype: Dtype,
     bufs: &AttentionBuffers,
 ) -> Result<Launch<FlashParams>, CudaError> {
+    check(spec, mask, dtype)?;
+    let d = spec.head_dim;
+    Ok(Launch {
+        module: "flash",
+        kernel: flash_kernel(dtype, d, spec.softcap > 0.0, device.dense.is_some()),
+        geometry: flash_geometry(dtype, d),
+        params: params(spec, mask, device, bufs)?,
+        grid: |p, g| {
+            [
+                (p.q_len as u64).div_ceil(g.tile_a as u64),
+                p.q_heads as u64,
+                p.batch as u64,
+            ]
+        },
+    })
+}
+
+/// The rules of the flash kernels that need no pointer: the core rules of
+/// the spec and mask, structural masks only, f16/bf16, `D = Dv` in
+/// [`FLASH_HEAD_DIMS`], and sizes that fit.
+fn check(spec: &AttentionSpec, mask: &MaskSpec<'_>, dtype: Dtype) -> Result<(), CudaError> {
     spec.validate()?;
     mask.validate(spec.batch, spec.q_heads, spec.q_len, spec.kv_len)?;
     structural_only(mask)?;
@@ -35,22 +58,33 @@ pub fn attention(
             spec.v_head_dim
         )));
     }
-    for t in [Tensor::Q, Tensor::K, Tensor::V, Tensor::Y, Tensor::Lse] {
-        spec.required_len(t)?;
-    }
-    let [q_batch, q_head, q_seq] = strides("Q", &spec.q, 8)?;
-    let [k_batch, k_head, k_seq] = strides("K", &spec.k, 8)?;
-    let [v_batch, v_head, v_seq] = strides("V", &spec.v, 8)?;
-    let [y_batch, y_head, y_seq] = strides("Y", &spec.out, 8)?;
-    let (kv_lens, offset_from_kv_lens) = kv_lens(device)?;
-    let (mask_ptr, is_bool, ms) = match device.dense {
+    required_lens(spec)
+}
+
+/// The dense mask's address, kind and strides; `(0, false, 0s)` without one.
+fn dense_mask(device: &DeviceMask) -> Result<(u64, bool, MaskStrides), CudaError> {
+    Ok(match device.dense {
         Some(m) => (
             m.ptr.check("attn_mask", if m.is_bool { 1 } else { 4 })?,
             m.is_bool,
             m.strides,
         ),
         None => (0, false, MaskStrides::default()),
-    };
+    })
+}
+
+/// The parameter block: strides (16-byte rows), kv lengths, the dense
+/// mask, then the pointers and the sizes, each checked as it is read.
+fn params(
+    spec: &AttentionSpec,
+    mask: &MaskSpec<'_>,
+    device: &DeviceMask,
+    bufs: &AttentionBuffers,
+) -> Result<FlashParams, CudaError> {
+    let [[q_batch, q_head, q_seq], [k_batch, k_head, k_seq], [v_batch, v_head, v_seq], [y_batch, y_head, y_seq]] =
+        qkvy_strides(spec, [8; 4])?;
+    let (kv_lens, offset_from_kv_lens) = kv_lens(device)?;
+    let (mask_ptr, is_bool, ms) = dense_mask(device)?;
     let rows = spec
         .batch
         .saturating_mul(spec.q_heads)
@@ -59,7 +93,7 @@ pub fn attention(
         .batch
         .saturating_mul(spec.kv_heads)
         .saturating_mul(spec.kv_len);
-    let params = FlashParams {
+    Ok(FlashParams {
         q: bufs.q.check_unless_empty("Q", 16, rows)?,
         k: bufs.k.check_unless_empty("K", 16, keys)?,
         v: bufs.v.check_unless_empty("V", 16, keys)?,
@@ -102,19 +136,6 @@ pub fn attention(
         mask_is_bool: is_bool as i32,
         scale: spec.scale,
         softcap: spec.softcap,
-    };
-    Ok(Launch {
-        module: "flash",
-        kernel: flash_kernel(dtype, d, spec.softcap > 0.0, device.dense.is_some()),
-        geometry: flash_geometry(dtype, d),
-        params,
-        grid: |p, g| {
-            [
-                (p.q_len as u64).div_ceil(g.tile_a as u64),
-                p.q_heads as u64,
-                p.batch as u64,
-            ]
-        },
     })
 }
 

@@ -4,7 +4,7 @@
 use tessera_core::mask::MaskSpec;
 use tessera_core::IndexerSpec;
 
-use super::common::{fits_i32, fits_i64, grid_dim, kv_lens, structural_only};
+use super::common::{addressable, fits_i32, fits_i64, grid_dim, kv_lens, structural_only};
 use super::{DeviceMask, DevicePtr, Dtype, Launch};
 use crate::error::CudaError;
 use crate::params::{IndexerParams, QuantizeParams};
@@ -74,6 +74,26 @@ pub fn indexer_fp8(
     format: Fp8Format,
     bufs: &IndexerBuffers,
 ) -> Result<Launch<IndexerParams>, CudaError> {
+    check(spec, mask, device)?;
+    Ok(Launch {
+        module: "indexer",
+        kernel: indexer_kernel(format, spec.dim),
+        geometry: indexer_geometry(format, spec.dim),
+        params: params(spec, mask, device, bufs)?,
+        grid: |p, g| {
+            [
+                (p.kv_len as u64).div_ceil(g.tile_b as u64),
+                (p.q_len as u64).div_ceil(g.tile_a as u64),
+                p.batch as u64,
+            ]
+        },
+    })
+}
+
+/// The rules of the indexer kernels that need no pointer: at least one
+/// head, a head dim in [`INDEXER_HEAD_DIMS`], a causal/offset/kv-lengths
+/// mask only, and tensors that fit the address space.
+fn check(spec: &IndexerSpec, mask: &MaskSpec<'_>, device: &DeviceMask) -> Result<(), CudaError> {
     if spec.heads == 0 {
         return Err(CudaError::invalid(
             "index_q",
@@ -110,20 +130,30 @@ pub fn indexer_fp8(
         ("index_w", [b, sq, spec.heads]),
         ("scores", [b, sq, skv]),
     ] {
-        dims.iter()
-            .try_fold(1usize, |a, &x| a.checked_mul(x))
-            .filter(|&n| n <= i64::MAX as usize)
-            .ok_or_else(|| CudaError::invalid(input, "size overflows the address space"))?;
+        addressable(
+            input,
+            dims.iter().try_fold(1usize, |a, &x| a.checked_mul(x)),
+        )?;
     }
+    Ok(())
+}
+
+/// The parameter block: kv lengths and sizes, then the pointers.
+fn params(
+    spec: &IndexerSpec,
+    mask: &MaskSpec<'_>,
+    device: &DeviceMask,
+    bufs: &IndexerBuffers,
+) -> Result<IndexerParams, CudaError> {
     let (kv_lens, offset_from_kv_lens) = kv_lens(device)?;
-    let q_len = fits_i32("index_q", "sequence length", sq)?;
-    grid_dim("index_q", "query blocks (Sq / 8)", sq.div_ceil(8))?;
+    let q_len = fits_i32("index_q", "sequence length", spec.q_len)?;
+    grid_dim("index_q", "query blocks (Sq / 8)", spec.q_len.div_ceil(8))?;
     let optional = |p: Option<DevicePtr>, input, align| {
         p.map(|p| p.check(input, align))
             .transpose()
             .map(|p| p.unwrap_or(0))
     };
-    let params = IndexerParams {
+    Ok(IndexerParams {
         q: bufs.q.check("index_q", 16)?,
         k: bufs.k.check("index_k", 16)?,
         w: bufs.w.check("index_w", 4)?,
@@ -133,27 +163,14 @@ pub fn indexer_fp8(
         k_scale: optional(bufs.k_scale, "index_k_scale", 4)?,
         bad: optional(bufs.bad, "bad", 8)?,
         q_offset: mask.q_offset as i64,
-        batch: grid_dim("index_q", "batch", b)?,
+        batch: grid_dim("index_q", "batch", spec.batch)?,
         q_len,
-        kv_len: fits_i32("index_k", "sequence length", skv)?,
+        kv_len: fits_i32("index_k", "sequence length", spec.kv_len)?,
         heads: fits_i32("index_q", "heads", spec.heads)?,
         dim: spec.dim as i32,
         causal: mask.causal as i32,
         offset_from_kv_lens,
         pad_: 0,
-    };
-    Ok(Launch {
-        module: "indexer",
-        kernel: indexer_kernel(format, spec.dim),
-        geometry: indexer_geometry(format, spec.dim),
-        params,
-        grid: |p, g| {
-            [
-                (p.kv_len as u64).div_ceil(g.tile_b as u64),
-                (p.q_len as u64).div_ceil(g.tile_a as u64),
-                p.batch as u64,
-            ]
-        },
     })
 }
 
@@ -183,10 +200,11 @@ pub fn quantize(
             "rows must hold at least 1 element",
         ));
     }
-    rows.checked_mul(row_len.div_ceil(SCALE_GROUP))
-        .and_then(|units| units.checked_mul(SCALE_GROUP))
-        .filter(|&n| n <= i64::MAX as usize)
-        .ok_or_else(|| CudaError::invalid(input, "size overflows the address space"))?;
+    addressable(
+        input,
+        rows.checked_mul(row_len.div_ceil(SCALE_GROUP))
+            .and_then(|units| units.checked_mul(SCALE_GROUP)),
+    )?;
     let params = QuantizeParams {
         src: src.check(input, source.size())?,
         codes: codes.check("codes", 1)?,

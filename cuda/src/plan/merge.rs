@@ -1,7 +1,7 @@
 //! The merge family (`kernels/merge.cu`): the exact LSE merge of two
 //! partial results.
 
-use super::common::{fits_i32, fits_i64};
+use super::common::{addressable, fits_i32, fits_i64};
 use super::{DevicePtr, Dtype, Launch};
 use crate::error::CudaError;
 use crate::params::MergeParams;
@@ -34,9 +34,7 @@ pub fn merge(
     if dv == 0 {
         return Err(CudaError::invalid("Y", "head dimension must be at least 1"));
     }
-    rows.checked_mul(dv)
-        .filter(|&n| n <= i64::MAX as usize)
-        .ok_or_else(|| CudaError::invalid("Y", "size overflows the address space"))?;
+    addressable("Y", rows.checked_mul(dv))?;
     let a = dtype.size();
     let params = MergeParams {
         y_a: bufs.y_a.check("Y_a", a)?,

@@ -1,9 +1,9 @@
 //! The sparse family (`kernels/sparse.cu`): gather attention over per-query
 //! key lists under TopKAttention's rules, and the check of those lists.
 
-use tessera_core::spec::{AttentionSpec, Strides, Tensor};
+use tessera_core::spec::AttentionSpec;
 
-use super::common::{fits_i32, fits_i64, grid_dim, strides};
+use super::common::{addressable, fits_i32, fits_i64, grid_dim, qkvy_strides, required_lens};
 use super::{AttentionBuffers, DevicePtr, Dtype, Launch};
 use crate::error::CudaError;
 use crate::params::{IndexCheckParams, SparseParams};
@@ -96,14 +96,9 @@ pub fn sparse_attention(
     if lists.top_k == 0 {
         return Err(CudaError::invalid("top_k", "top_k must be at least 1"));
     }
-    for t in [Tensor::Q, Tensor::K, Tensor::V, Tensor::Y, Tensor::Lse] {
-        spec.required_len(t)?;
-    }
-    let one = |s: &Strides, input| -> Result<[i64; 3], CudaError> { strides(input, s, 1) };
-    let [q_batch, q_head, q_seq] = one(&spec.q, "Q")?;
-    let [k_batch, k_head, k_seq] = strides("K", &spec.k, 8)?;
-    let [v_batch, v_head, v_seq] = one(&spec.v, "V")?;
-    let [y_batch, y_head, y_seq] = one(&spec.out, "Y")?;
+    required_lens(spec)?;
+    let [[q_batch, q_head, q_seq], [k_batch, k_head, k_seq], [v_batch, v_head, v_seq], [y_batch, y_head, y_seq]] =
+        qkvy_strides(spec, [1, 8, 1, 1])?;
     let (q_offset, left_window, global_tokens) = rules.fields()?;
     let params = SparseParams {
         q: bufs.q.check("Q", 2)?,
@@ -190,9 +185,10 @@ pub fn index_check(
             "lists need at least one entry and one query",
         ));
     }
-    rows.checked_mul(top_k.max(selected.map_or(0, |s| s.1)))
-        .filter(|&n| n <= i64::MAX as usize)
-        .ok_or_else(|| CudaError::invalid("indices", "size overflows the address space"))?;
+    addressable(
+        "indices",
+        rows.checked_mul(top_k.max(selected.map_or(0, |s| s.1))),
+    )?;
     let (q_offset, left_window, global_tokens) = rules.fields()?;
     let (sel, width) = match selected {
         Some((p, w)) => (p.check_unless_empty("selected_indices", 8, rows * w)?, w),

@@ -1,7 +1,7 @@
 //! The top-k family (`kernels/topk.cu`): the radix top-k of each row of
 //! scores.
 
-use super::common::{fits_i32, fits_i64};
+use super::common::{addressable, fits_i32, fits_i64};
 use super::{DevicePtr, Launch};
 use crate::error::CudaError;
 use crate::params::TopkParams;
@@ -28,8 +28,7 @@ pub fn top_k(
         ("scores", rows.checked_mul(row_len)),
         ("indices", rows.checked_mul(k)),
     ] {
-        n.filter(|&n| n <= i64::MAX as usize)
-            .ok_or_else(|| CudaError::invalid(input, "size overflows the address space"))?;
+        addressable(input, n)?;
     }
     let params = TopkParams {
         scores: scores.check("scores", 4)?,
