@@ -312,22 +312,28 @@ fn attention_refuses_what_the_kernels_cannot_do_and_names_the_input() {
     }
 }
 
-#[test]
-fn indexer_plans_follow_the_spec_and_refuse_other_masks() {
-    let spec = IndexerSpec {
-        batch: 2,
-        q_len: 100,
-        kv_len: 1000,
-        heads: 64,
-        dim: 128,
-    };
-    let b = IndexerBuffers {
+/// 100 queries of 64 heads of dim 128 against 1000 keys, twice.
+const INDEXER_SPEC: IndexerSpec = IndexerSpec {
+    batch: 2,
+    q_len: 100,
+    kv_len: 1000,
+    heads: 64,
+    dim: 128,
+};
+
+fn indexer_bufs() -> IndexerBuffers {
+    IndexerBuffers {
         q: DevicePtr(0x100),
         k: DevicePtr(0x200),
         w: DevicePtr(0x300),
         scores: DevicePtr(0x400),
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn indexer_plans_follow_the_spec_and_refuse_other_masks() {
+    let (spec, b) = (INDEXER_SPEC, indexer_bufs());
     let l = plan::indexer(
         &spec,
         &MaskSpec::NONE.causal(900),
@@ -353,46 +359,68 @@ fn indexer_plans_follow_the_spec_and_refuse_other_masks() {
     };
     assert_eq!((l.grid)(&l.params, &g), [16, 13, 2]);
 
-    let e = plan::indexer(
-        &IndexerSpec { dim: 96, ..spec },
-        &MaskSpec::NONE,
-        &DeviceMask::default(),
-        &b,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&e, CudaError::Invalid { input: "index_q", rule } if rule.contains("index_dim 96")),
-        "{e}"
-    );
-    let e = plan::indexer(
-        &spec,
-        &MaskSpec::NONE.window(16, 0),
-        &DeviceMask::default(),
-        &b,
-    )
-    .unwrap_err();
-    assert!(matches!(e, CudaError::Unsupported(_)));
-    let e = plan::indexer(
-        &IndexerSpec { heads: 0, ..spec },
-        &MaskSpec::NONE,
-        &DeviceMask::default(),
-        &b,
-    )
-    .unwrap_err();
-    assert_eq!(invalid_input(e), "index_q");
-    let e = plan::indexer(
-        &spec,
-        &MaskSpec::NONE,
-        &DeviceMask::default(),
-        &IndexerBuffers {
-            k: DevicePtr(0x204),
-            ..b
-        },
-    )
-    .unwrap_err();
-    assert_eq!(invalid_input(e), "index_k");
+    #[allow(clippy::type_complexity)]
+    let refusals: [(
+        &str,
+        IndexerSpec,
+        MaskSpec<'_>,
+        IndexerBuffers,
+        fn(&CudaError) -> bool,
+    ); 4] = [
+        (
+            "dim 96",
+            IndexerSpec { dim: 96, ..spec },
+            MaskSpec::NONE,
+            b,
+            |e| matches!(e, CudaError::Invalid { input: "index_q", rule } if rule.contains("index_dim 96")),
+        ),
+        ("window", spec, MaskSpec::NONE.window(16, 0), b, |e| {
+            matches!(e, CudaError::Unsupported(_))
+        }),
+        (
+            "no heads",
+            IndexerSpec { heads: 0, ..spec },
+            MaskSpec::NONE,
+            b,
+            |e| {
+                matches!(
+                    e,
+                    CudaError::Invalid {
+                        input: "index_q",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "K misaligned",
+            spec,
+            MaskSpec::NONE,
+            IndexerBuffers {
+                k: DevicePtr(0x204),
+                ..b
+            },
+            |e| {
+                matches!(
+                    e,
+                    CudaError::Invalid {
+                        input: "index_k",
+                        ..
+                    }
+                )
+            },
+        ),
+    ];
+    for (what, spec, mask, bufs, want) in refusals {
+        let e = plan::indexer(&spec, &mask, &DeviceMask::default(), &bufs).unwrap_err();
+        assert!(want(&e), "{what}: {e}");
+    }
+}
 
-    // E5M2 and scales pick the E5M2 kernel and pass the scale buffers.
+/// E5M2 and scales pick the E5M2 kernel and pass the scale buffers.
+#[test]
+fn the_e5m2_plan_passes_the_scale_buffers() {
+    let (spec, b) = (INDEXER_SPEC, indexer_bufs());
     let scaled = IndexerBuffers {
         q_scale: Some(DevicePtr(0x500)),
         k_scale: Some(DevicePtr(0x600)),

@@ -188,11 +188,7 @@ pub(super) fn grid_dim(input: &'static str, what: &str, x: usize) -> Result<i32,
 }
 
 /// Strides must keep every row 16-byte aligned for the vector loads.
-fn strides(
-    input: &'static str,
-    s: &Strides,
-    align_elems: usize,
-) -> Result<[i64; 3], CudaError> {
+fn strides(input: &'static str, s: &Strides, align_elems: usize) -> Result<[i64; 3], CudaError> {
     for (name, x) in [("batch", s.batch), ("head", s.head), ("seq", s.seq)] {
         if x % align_elems != 0 {
             return Err(CudaError::invalid(
