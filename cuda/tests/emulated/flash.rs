@@ -44,16 +44,8 @@ const fn case(name: &'static str, dims: [usize; 6], mask: MaskSpec<'static>) -> 
 
 fn run_flash<T: Element>(c: &Case, dtype: Dtype, seed: u64) -> Result<(), String> {
     let mut rng = Rng(seed | 1);
-    let [b, hq, hkv, sq, skv, d] = c.dims;
-    let mut spec = if c.bshd {
-        AttentionSpec::bshd
-    } else {
-        AttentionSpec::bhsd
-    }(b, hq, hkv, sq, skv, d, d);
-    spec.softcap = c.softcap;
-    if let Some(s) = c.scale {
-        spec.scale = s;
-    }
+    let spec = c.spec();
+    let [b, hq, _, sq, _, _] = c.dims;
     let len = |t| spec.required_len(t).unwrap();
     let (q, k, v) = (
         fill::<T>(&mut rng, len(Tensor::Q)),
@@ -62,56 +54,12 @@ fn run_flash<T: Element>(c: &Case, dtype: Dtype, seed: u64) -> Result<(), String
     );
     let mut y = vec![T::from_f32(f32::NAN); len(Tensor::Y)];
     let mut lse = vec![f32::NAN; b * hq * sq];
-
-    // Dense masks over (1, Hq, Sq, Skv), one row fully masked.
-    let strides = MaskStrides::broadcast(1, hq, sq, skv);
-    let mut bool_mask: Vec<bool> = (0..hq * sq * skv).map(|_| rng.uniform() > 0.3).collect();
-    if sq > 3 {
-        bool_mask[3 * skv..4 * skv]
-            .iter_mut()
-            .for_each(|m| *m = false);
-    }
-    let additive: Vec<f32> = (0..hq * sq * skv)
-        .map(|_| {
-            if rng.uniform() < 0.1 {
-                f32::NEG_INFINITY
-            } else {
-                rng.normal()
-            }
-        })
-        .collect();
+    let dense = DenseMasks::random(&mut rng, c);
     let lens64: Vec<i64> = c
         .kv_lens
         .map(|l| l.iter().map(|&x| x as i64).collect())
         .unwrap_or_default();
-
-    let mut reference_mask = c.mask;
-    if let Some(l) = c.kv_lens {
-        reference_mask = reference_mask.kv_lens(l, c.align);
-    }
-    let device = DeviceMask {
-        kv_lens: c.kv_lens.map(|_| addr(&lens64)),
-        align_to_kv_lens: c.align,
-        dense: match c.dense {
-            Dense::None => None,
-            Dense::Bool => {
-                reference_mask = reference_mask.dense(DenseMask::Bool(&bool_mask, strides));
-                Some(DeviceDenseMask {
-                    ptr: addr(&bool_mask),
-                    is_bool: true,
-                    strides,
-                })
-            }
-            Dense::Additive => {
-                reference_mask = reference_mask.dense(DenseMask::Additive(&additive, strides));
-                Some(DeviceDenseMask {
-                    ptr: addr(&additive),
-                    is_bool: false,
-                    strides,
-                })
-            }
-        },
-    };
+    let (reference_mask, device) = dense.masks(c, &lens64);
     let bufs = AttentionBuffers {
         q: addr(&q),
         k: addr(&k),
@@ -124,21 +72,11 @@ fn run_flash<T: Element>(c: &Case, dtype: Dtype, seed: u64) -> Result<(), String
     // SAFETY: every pointer is a live Vec sized by the spec.
     unsafe { emu::launch(&launch) }.map_err(|e| e.to_string())?;
 
+    let (b, d) = (spec.batch, spec.head_dim);
     let mut y_ref = vec![0.0f64; b * hq * sq * d];
     let mut lse_ref = vec![0.0f64; b * hq * sq];
     reference::attention(&spec, &reference_mask, &q, &k, &v, &mut y_ref, &mut lse_ref);
-    let mut y_got = Vec::with_capacity(y_ref.len());
-    for bi in 0..b {
-        for h in 0..hq {
-            for i in 0..sq {
-                let o = spec.out.offset(bi, h, i);
-                y_got.extend(y[o..o + d].iter_mut().map(|x| x.to_f32() as f64));
-            }
-        }
-    }
-    let lse_got: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
-    let ey = rel_err(&y_got, &y_ref).map_err(|e| format!("Y: {e}"))?;
-    let el = rel_err(&lse_got, &lse_ref).map_err(|e| format!("lse: {e}"))?;
+    let (ey, el) = errors(&spec, &y, &lse, &y_ref, &lse_ref)?;
     if ey > 1e-2 || el > 1e-2 {
         return Err(format!("Y err {ey:.2e}, lse err {el:.2e} (of max |ref|)"));
     }
@@ -146,7 +84,130 @@ fn run_flash<T: Element>(c: &Case, dtype: Dtype, seed: u64) -> Result<(), String
     Ok(())
 }
 
+impl Case {
+    /// BHSD or BSHD, with the case's softcap and scale.
+    fn spec(&self) -> AttentionSpec {
+        let [b, hq, hkv, sq, skv, d] = self.dims;
+        let mut spec = if self.bshd {
+            AttentionSpec::bshd
+        } else {
+            AttentionSpec::bhsd
+        }(b, hq, hkv, sq, skv, d, d);
+        spec.softcap = self.softcap;
+        if let Some(s) = self.scale {
+            spec.scale = s;
+        }
+        spec
+    }
+}
+
+/// Random dense masks over `(1, Hq, Sq, Skv)`: a bool one with one row
+/// fully masked, and an additive one with some `-inf`.
+struct DenseMasks {
+    strides: MaskStrides,
+    bool_mask: Vec<bool>,
+    additive: Vec<f32>,
+}
+
+impl DenseMasks {
+    fn random(rng: &mut Rng, c: &Case) -> Self {
+        let [_, hq, _, sq, skv, _] = c.dims;
+        let strides = MaskStrides::broadcast(1, hq, sq, skv);
+        let mut bool_mask: Vec<bool> = (0..hq * sq * skv).map(|_| rng.uniform() > 0.3).collect();
+        if sq > 3 {
+            bool_mask[3 * skv..4 * skv]
+                .iter_mut()
+                .for_each(|m| *m = false);
+        }
+        let additive: Vec<f32> = (0..hq * sq * skv)
+            .map(|_| {
+                if rng.uniform() < 0.1 {
+                    f32::NEG_INFINITY
+                } else {
+                    rng.normal()
+                }
+            })
+            .collect();
+        Self {
+            strides,
+            bool_mask,
+            additive,
+        }
+    }
+
+    /// The case's mask as the reference takes it (host slices) and as the
+    /// kernel takes it (device addresses of `lens64` and of these masks).
+    fn masks<'a>(&'a self, c: &Case, lens64: &[i64]) -> (MaskSpec<'a>, DeviceMask) {
+        let strides = self.strides;
+        let mut reference_mask = c.mask;
+        if let Some(l) = c.kv_lens {
+            reference_mask = reference_mask.kv_lens(l, c.align);
+        }
+        let device = DeviceMask {
+            kv_lens: c.kv_lens.map(|_| addr(lens64)),
+            align_to_kv_lens: c.align,
+            dense: match c.dense {
+                Dense::None => None,
+                Dense::Bool => {
+                    reference_mask =
+                        reference_mask.dense(DenseMask::Bool(&self.bool_mask, strides));
+                    Some(DeviceDenseMask {
+                        ptr: addr(&self.bool_mask),
+                        is_bool: true,
+                        strides,
+                    })
+                }
+                Dense::Additive => {
+                    reference_mask =
+                        reference_mask.dense(DenseMask::Additive(&self.additive, strides));
+                    Some(DeviceDenseMask {
+                        ptr: addr(&self.additive),
+                        is_bool: false,
+                        strides,
+                    })
+                }
+            },
+        };
+        (reference_mask, device)
+    }
+}
+
+/// The relative errors of Y (read through the spec's output strides) and
+/// of the lse against the reference.
+fn errors<T: Element>(
+    spec: &AttentionSpec,
+    y: &[T],
+    lse: &[f32],
+    y_ref: &[f64],
+    lse_ref: &[f64],
+) -> Result<(f64, f64), String> {
+    let d = spec.head_dim;
+    let mut y_got = Vec::with_capacity(y_ref.len());
+    for bi in 0..spec.batch {
+        for h in 0..spec.q_heads {
+            for i in 0..spec.q_len {
+                let o = spec.out.offset(bi, h, i);
+                y_got.extend(y[o..o + d].iter().map(|x| x.to_f32() as f64));
+            }
+        }
+    }
+    let lse_got: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
+    let ey = rel_err(&y_got, y_ref).map_err(|e| format!("Y: {e}"))?;
+    let el = rel_err(&lse_got, lse_ref).map_err(|e| format!("lse: {e}"))?;
+    Ok((ey, el))
+}
+
+/// The fixed cases, in the order that seeds them.
 fn flash_cases() -> Vec<(Case, Dtype)> {
+    let mut cases = structural_cases();
+    cases.extend(dense_mask_cases());
+    cases.extend(edge_cases());
+    cases
+}
+
+/// Both head dims and types under each structural rule: causal (GQA,
+/// bottom-right), windows with sinks, softcap and scale, kv lengths, chunks.
+fn structural_cases() -> Vec<(Case, Dtype)> {
     let none = MaskSpec::NONE;
     vec![
         (
@@ -209,6 +270,13 @@ fn flash_cases() -> Vec<(Case, Dtype)> {
             ),
             Dtype::F16,
         ),
+    ]
+}
+
+/// A bool mask, and an additive one under a causal rule.
+fn dense_mask_cases() -> Vec<(Case, Dtype)> {
+    let none = MaskSpec::NONE;
+    vec![
         (
             Case {
                 dense: Dense::Bool,
@@ -227,6 +295,13 @@ fn flash_cases() -> Vec<(Case, Dtype)> {
             },
             Dtype::F16,
         ),
+    ]
+}
+
+/// A negative offset (leading rows fully masked), BSHD, and no keys.
+fn edge_cases() -> Vec<(Case, Dtype)> {
+    let none = MaskSpec::NONE;
+    vec![
         (
             case(
                 "negative offset D64 bf16",
