@@ -192,28 +192,26 @@ fn convert_inputs<D: Device>(
     let q_rows = s.batch * s.q_len * s.heads;
     let k_rows = s.batch * s.kv_len;
     let (f, [q_src, k_src, w_src]) = (call.format, call.sources);
-    dev.launch(&plan::quantize(
-        "index_q",
-        f,
-        q_src,
-        q_rows,
-        s.dim,
-        io.q,
-        at.at(l.q_codes),
-        at.at(l.q_scales),
-        at.flag(0),
-    )?)?;
-    if k_rows > 0 {
+    let quantized = [
+        ("index_q", q_src, q_rows, io.q, l.q_codes, l.q_scales, true),
+        ("index_k", k_src, k_rows, io.k, l.k_codes, l.k_scales, false),
+    ];
+    // q always launches; K only when there are keys (else its address may be null).
+    for (i, (input, source, rows, src, codes, scales, always)) in quantized.into_iter().enumerate()
+    {
+        if rows == 0 && !always {
+            continue;
+        }
         dev.launch(&plan::quantize(
-            "index_k",
+            input,
             f,
-            k_src,
-            k_rows,
+            source,
+            rows,
             s.dim,
-            io.k,
-            at.at(l.k_codes),
-            at.at(l.k_scales),
-            at.flag(1),
+            src,
+            at.at(codes),
+            at.at(scales),
+            at.flag(i),
         )?)?;
     }
     dev.launch(&plan::widen(

@@ -184,6 +184,19 @@ pub fn run_case(env: &Environment, c: &Case, seed: u64) {
     }
 }
 
+/// `(B, Hq, Hkv, Sq, D, Dv, T)` of a problem, `T` counting past and new keys.
+fn dims(p: &Problem) -> (usize, usize, usize, usize, usize, usize, usize) {
+    (
+        p.batch,
+        p.q_heads,
+        p.kv_heads,
+        p.q_len,
+        p.head_dim,
+        p.v_head_dim,
+        p.total(),
+    )
+}
+
 /// A case's inputs in BHSD over all `T` keys (past ++ new), rounded to its
 /// element type, and the oracle's Y and lse on them.
 struct Data {
@@ -198,15 +211,7 @@ impl Data {
     fn draw(c: &Case, seed: u64) -> Self {
         let p = &c.p;
         let mut rng = Rng::new(seed);
-        let t = p.total();
-        let (b, hq, hkv, sq, d, dv) = (
-            p.batch,
-            p.q_heads,
-            p.kv_heads,
-            p.q_len,
-            p.head_dim,
-            p.v_head_dim,
-        );
+        let (b, hq, hkv, sq, d, dv, t) = dims(p);
         let q = c.dt.round(&rng.vec(b * hq * sq * d));
         let k = c.dt.round(&rng.vec(b * hkv * t * d));
         let v = c.dt.round(&rng.vec(b * hkv * t * dv));
@@ -278,15 +283,7 @@ impl Graph {
 /// Q, and the new keys and values (past left out), in BHSD or in BSH·D.
 fn feed_qkv(graph: &mut Graph, c: &Case, data: &Data) {
     let p = &c.p;
-    let (b, hq, hkv, sq, d, dv, t) = (
-        p.batch,
-        p.q_heads,
-        p.kv_heads,
-        p.q_len,
-        p.head_dim,
-        p.v_head_dim,
-        p.total(),
-    );
+    let (b, hq, hkv, sq, d, dv, t) = dims(p);
     let code = c.dt.code();
     let (k_new, v_new) = (
         seq_slice(&data.k, b, hkv, t, d, p.past, t),
