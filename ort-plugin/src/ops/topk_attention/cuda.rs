@@ -1,6 +1,6 @@
-//! `ai.tessera.TopKAttention` on the CUDA EP (float16, bfloat16): the CPU
-//! op's attributes (read by [`TopKAttentionOp::attach`]), schema and shape
-//! rules, run by `tessera_cuda::dsa::topk_attention` on the node's stream.
+//! The CUDA-EP kernel of `ai.tessera.TopKAttention` (float16, bfloat16):
+//! the op's schema, attributes and shape rules ([`super`]), run by
+//! `tessera_cuda::dsa::topk_attention` on the node's stream.
 //!
 //! Index mode, as on the CPU: each query attends to its listed keys plus the
 //! kept ones (sinks `[0, num_global_tokens)` and the window
@@ -22,132 +22,49 @@
 //! `selected_indices`), one gather launch, one stream synchronisation to
 //! read the check's flag; 256 bytes of scratch.
 
-use core::ffi::CStr;
-use core::marker::PhantomData;
-
-use tessera_core::{bf16, f16};
 use tessera_cuda::dsa::{self, OnStream, TopKCall, TopKIo};
-use tessera_cuda::{AttentionBuffers, Dtype, KeyLists, Module, SparseRules};
+use tessera_cuda::{AttentionBuffers, KeyLists, Module, SparseRules};
+use tessera_schema::topk_attention::{input, output, OP};
 
-use super::attention::HalfDtype;
-use super::device::{DeviceContext, DeviceTensor};
-use super::{from_cuda, host_compute_refused, DeviceKernel};
-use crate::attention::plan::{Plan, Shapes};
-use crate::dsa::topk_attention::{TopKAttentionOp, TopKDtype, INPUT_NAMES};
-use crate::dsa::{causal_offset, dims, fmt_shape, product};
-use crate::error::{ensure, Error, Result};
-use crate::ffi::{elem, KernelContext, KernelInfo, ShapeInference};
-use crate::op::{CustomOp, Port};
-
-/// A half type with a gather kernel and the op's port tables.
-pub trait TopKHalf: HalfDtype + TopKDtype {}
-impl TopKHalf for f16 {}
-impl TopKHalf for bf16 {}
-
-/// The CUDA-EP op, for element type `T`: the CPU op's attributes.
-#[derive(Debug)]
-pub struct CudaTopKAttentionOp<T> {
-    cpu: TopKAttentionOp<T>,
-    _t: PhantomData<fn() -> T>,
-}
-
-impl<T: TopKHalf> CustomOp for CudaTopKAttentionOp<T> {
-    const NAME: &'static CStr = c"TopKAttention";
-
-    fn inputs() -> &'static [Port] {
-        T::TOPK_INPUTS
-    }
-
-    fn outputs() -> &'static [Port] {
-        T::TOPK_OUTPUTS
-    }
-
-    fn attach(info: &KernelInfo) -> Result<Self> {
-        Ok(Self {
-            cpu: TopKAttentionOp::attach(info)?,
-            _t: PhantomData,
-        })
-    }
-
-    fn compute(&self, _ctx: &mut KernelContext) -> Result<()> {
-        Err(host_compute_refused())
-    }
-
-    fn infer(ctx: &ShapeInference) -> Result<()> {
-        TopKAttentionOp::<T>::infer(ctx)
-    }
-}
+use super::{list_shape, ListShape, TopKAttentionOp};
+use crate::dtype::Half;
+use crate::error::{ensure, from_cuda, Error, Result};
+use crate::ffi::device::{DeviceContext, DeviceTensor};
+use crate::ffi::elem;
+use crate::op::{required, CudaKernel};
+use crate::plan::{Plan, Shapes};
+use crate::shape::{causal_offset, fmt_shape, product};
 
 /// The `indices` input as key lists, checked against Q and K like the
-/// CPU op does (rank, leading dims, `k >= 1`, `k = top_k` when set,
-/// int64); the values are checked on the GPU.
+/// CPU op does (rank, int64, leading dims, `k >= 1`, `k = top_k` when
+/// set); the values are checked on the GPU.
 fn key_lists(t: &DeviceTensor, plan: &Plan, top_k: Option<usize>) -> Result<KeyLists> {
-    let shape = dims(
-        "indices",
-        &t.ts.dims,
-        &[3, 4],
-        "3 (batch, q_seq, k) or 4 (batch, kv_num_heads, q_seq, k)",
-    )?;
-    ensure!(
-        t.ts.elem == elem::INT64,
-        "indices: element type {} must be int64",
-        elem::name(t.ts.elem)
-    );
-    let (b, sq, hkv) = (plan.batch, plan.q_len, plan.kv_heads);
-    let want: Vec<usize> = if shape.len() == 3 {
-        vec![b, sq]
-    } else {
-        vec![b, hkv, sq]
-    };
-    let k = shape[shape.len() - 1];
-    ensure!(
-        shape[..shape.len() - 1] == want[..],
-        "indices: shape {} must be {} = {want:?} + [k] from Q and K",
-        fmt_shape(&t.ts.dims),
-        if shape.len() == 3 {
-            "(batch, q_seq, k)"
-        } else {
-            "(batch, kv_num_heads, q_seq, k)"
-        }
-    );
-    ensure!(
-        k > 0,
-        "indices: the last axis (k, keys per query) must be at least 1"
-    );
-    if let Some(top_k) = top_k {
-        ensure!(
-            top_k == k,
-            "indices: last axis {k} must equal the top_k attribute {top_k}"
-        );
-    }
-    let heads = if shape.len() == 4 { hkv } else { 1 };
+    let shown = fmt_shape(&t.ts.dims);
+    let ListShape { kv_heads, k } = list_shape(&t.ts.dims, &shown, Some(t.ts.elem), plan, top_k)?;
+    let sq = plan.q_len;
     Ok(KeyLists {
         ptr: t.ptr,
         top_k: k,
-        batch: heads * sq * k,
-        head: if shape.len() == 4 { sq * k } else { 0 },
+        batch: kv_heads.unwrap_or(1) * sq * k,
+        head: if kv_heads.is_some() { sq * k } else { 0 },
         seq: k,
     })
 }
 
-impl<T: TopKHalf> DeviceKernel for CudaTopKAttentionOp<T> {
+impl<T: Half> CudaKernel for TopKAttentionOp<T> {
     fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
-        let mut inputs: [Option<DeviceTensor>; 4] = Default::default();
-        for (i, slot) in inputs.iter_mut().enumerate() {
-            *slot = ctx.input(i)?;
-        }
-        let req = |i: usize| {
-            inputs[i]
-                .as_ref()
-                .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
-        };
+        let inputs = ctx.inputs::<4>()?;
+        let req = |i: usize| required(&inputs, &input::ALL, i);
         let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
         let Some(idx_in) = &inputs[3] else {
-            return Err(Error::invalid(
-                "the training-free mode (no indices input) is not supported by the CUDA TopKAttention; pass indices (e.g. from LightningIndexer) or run the node on the CPU EP",
-            ));
+            return Err(Error::invalid(format!(
+                "the training-free mode (no {} input) is not supported by the CUDA {OP}; pass {} (e.g. from {}) or run the node on the CPU EP",
+                input::INDICES,
+                input::INDICES,
+                tessera_schema::lightning_indexer::OP
+            )));
         };
-        let attrs = &self.cpu.attrs;
+        let attrs = &self.attrs;
         let plan = Plan::new(
             attrs,
             &Shapes {
@@ -160,29 +77,30 @@ impl<T: TopKHalf> DeviceKernel for CudaTopKAttentionOp<T> {
         for (i, t) in [(1, k_in), (2, v_in)] {
             ensure!(
                 t.ts.elem == T::ONNX,
-                "{}: element type {} must equal Q's {}",
-                INPUT_NAMES[i],
+                "{}: element type {} must equal {}'s {}",
+                input::ALL[i],
                 elem::name(t.ts.elem),
+                input::Q,
                 elem::name(T::ONNX)
             );
         }
-        let lists = key_lists(idx_in, &plan, self.cpu.top_k)?;
+        let lists = key_lists(idx_in, &plan, self.top_k)?;
         let spec = plan.cacheless_spec(attrs.scale);
         let (hkv, sq, skv) = (spec.kv_heads, spec.q_len, spec.kv_len);
         let rules = SparseRules {
             causal: attrs.is_causal,
             q_offset: causal_offset(sq, skv)?,
-            left_window: self.cpu.keep.local_window,
-            global_tokens: self.cpu.keep.global_tokens,
+            left_window: self.keep.local_window,
+            global_tokens: self.keep.global_tokens,
         };
         let width = dsa::selected_width(lists.top_k, skv, &rules);
         let sel_dims = [plan.batch, hkv, sq, width];
-        product("selected_indices", &sel_dims)?;
+        product(output::SELECTED_INDICES.as_str(), &sel_dims)?;
 
         let stream = ctx.stream()?;
         let y = ctx
             .output(0, &plan.y_dims())?
-            .ok_or_else(|| Error::fail("Y could not be allocated"))?;
+            .ok_or_else(|| Error::fail(format!("{} could not be allocated", output::Y)))?;
         let selected = ctx.output(1, &sel_dims.map(|x| x as i64))?;
         let lse = ctx.output(2, &plan.lse_dims())?;
         if plan.batch * hkv * sq == 0 {
@@ -211,7 +129,6 @@ impl<T: TopKHalf> DeviceKernel for CudaTopKAttentionOp<T> {
             module: &module,
             stream,
         };
-        debug_assert!(matches!(T::CUDA, Dtype::F16 | Dtype::Bf16));
         // The call ends with a synchronisation of the stream, so the
         // scratch may be freed when it returns.
         dsa::topk_attention(&dev, &call, &io, scratch.ptr()).map_err(from_cuda)
@@ -221,8 +138,8 @@ impl<T: TopKHalf> DeviceKernel for CudaTopKAttentionOp<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::plan::{Attrs, RawAttrs};
     use crate::ffi::TypeShape;
+    use crate::plan::{Attrs, RawAttrs};
 
     fn tensor(elem: i32, dims: &[i64]) -> DeviceTensor {
         DeviceTensor::for_tests(
