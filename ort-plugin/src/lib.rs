@@ -128,7 +128,10 @@ pub unsafe extern "C" fn RegisterCustomOps(
     .unwrap_or_else(|p| Err(Error::fail(format!("panic: {}", ffi::panic_message(&*p)))));
     match r {
         Ok(()) => core::ptr::null_mut(),
-        Err(e) => ffi::status_from(api, &e.context("ai.tessera: RegisterCustomOps")),
+        Err(e) => ffi::status_from(
+            api,
+            &e.context(&format!("{}: RegisterCustomOps", tessera_schema::DOMAIN)),
+        ),
     }
 }
 

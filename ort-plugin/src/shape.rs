@@ -2,6 +2,8 @@
 //! addressable size, checked products, shapes printed for messages, and
 //! the offset of the bottom-right causal rule.
 
+use tessera_schema::attention::input::{K, Q};
+
 use crate::error::{Error, Result};
 
 /// Largest element count accepted: any element (8 bytes at most) times it
@@ -77,8 +79,8 @@ pub(crate) fn onnx_dims(d: &[usize]) -> Vec<i64> {
 /// The offset of the bottom-right causal rule: `Skv - Sq` (may be negative).
 pub(crate) fn causal_offset(q_len: usize, kv_len: usize) -> Result<isize> {
     let (q, k) = (
-        isize::try_from(q_len).map_err(|_| Error::invalid("Q: sequence too long"))?,
-        isize::try_from(kv_len).map_err(|_| Error::invalid("K: sequence too long"))?,
+        isize::try_from(q_len).map_err(|_| Error::invalid(format!("{Q}: sequence too long")))?,
+        isize::try_from(kv_len).map_err(|_| Error::invalid(format!("{K}: sequence too long")))?,
     );
     Ok(k - q)
 }

@@ -32,11 +32,15 @@ use crate::ffi::{elem, InputTensor};
 
 /// Input `name` as `&[T]`, or the rule that it must have Q's element type.
 pub(crate) fn like_q<T: Dtype>(t: &InputTensor, name: Name) -> Result<&[T]> {
-    t.slice::<T>(name.as_str(), T::ONNX).map_err(|_| {
-        Error::invalid(format!(
-            "{name}: element type {} must equal {Q}'s {}",
-            elem::name(t.ts.elem),
-            elem::name(T::ONNX)
-        ))
-    })
+    t.slice::<T>(name.as_str(), T::ONNX)
+        .map_err(|_| unlike_q(name, t.ts.elem, T::ONNX))
+}
+
+/// The rule input `name` (of element type `found`) breaks when Q's is `q`.
+pub(crate) fn unlike_q(name: Name, found: i32, q: i32) -> Error {
+    Error::invalid(format!(
+        "{name}: element type {} must equal {Q}'s {}",
+        elem::name(found),
+        elem::name(q)
+    ))
 }

@@ -412,7 +412,7 @@ fn mask_dims(m: &[i64], target: [usize; 4]) -> Result<[usize; 4]> {
     }
     let names = [
         "batch",
-        "q_num_heads",
+        Q_NUM_HEADS.as_str(),
         "q_sequence_length",
         "total_sequence_length",
     ];

@@ -30,6 +30,7 @@ use crate::error::{ensure, from_cuda, Error, Result};
 use crate::ffi::device::{DeviceContext, DeviceTensor, Scratch};
 use crate::ffi::elem;
 use crate::op::CudaKernel;
+use crate::ops::unlike_q;
 use crate::plan::{Layout, Plan};
 
 impl<T: Half> CudaKernel for AttentionOp<T> {
@@ -92,15 +93,8 @@ fn required(inputs: &[Option<DeviceTensor>; 7], i: usize) -> Result<&DeviceTenso
 /// K, V and the cache have Q's element type; `nonpad_kv_seqlen` is int64.
 fn check_types<T: Half>(inputs: &[Option<DeviceTensor>; 7]) -> Result<()> {
     for i in [0, 1, 2, 4, 5] {
-        if let Some(t) = &inputs[i] {
-            ensure!(
-                t.ts.elem == T::ONNX,
-                "{}: element type {} must equal {}'s {}",
-                input::ALL[i],
-                elem::name(t.ts.elem),
-                input::Q,
-                elem::name(T::ONNX)
-            );
+        if let Some(t) = inputs[i].as_ref().filter(|t| t.ts.elem != T::ONNX) {
+            return Err(unlike_q(input::ALL[i], t.ts.elem, T::ONNX));
         }
     }
     if let Some(t) = &inputs[6] {

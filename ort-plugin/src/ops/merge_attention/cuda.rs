@@ -17,7 +17,7 @@ use tessera_schema::merge_attention::{input, output};
 use super::{merge_dims, MergeAttentionOp, MergeShape};
 use crate::dtype::Dtype;
 use crate::error::{ensure, from_cuda, Error, Result};
-use crate::ffi::device::DeviceContext;
+use crate::ffi::device::{DeviceContext, DeviceTensor};
 use crate::ffi::elem;
 use crate::op::{required, CudaKernel};
 use crate::shape::fmt_shape;
@@ -41,30 +41,7 @@ impl<T: Dtype> CudaKernel for MergeAttentionOp<T> {
         let inputs = ctx.inputs::<4>()?;
         let req = |i: usize| required(&inputs, &input::ALL, i);
         let (ya, la, yb, lb) = (req(0)?, req(1)?, req(2)?, req(3)?);
-        for (i, t, like) in [(2, yb, ya), (3, lb, la)] {
-            ensure!(
-                t.ts.dims == like.ts.dims,
-                "{}: shape {} must equal {}'s {}",
-                input::ALL[i],
-                fmt_shape(&t.ts.dims),
-                input::ALL[i - 2],
-                fmt_shape(&like.ts.dims)
-            );
-        }
-        for (i, t, want) in [
-            (0, ya, T::ONNX),
-            (1, la, elem::FLOAT),
-            (2, yb, T::ONNX),
-            (3, lb, elem::FLOAT),
-        ] {
-            ensure!(
-                t.ts.elem == want,
-                "{}: element type {} must be {}",
-                input::ALL[i],
-                elem::name(t.ts.elem),
-                elem::name(want)
-            );
-        }
+        check_sides::<T>([ya, la, yb, lb])?;
         let (rows, dv) = rows_and_width(&ya.ts.dims, &la.ts.dims)?;
         let stream = ctx.stream()?;
         let y = ctx
@@ -100,6 +77,36 @@ impl<T: Dtype> CudaKernel for MergeAttentionOp<T> {
         drop(scratch);
         Ok(())
     }
+}
+
+/// `Y_b` and `lse_b` have the shapes of `Y_a` and `lse_a`; Y is T and the
+/// lse float.
+fn check_sides<T: Dtype>(sides: [&DeviceTensor; 4]) -> Result<()> {
+    for i in [2, 3] {
+        let (t, like) = (sides[i], sides[i - 2]);
+        ensure!(
+            t.ts.dims == like.ts.dims,
+            "{}: shape {} must equal {}'s {}",
+            input::ALL[i],
+            fmt_shape(&t.ts.dims),
+            input::ALL[i - 2],
+            fmt_shape(&like.ts.dims)
+        );
+    }
+    for (i, want) in [T::ONNX, elem::FLOAT, T::ONNX, elem::FLOAT]
+        .into_iter()
+        .enumerate()
+    {
+        let t = sides[i];
+        ensure!(
+            t.ts.elem == want,
+            "{}: element type {} must be {}",
+            input::ALL[i],
+            elem::name(t.ts.elem),
+            elem::name(want)
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,14 +9,14 @@ use tessera_core::blocksel::summary_len;
 use tessera_core::kernel::MicroKernel;
 use tessera_core::{
     summarize, Attention, AttentionSpec, BlockSelector, BlockSummaries, Flash, GatherAttention,
-    IndexList, Keep, MaskSpec, SparseAttention, Stats,
+    IndexList, Keep, MaskSpec, RowSpan, SparseAttention, Stats,
 };
 use tessera_schema::topk_attention::{attr, input, output};
 
 use super::{list_shape, ListShape, TopKAttentionOp, BK, BQ};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::ffi::{elem, InputTensor, KernelContext};
+use crate::ffi::{elem, InputTensor, KernelContext, OutputTensor};
 use crate::kernel::with_kernel;
 use crate::op::{required, CpuKernel};
 use crate::ops::like_q;
@@ -59,27 +59,12 @@ impl<T: Dtype> CpuKernel for TopKAttentionOp<T> {
         let sel_dims = [plan.batch, hkv, sq, width];
         product(output::SELECTED_INDICES.as_str(), &sel_dims)?;
 
-        let mut y_out = ctx
-            .output(0, &plan.y_dims())?
-            .ok_or_else(|| Error::fail(format!("{} could not be allocated", output::Y)))?;
-        let mut sel_out = ctx.output(1, &sel_dims.map(|x| x as i64))?;
-        let mut lse_out = ctx.output(2, &plan.lse_dims())?;
-        // SAFETY: output 0 is declared T, 1 int64 and 2 float (`TopKAttentionOp::OUTPUTS`).
-        let (y, selected, lse) = unsafe {
-            (
-                y_out.slice_mut::<T>(),
-                sel_out.as_mut().map(|o| o.slice_mut::<i64>()),
-                lse_out.as_mut().map(|o| o.slice_mut::<f32>()),
-            )
-        };
+        let mut outs = OutputTensors::alloc(ctx, &plan, &sel_dims)?;
         if plan.batch * hkv * sq == 0 {
             return Ok(());
         }
-        let out = Outputs {
-            rows: OutputRows::new(y, lse),
-            selected: selected.map(Disjoint::new),
-            width,
-        };
+        // SAFETY: output 0 is declared T, 1 int64 and 2 float (`TopKAttentionOp::OUTPUTS`).
+        let out = unsafe { outs.shared::<T>(width) };
         match list {
             Some(list) => {
                 let p = SparseAttention::new(&spec, &mask, q, k, v, list)?;
@@ -137,6 +122,47 @@ impl<T: Dtype> TopKAttentionOp<T> {
     }
 }
 
+/// The outputs of one call, allocated in slot order.
+struct OutputTensors {
+    y: OutputTensor,
+    selected: Option<OutputTensor>,
+    lse: Option<OutputTensor>,
+}
+
+impl OutputTensors {
+    fn alloc(ctx: &mut KernelContext, plan: &Plan, sel_dims: &[usize; 4]) -> Result<Self> {
+        Ok(Self {
+            y: ctx
+                .output(0, &plan.y_dims())?
+                .ok_or_else(|| Error::fail(format!("{} could not be allocated", output::Y)))?,
+            selected: ctx.output(1, &sel_dims.map(|x| x as i64))?,
+            lse: ctx.output(2, &plan.lse_dims())?,
+        })
+    }
+
+    /// The outputs shared among tasks; `selected_indices` rows are `width`
+    /// wide.
+    ///
+    /// # Safety
+    /// `T` is the element type Y was declared with.
+    unsafe fn shared<T: Dtype>(&mut self, width: usize) -> Outputs<'_, T> {
+        // SAFETY: Y is T (the caller's contract), selected_indices int64
+        // and softmax_lse float.
+        let (y, selected, lse) = unsafe {
+            (
+                self.y.slice_mut::<T>(),
+                self.selected.as_mut().map(|o| o.slice_mut::<i64>()),
+                self.lse.as_mut().map(|o| o.slice_mut::<f32>()),
+            )
+        };
+        Outputs {
+            rows: OutputRows::new(y, lse),
+            selected: selected.map(Disjoint::new),
+            width,
+        }
+    }
+}
+
 /// Where the outputs of one call go.
 struct Outputs<'a, T> {
     rows: OutputRows<'a, T>,
@@ -160,6 +186,43 @@ impl<T: Dtype> Outputs<'_, T> {
     ) -> Result<()> {
         // SAFETY: the caller's contract, passed on.
         unsafe { self.rows.write_row(s, b, h, i, row, lse) }
+    }
+
+    /// The `selected_indices` rows of query tile `t` (KV head `hk`, batch
+    /// `b`): the visible keys of the chosen `tiles`, then `-1`.
+    ///
+    /// # Safety
+    /// Only the task that owns the tile's queries of KV head `hk` writes them.
+    unsafe fn select_block_keys(
+        &self,
+        att: &Attention<'_, T>,
+        b: usize,
+        hk: usize,
+        t: usize,
+        tiles: &[usize],
+    ) -> Result<()> {
+        let (s, mask) = (att.spec(), att.mask());
+        for i in t * BQ..((t + 1) * BQ).min(s.q_len) {
+            // SAFETY: the caller owns the tile's rows.
+            let Some(dst) = (unsafe { self.selected_row(s, b, hk, i)? }) else {
+                break;
+            };
+            let span = row_span(mask, s, b, i);
+            let keys = tiles
+                .iter()
+                .flat_map(|&n| n * BK..((n + 1) * BK).min(s.kv_len))
+                .filter(|&j| span.contains(j as isize));
+            let mut n = 0;
+            for j in keys {
+                let slot = dst
+                    .get_mut(n)
+                    .ok_or_else(|| Error::fail("internal: selected_indices row too narrow"))?;
+                *slot = j as i64;
+                n += 1;
+            }
+            dst[n..].fill(-1);
+        }
+        Ok(())
     }
 
     /// Row `(b, hk, i)` of `selected_indices`, if requested.
@@ -230,10 +293,7 @@ impl<T: Dtype> TopKAttentionOp<T> {
                 }
                 // SAFETY: as above.
                 if let Some(dst) = unsafe { out.selected_row(&s, b, hk, i)? } {
-                    let span = mask.row_span(
-                        i as isize + mask.batch_offset(b, s.q_len),
-                        mask.batch_kv_len(b, s.kv_len),
-                    );
+                    let span = row_span(&mask, &s, b, i);
                     let mut n = 0;
                     for &j in p.list().row(b, hk, i) {
                         // Entries were checked by `query`: -1 or in range, no repeats.
@@ -261,14 +321,7 @@ impl<T: Dtype> TopKAttentionOp<T> {
     ) -> Result<()> {
         type Sel<K> = BlockSelector<K, BQ, BK>;
         let s = *att.spec();
-        let mask = *att.mask();
-        let mut sums = vec![
-            0.0f32;
-            summary_len(&s, BK).ok_or_else(|| Error::invalid(
-                "K: block summaries overflow the address space"
-            ))?
-        ];
-        summarize::<T, f32>(&s, att.k(), BK, &mut sums)?;
+        let sums = summaries(att)?;
         let sums = BlockSummaries::new(&s, BK, &sums)?;
         let sel = Sel::new(kernel);
         let q_tiles = s.q_len.div_ceil(BQ);
@@ -292,6 +345,7 @@ impl<T: Dtype> TopKAttentionOp<T> {
                     item / q_tiles % s.kv_heads,
                     item % q_tiles,
                 );
+                let (scores, keep) = (&mut block_scores, self.keep);
                 let budget = sel.score_tile(
                     att,
                     att.q(),
@@ -300,54 +354,49 @@ impl<T: Dtype> TopKAttentionOp<T> {
                     hk,
                     t,
                     top_k,
-                    self.keep,
-                    &mut block_scores,
+                    keep,
+                    scores,
                     &mut scratch,
                 )?;
                 let n = Sel::<K>::select_tiles(&block_scores, budget, &mut tiles)?;
                 let tiles = &tiles[..n];
                 for h in hk * g..(hk + 1) * g {
-                    let o = sel.flash().tile_selected(
-                        att,
-                        b,
-                        h,
-                        t,
-                        tiles,
-                        &mut flash_scratch,
-                        &mut stats,
-                    )?;
+                    let flash = sel.flash();
+                    let o =
+                        flash.tile_selected(att, b, h, t, tiles, &mut flash_scratch, &mut stats)?;
                     for r in 0..o.rows {
                         // SAFETY: item (b, hk, t) owns the tile's queries of the group's heads.
                         unsafe { out.write_row(&s, b, h, o.q_start + r, o.row(r), o.lse(r))? };
                     }
                 }
-                for i in t * BQ..((t + 1) * BQ).min(s.q_len) {
-                    // SAFETY: as above.
-                    let Some(dst) = (unsafe { out.selected_row(&s, b, hk, i)? }) else {
-                        break;
-                    };
-                    let span = mask.row_span(
-                        i as isize + mask.batch_offset(b, s.q_len),
-                        mask.batch_kv_len(b, s.kv_len),
-                    );
-                    let keys = tiles
-                        .iter()
-                        .flat_map(|&n| n * BK..((n + 1) * BK).min(s.kv_len))
-                        .filter(|&j| span.contains(j as isize));
-                    let mut n = 0;
-                    for j in keys {
-                        let slot = dst.get_mut(n).ok_or_else(|| {
-                            Error::fail("internal: selected_indices row too narrow")
-                        })?;
-                        *slot = j as i64;
-                        n += 1;
-                    }
-                    dst[n..].fill(-1);
-                }
+                // SAFETY: as above.
+                unsafe { out.select_block_keys(att, b, hk, t, tiles)? };
             }
             Ok(())
         })
     }
+}
+
+/// The min/max key summaries of every block of [`BK`] keys.
+fn summaries<T: Dtype>(att: &Attention<'_, T>) -> Result<Vec<f32>> {
+    let s = att.spec();
+    let len = summary_len(s, BK).ok_or_else(|| {
+        Error::invalid(format!(
+            "{}: block summaries overflow the address space",
+            input::K
+        ))
+    })?;
+    let mut sums = vec![0.0f32; len];
+    summarize::<T, f32>(s, att.k(), BK, &mut sums)?;
+    Ok(sums)
+}
+
+/// The keys query `i` of batch `b` may see under the call's mask.
+fn row_span(mask: &MaskSpec<'_>, s: &AttentionSpec, b: usize, i: usize) -> RowSpan {
+    mask.row_span(
+        i as isize + mask.batch_offset(b, s.q_len),
+        mask.batch_kv_len(b, s.kv_len),
+    )
 }
 
 /// The index lists of one call: the `indices` input, or a copy widened

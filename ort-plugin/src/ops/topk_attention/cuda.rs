@@ -28,10 +28,10 @@ use tessera_schema::topk_attention::{input, output, OP};
 
 use super::{list_shape, ListShape, TopKAttentionOp};
 use crate::dtype::Half;
-use crate::error::{ensure, from_cuda, Error, Result};
+use crate::error::{from_cuda, Error, Result};
 use crate::ffi::device::{DeviceContext, DeviceTensor};
-use crate::ffi::elem;
 use crate::op::{required, CudaKernel};
+use crate::ops::unlike_q;
 use crate::plan::{Plan, Shapes};
 use crate::shape::{causal_offset, fmt_shape, product};
 
@@ -54,47 +54,10 @@ fn key_lists(t: &DeviceTensor, plan: &Plan, top_k: Option<usize>) -> Result<KeyL
 impl<T: Half> CudaKernel for TopKAttentionOp<T> {
     fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
         let inputs = ctx.inputs::<4>()?;
-        let req = |i: usize| required(&inputs, &input::ALL, i);
-        let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
-        let Some(idx_in) = &inputs[3] else {
-            return Err(Error::invalid(format!(
-                "the training-free mode (no {} input) is not supported by the CUDA {OP}; pass {} (e.g. from {}) or run the node on the CPU EP",
-                input::INDICES,
-                input::INDICES,
-                tessera_schema::lightning_indexer::OP
-            )));
-        };
-        let attrs = &self.attrs;
-        let plan = Plan::new(
-            attrs,
-            &Shapes {
-                q: &q_in.ts.dims,
-                k: &k_in.ts.dims,
-                v: &v_in.ts.dims,
-                ..Default::default()
-            },
-        )?;
-        for (i, t) in [(1, k_in), (2, v_in)] {
-            ensure!(
-                t.ts.elem == T::ONNX,
-                "{}: element type {} must equal {}'s {}",
-                input::ALL[i],
-                elem::name(t.ts.elem),
-                input::Q,
-                elem::name(T::ONNX)
-            );
-        }
-        let lists = key_lists(idx_in, &plan, self.top_k)?;
-        let spec = plan.cacheless_spec(attrs.scale);
-        let (hkv, sq, skv) = (spec.kv_heads, spec.q_len, spec.kv_len);
-        let rules = SparseRules {
-            causal: attrs.is_causal,
-            q_offset: causal_offset(sq, skv)?,
-            left_window: self.keep.local_window,
-            global_tokens: self.keep.global_tokens,
-        };
-        let width = dsa::selected_width(lists.top_k, skv, &rules);
-        let sel_dims = [plan.batch, hkv, sq, width];
+        let (plan, call) = self.call(&inputs)?;
+        let (q_in, k_in, v_in) = (req(&inputs, 0)?, req(&inputs, 1)?, req(&inputs, 2)?);
+        let width = dsa::selected_width(call.lists.top_k, plan.kv_new, &call.rules);
+        let sel_dims = [plan.batch, plan.kv_heads, plan.q_len, width];
         product(output::SELECTED_INDICES.as_str(), &sel_dims)?;
 
         let stream = ctx.stream()?;
@@ -103,15 +66,9 @@ impl<T: Half> CudaKernel for TopKAttentionOp<T> {
             .ok_or_else(|| Error::fail(format!("{} could not be allocated", output::Y)))?;
         let selected = ctx.output(1, &sel_dims.map(|x| x as i64))?;
         let lse = ctx.output(2, &plan.lse_dims())?;
-        if plan.batch * hkv * sq == 0 {
+        if plan.batch * plan.kv_heads * plan.q_len == 0 {
             return Ok(());
         }
-        let call = TopKCall {
-            spec,
-            dtype: T::CUDA,
-            lists,
-            rules,
-        };
         let scratch = ctx.scratch(q_in, call.scratch_bytes())?;
         // After ORT's allocations, so the EP's context is current here.
         let module = Module::for_current_context().map_err(from_cuda)?;
@@ -135,10 +92,61 @@ impl<T: Half> CudaKernel for TopKAttentionOp<T> {
     }
 }
 
+impl<T: Half> TopKAttentionOp<T> {
+    /// Plan the call: index mode only, Q, K and V of one type, the key
+    /// lists checked against them, and the rules the gather applies.
+    fn call(&self, inputs: &[Option<DeviceTensor>; 4]) -> Result<(Plan, TopKCall)> {
+        let (q_in, k_in, v_in) = (req(inputs, 0)?, req(inputs, 1)?, req(inputs, 2)?);
+        let Some(idx_in) = &inputs[3] else {
+            return Err(Error::invalid(format!(
+                "the training-free mode (no {} input) is not supported by the CUDA {OP}; pass {} (e.g. from {}) or run the node on the CPU EP",
+                input::INDICES,
+                input::INDICES,
+                tessera_schema::lightning_indexer::OP
+            )));
+        };
+        let attrs = &self.attrs;
+        let plan = Plan::new(
+            attrs,
+            &Shapes {
+                q: &q_in.ts.dims,
+                k: &k_in.ts.dims,
+                v: &v_in.ts.dims,
+                ..Default::default()
+            },
+        )?;
+        for (i, t) in [(1, k_in), (2, v_in)] {
+            if t.ts.elem != T::ONNX {
+                return Err(unlike_q(input::ALL[i], t.ts.elem, T::ONNX));
+            }
+        }
+        let lists = key_lists(idx_in, &plan, self.top_k)?;
+        let spec = plan.cacheless_spec(attrs.scale);
+        let rules = SparseRules {
+            causal: attrs.is_causal,
+            q_offset: causal_offset(spec.q_len, spec.kv_len)?,
+            left_window: self.keep.local_window,
+            global_tokens: self.keep.global_tokens,
+        };
+        let call = TopKCall {
+            spec,
+            dtype: T::CUDA,
+            lists,
+            rules,
+        };
+        Ok((plan, call))
+    }
+}
+
+/// Input `i`, or the error that it is required.
+fn req(inputs: &[Option<DeviceTensor>; 4], i: usize) -> Result<&DeviceTensor> {
+    required(inputs, &input::ALL, i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ffi::TypeShape;
+    use crate::ffi::{elem, TypeShape};
     use crate::plan::{Attrs, RawAttrs};
 
     fn tensor(elem: i32, dims: &[i64]) -> DeviceTensor {
