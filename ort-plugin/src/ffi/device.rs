@@ -38,6 +38,12 @@ impl DeviceTensor {
     }
 }
 
+impl super::tensor::Described for DeviceTensor {
+    fn type_shape(&self) -> &TypeShape {
+        &self.ts
+    }
+}
+
 /// The context of one CUDA-EP kernel run.
 #[derive(Debug)]
 pub struct DeviceContext {

@@ -34,7 +34,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub use infer::{Dim, ShapeInference};
 pub use info::KernelInfo;
 pub use kernel::KernelContext;
-pub use tensor::{element_count, InputTensor, OutputTensor, TypeShape};
+pub use tensor::{element_count, Described, InputTensor, OutputTensor, TypeShape};
 
 /// The C API version the plugin is built against. API 17 is ORT 1.17; every
 /// later runtime still serves it, so one binary loads into 1.17 through 1.32.

@@ -61,6 +61,19 @@ pub(crate) unsafe fn read_type_shape(
     })
 }
 
+/// A tensor whose element type and shape are known: what planning reads,
+/// whether its data is host or device memory.
+pub trait Described {
+    /// Element type and shape.
+    fn type_shape(&self) -> &TypeShape;
+}
+
+impl Described for InputTensor {
+    fn type_shape(&self) -> &TypeShape {
+        &self.ts
+    }
+}
+
 /// One input tensor of a running kernel.
 #[derive(Clone, Debug)]
 pub struct InputTensor {

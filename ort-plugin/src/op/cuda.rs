@@ -17,10 +17,8 @@ use core::ffi::{c_char, c_void, CStr};
 
 use ort_sys::{OrtCustomOp, OrtErrorCode, OrtKernelContext, OrtStatusPtr};
 
-use super::table::{infer_shape, schema_table, to_status};
-use super::{guard, CudaKernel, DeviceContext};
-use crate::error::Error;
-use crate::ffi;
+use super::table::{compute_with, infer_shape, schema_table};
+use super::{CudaKernel, DeviceContext};
 
 /// The execution provider these kernels declare.
 pub const EXECUTION_PROVIDER: &CStr = c"CUDAExecutionProvider";
@@ -33,20 +31,22 @@ unsafe extern "system" fn compute<O: CudaKernel>(
     kernel: *mut c_void,
     ctx: *mut OrtKernelContext,
 ) -> OrtStatusPtr {
-    let r = guard(O::NAME, " (CUDA)", || {
-        if kernel.is_null() || ctx.is_null() {
-            return Err(Error::fail("null pointer from ORT"));
-        }
-        let api = ffi::api()?;
-        // SAFETY: `kernel` came from `create_kernel::<O>` (`schema_table::<O>`
-        // builds it from the same `O`) and lives until `destroy_kernel`; ORT
-        // may run several nodes at once, hence a shared reference.
-        let op = unsafe { &*(kernel as *const O) };
-        // SAFETY: `ctx` is valid for this call.
-        let mut ctx = unsafe { DeviceContext::new(api, ctx) };
-        op.run(&mut ctx)
-    });
-    to_status(r, OrtErrorCode::ORT_EP_FAIL)
+    // SAFETY: ORT passes the kernel `create_kernel::<O>` made for this
+    // table (`table::<O>` builds both entries from the same `O`) and a
+    // context valid for this call.
+    unsafe {
+        compute_with::<O>(
+            " (CUDA)",
+            OrtErrorCode::ORT_EP_FAIL,
+            kernel,
+            ctx,
+            |op, api, ctx| {
+                // SAFETY: `ctx` is valid for this call (checked non-null).
+                let mut ctx = DeviceContext::new(api, ctx);
+                op.run(&mut ctx)
+            },
+        )
+    }
 }
 
 /// The CUDA-EP table of `O`, with or without shape inference (runtimes

@@ -131,24 +131,50 @@ unsafe extern "system" fn create_kernel<O: Schema>(
     to_status(r, OrtErrorCode::ORT_FAIL)
 }
 
-unsafe extern "system" fn compute<O: CpuKernel>(
+/// The body of every EP's compute entry: the kernel `O` that
+/// `create_kernel::<O>` made and ORT's context, handed to `run` inside
+/// [`guard`] (errors prefixed `ai.tessera.{op}{suffix}`); a failure
+/// becomes a status with code `fail`.
+///
+/// # Safety
+/// `kernel` is null or came from `create_kernel::<O>` and is alive (until
+/// `destroy_kernel`); `ctx` is null or valid for this call.
+pub(crate) unsafe fn compute_with<O: Schema>(
+    suffix: &str,
+    fail: OrtErrorCode,
     kernel: *mut c_void,
     ctx: *mut OrtKernelContext,
+    run: impl FnOnce(&O, &'static OrtApi, *mut OrtKernelContext) -> Result<()>,
 ) -> OrtStatusPtr {
-    let r = guard(O::NAME, "", || {
+    let r = guard(O::NAME, suffix, || {
         if kernel.is_null() || ctx.is_null() {
             return Err(Error::fail("null pointer from ORT"));
         }
         let api = ffi::api()?;
         // SAFETY: `kernel` came from `create_kernel::<O>` and is alive until
-        // `destroy_kernel`; ORT may call compute from several threads at once,
-        // hence only a shared reference (O: Sync).
+        // `destroy_kernel` (this function's contract); ORT may call compute
+        // from several threads at once, hence only a shared reference
+        // (O: Sync).
         let op = unsafe { &*(kernel as *const O) };
-        // SAFETY: `ctx` is valid for this call.
-        let mut ctx = unsafe { KernelContext::new(api, ctx) };
-        op.compute(&mut ctx)
+        run(op, api, ctx)
     });
-    to_status(r, OrtErrorCode::ORT_FAIL)
+    to_status(r, fail)
+}
+
+unsafe extern "system" fn compute<O: CpuKernel>(
+    kernel: *mut c_void,
+    ctx: *mut OrtKernelContext,
+) -> OrtStatusPtr {
+    // SAFETY: ORT passes the kernel `create_kernel::<O>` made for this
+    // table (`table::<O>` builds both entries) and a context valid for
+    // this call.
+    unsafe {
+        compute_with::<O>("", OrtErrorCode::ORT_FAIL, kernel, ctx, |op, api, ctx| {
+            // SAFETY: `ctx` is valid for this call (checked non-null).
+            let mut ctx = KernelContext::new(api, ctx);
+            op.compute(&mut ctx)
+        })
+    }
 }
 
 unsafe extern "system" fn destroy_kernel<O: Schema>(kernel: *mut c_void) {

@@ -51,6 +51,18 @@ pub struct Shapes<'a> {
     pub nonpad: Option<&'a [i64]>,
 }
 
+impl<'a> Shapes<'a> {
+    /// Q, K and V with every optional input left out.
+    pub fn qkv(q: &'a [i64], k: &'a [i64], v: &'a [i64]) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            ..Default::default()
+        }
+    }
+}
+
 /// The sizes of one call, all checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -239,27 +251,22 @@ fn addressable_inputs(s: &Shapes<'_>) -> Result<()> {
 fn ranks_and_batch(s: &Shapes<'_>) -> Result<usize> {
     let rank = s.q.len();
     ensure!(rank == 3 || rank == 4, "{Q}: rank must be 3 (batch, seq, heads*head_size) or 4 (batch, heads, seq, head_size), got rank {rank} {}", fmt_shape(s.q));
-    ensure!(
-        s.k.len() == rank,
-        "{K}: rank {} must equal {Q}'s rank {rank}",
-        s.k.len()
-    );
-    ensure!(
-        s.v.len() == rank,
-        "{V}: rank {} must equal {Q}'s rank {rank}",
-        s.v.len()
-    );
+    let kv = [(K, s.k), (V, s.v)];
+    for (name, shape) in kv {
+        ensure!(
+            shape.len() == rank,
+            "{name}: rank {} must equal {Q}'s rank {rank}",
+            shape.len()
+        );
+    }
     let batch = dim(s.q, 0);
-    ensure!(
-        dim(s.k, 0) == batch,
-        "{K}: batch size {} must equal {Q}'s batch size {batch}",
-        dim(s.k, 0)
-    );
-    ensure!(
-        dim(s.v, 0) == batch,
-        "{V}: batch size {} must equal {Q}'s batch size {batch}",
-        dim(s.v, 0)
-    );
+    for (name, shape) in kv {
+        ensure!(
+            dim(shape, 0) == batch,
+            "{name}: batch size {} must equal {Q}'s batch size {batch}",
+            dim(shape, 0)
+        );
+    }
     Ok(batch)
 }
 

@@ -47,12 +47,7 @@ fn three_d_sizes() {
 
 /// Q, K and V with no optional input.
 fn qkv<'a>(q: &'a [i64], k: &'a [i64], v: &'a [i64]) -> Shapes<'a> {
-    Shapes {
-        q,
-        k,
-        v,
-        ..Default::default()
-    }
+    Shapes::qkv(q, k, v)
 }
 
 /// Each bad shape is refused with a message naming the input and rule.

@@ -20,10 +20,7 @@ use crate::plan::Plan;
 impl<T: Dtype> CpuKernel for AttentionOp<T> {
     fn compute(&self, ctx: &mut KernelContext) -> Result<()> {
         let inputs = ctx.inputs::<7>()?;
-        let plan = plan_inputs(
-            &self.attrs,
-            inputs.each_ref().map(|t| t.as_ref().map(|t| &t.ts)),
-        )?;
+        let plan = plan_inputs(&self.attrs, &inputs)?;
         let data = Data::<T>::read(&inputs)?;
         let masks = KeyMasks::read(&self.attrs, &plan, inputs[3].as_ref(), inputs[6].as_ref())?;
         let mut outs = Outputs::alloc(ctx, &plan)?;

@@ -36,10 +36,7 @@ use crate::plan::{Layout, Plan};
 impl<T: Half> CudaKernel for AttentionOp<T> {
     fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
         let inputs = ctx.inputs::<7>()?;
-        let plan = plan_inputs(
-            &self.attrs,
-            inputs.each_ref().map(|t| t.as_ref().map(|t| &t.ts)),
-        )?;
+        let plan = plan_inputs(&self.attrs, &inputs)?;
         check_types::<T>(&inputs)?;
         let dense = match (&inputs[3], plan.mask) {
             (Some(t), Some(d)) => Some(dense_mask(t.ts.elem, d, plan.kv_total(), t.ptr)?),

@@ -43,7 +43,7 @@ use tessera_schema::Name;
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::ffi::{elem, Dim, KernelInfo, ShapeInference, TypeShape};
+use crate::ffi::{elem, Described, Dim, KernelInfo, ShapeInference};
 use crate::op::{Port, PortType, Schema};
 use crate::plan::{Attrs, Plan, RawAttrs, Shapes};
 
@@ -120,13 +120,16 @@ fn read_attrs(info: &KernelInfo) -> Result<Attrs> {
     Attrs::parse(&raw)
 }
 
-/// Plan one call from the inputs' types and shapes in schema order (`None` =
-/// left out); Q, K and V are required.
-pub(crate) fn plan_inputs(attrs: &Attrs, inputs: [Option<&TypeShape>; 7]) -> Result<Plan> {
+/// Plan one call from the inputs in schema order (`None` = left out); Q,
+/// K and V are required.
+pub(crate) fn plan_inputs<X: Described>(attrs: &Attrs, inputs: &[Option<X>; 7]) -> Result<Plan> {
     let required = |i: usize| {
-        inputs[i].ok_or_else(|| Error::invalid(format!("{} is required", input::ALL[i])))
+        inputs[i]
+            .as_ref()
+            .map(|t| t.type_shape())
+            .ok_or_else(|| Error::invalid(format!("{} is required", input::ALL[i])))
     };
-    let dims = |i: usize| inputs[i].map(|t| t.dims.as_slice());
+    let dims = |i: usize| inputs[i].as_ref().map(|t| t.type_shape().dims.as_slice());
     Plan::new(
         attrs,
         &Shapes {

@@ -29,15 +29,8 @@ impl<T: Dtype> CpuKernel for TopKAttentionOp<T> {
         let inputs = ctx.inputs::<4>()?;
         let req = |i: usize| required(&inputs, &input::ALL, i);
         let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
-        let plan = Plan::new(
-            &self.attrs,
-            &Shapes {
-                q: &q_in.ts.dims,
-                k: &k_in.ts.dims,
-                v: &v_in.ts.dims,
-                ..Default::default()
-            },
-        )?;
+        let shapes = Shapes::qkv(&q_in.ts.dims, &k_in.ts.dims, &v_in.ts.dims);
+        let plan = Plan::new(&self.attrs, &shapes)?;
         let q = like_q::<T>(q_in, input::Q)?;
         let k = like_q::<T>(k_in, input::K)?;
         let v = like_q::<T>(v_in, input::V)?;
@@ -171,23 +164,6 @@ struct Outputs<'a, T> {
 }
 
 impl<T: Dtype> Outputs<'_, T> {
-    /// Row `(b, h, i)` of Y and its lse.
-    ///
-    /// # Safety
-    /// Only the task that owns query `i` of head `h` in batch `b` writes it.
-    unsafe fn write_row(
-        &self,
-        s: &AttentionSpec,
-        b: usize,
-        h: usize,
-        i: usize,
-        row: &[f32],
-        lse: f32,
-    ) -> Result<()> {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { self.rows.write_row(s, b, h, i, row, lse) }
-    }
-
     /// The `selected_indices` rows of query tile `t` (KV head `hk`, batch
     /// `b`): the visible keys of the chosen `tiles`, then `-1`.
     ///
@@ -289,7 +265,10 @@ impl<T: Dtype> TopKAttentionOp<T> {
                 let o = gk.query(p, b, hk, i, &mut scratch, &mut seen)?;
                 for g in 0..o.heads {
                     // SAFETY: item (b, hk, i) owns query i of the heads of KV head hk.
-                    unsafe { out.write_row(&s, b, o.head0 + g, i, o.row(g), o.lse(g))? };
+                    unsafe {
+                        out.rows
+                            .write_row(&s, b, o.head0 + g, i, o.row(g), o.lse(g))?
+                    };
                 }
                 // SAFETY: as above.
                 if let Some(dst) = unsafe { out.selected_row(&s, b, hk, i)? } {
@@ -366,7 +345,10 @@ impl<T: Dtype> TopKAttentionOp<T> {
                         flash.tile_selected(att, b, h, t, tiles, &mut flash_scratch, &mut stats)?;
                     for r in 0..o.rows {
                         // SAFETY: item (b, hk, t) owns the tile's queries of the group's heads.
-                        unsafe { out.write_row(&s, b, h, o.q_start + r, o.row(r), o.lse(r))? };
+                        unsafe {
+                            out.rows
+                                .write_row(&s, b, h, o.q_start + r, o.row(r), o.lse(r))?
+                        };
                     }
                 }
                 // SAFETY: as above.

@@ -106,15 +106,8 @@ impl<T: Half> TopKAttentionOp<T> {
             )));
         };
         let attrs = &self.attrs;
-        let plan = Plan::new(
-            attrs,
-            &Shapes {
-                q: &q_in.ts.dims,
-                k: &k_in.ts.dims,
-                v: &v_in.ts.dims,
-                ..Default::default()
-            },
-        )?;
+        let shapes = Shapes::qkv(&q_in.ts.dims, &k_in.ts.dims, &v_in.ts.dims);
+        let plan = Plan::new(attrs, &shapes)?;
         for (i, t) in [(1, k_in), (2, v_in)] {
             if t.ts.elem != T::ONNX {
                 return Err(unlike_q(input::ALL[i], t.ts.elem, T::ONNX));
@@ -163,16 +156,7 @@ mod tests {
     fn plan() -> Plan {
         let attrs = Attrs::parse(&RawAttrs::default()).unwrap();
         let (q, k) = ([2i64, 4, 7, 64], [2i64, 2, 30, 64]);
-        Plan::new(
-            &attrs,
-            &Shapes {
-                q: &q,
-                k: &k,
-                v: &k,
-                ..Default::default()
-            },
-        )
-        .unwrap()
+        Plan::new(&attrs, &Shapes::qkv(&q, &k, &k)).unwrap()
     }
 
     #[test]
