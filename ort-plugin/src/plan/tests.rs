@@ -50,79 +50,75 @@ fn qkv<'a>(q: &'a [i64], k: &'a [i64], v: &'a [i64]) -> Shapes<'a> {
     Shapes::qkv(q, k, v)
 }
 
+const Q4: [i64; 4] = [2, 3, 4, 8];
+const K5: [i64; 4] = [2, 3, 5, 8];
+
+/// 4-D Q with 4 queries and K, V with 5 keys, changed by `f`.
+fn with(f: impl FnOnce(&mut Shapes<'static>)) -> Shapes<'static> {
+    let mut s = Shapes::qkv(&Q4, &K5, &K5);
+    f(&mut s);
+    s
+}
+
 /// Each bad shape is refused with a message naming the input and rule.
 #[test]
 fn bad_shapes_name_the_input_and_rule() {
-    let a3 = Attrs {
+    let three_d = Attrs {
         q_heads: Some(3),
         kv_heads: Some(2),
         ..attrs()
     };
-    let d = attrs();
-    let (q4, k5) = ([2, 3, 4, 8], [2, 3, 5, 8]);
+    let d = &attrs();
     let cases: &[(&Attrs, Shapes<'_>, &str)] = &[
         (
-            &d,
+            d,
             qkv(&[2, 3, 4], &[2, 3, 4], &[2, 3, 4]),
             "Q: 3-D inputs need",
         ),
-        (&d, qkv(&[2, 3, 4, 8, 1], &q4, &q4), "Q: rank must be 3"),
-        (&d, qkv(&q4, &[2, 3, 4], &q4), "K: rank 3 must equal"),
+        (d, with(|s| s.q = &[2, 3, 4, 8, 1]), "Q: rank must be 3"),
+        (d, qkv(&Q4, &[2, 3, 4], &Q4), "K: rank 3 must equal"),
         (
-            &d,
-            qkv(&q4, &[2, 2, 4, 8], &[2, 2, 4, 8]),
+            d,
+            qkv(&Q4, &[2, 2, 4, 8], &[2, 2, 4, 8]),
             "must be a positive multiple of kv_num_heads (2)",
         ),
-        (&d, qkv(&q4, &[2, 3, 4, 7], &q4), "K: head size 7"),
+        (d, qkv(&Q4, &[2, 3, 4, 7], &Q4), "K: head size 7"),
         (
-            &a3,
+            &three_d,
             qkv(&[2, 4, 24], &[2, 4, 16], &[2, 4, 16]),
             "multiple of kv_num_heads",
         ),
-        (&d, qkv(&q4, &k5, &q4), "V: sequence length 4"),
+        (d, with(|s| s.v = &Q4), "V: sequence length 4"),
         (
-            &d,
-            Shapes {
-                mask: Some(&[2, 4, 5]),
-                ..qkv(&q4, &k5, &k5)
-            },
+            d,
+            with(|s| s.mask = Some(&[2, 4, 5])),
             "attn_mask: shape (2, 4, 5) does not broadcast",
         ),
         (
-            &d,
-            Shapes {
-                mask: Some(&[4, 6]),
-                ..qkv(&q4, &k5, &k5)
-            },
+            d,
+            with(|s| s.mask = Some(&[4, 6])),
             "attn_mask: last axis 6",
         ),
         (
-            &d,
-            Shapes {
-                past_key: Some(&[2, 3, 1, 8]),
-                ..qkv(&q4, &k5, &k5)
-            },
+            d,
+            with(|s| s.past_key = Some(&[2, 3, 1, 8])),
             "past_key and past_value must be given together",
         ),
         (
-            &d,
-            Shapes {
-                past_key: Some(&[2, 3, 1, 8]),
-                past_value: Some(&[2, 3, 2, 8]),
-                ..qkv(&q4, &k5, &k5)
-            },
+            d,
+            with(|s| {
+                s.past_key = Some(&[2, 3, 1, 8]);
+                s.past_value = Some(&[2, 3, 2, 8]);
+            }),
             "past_value: shape (2, 3, 2, 8)",
         ),
         (
-            &d,
-            Shapes {
-                nonpad: Some(&[3]),
-                ..qkv(&q4, &k5, &k5)
-            },
+            d,
+            with(|s| s.nonpad = Some(&[3])),
             "nonpad_kv_seqlen: shape (3)",
         ),
         (
-            &d,
+            d,
             qkv(&[0, 1 << 40, 1 << 30, 8], &[0, 1, 1, 8], &[0, 1, 1, 8]),
             "overflows",
         ),
