@@ -3,7 +3,7 @@
 //! with and without shape inference (runtimes before 1.24, see
 //! [`op::table_without_inference`]).
 //!
-//! Each line of [`kernels!`] is one (op, element type) and the EPs it has a
+//! Each line of `kernels!` is one (op, element type) and the EPs it has a
 //! kernel for. ORT merges entries that share a name into one schema and
 //! picks the kernel by type; the CUDA entries follow the CPU ones under the
 //! same names. Float `Attention` and `TopKAttention` have no CUDA kernel

@@ -145,6 +145,14 @@ impl DeviceContext {
     }
 }
 
+impl super::kernel::AllocOutput for DeviceContext {
+    type Buffer = DevicePtr;
+
+    fn alloc_output(&mut self, i: usize, dims: &[i64]) -> Result<Option<DevicePtr>> {
+        self.output(i, dims)
+    }
+}
+
 /// A block of device scratch memory, freed on drop.
 #[derive(Debug)]
 pub struct Scratch {

@@ -195,6 +195,25 @@ impl KernelContext {
     }
 }
 
+/// A context that allocates outputs: host tensors on the CPU EP, device
+/// addresses on the CUDA EP.
+pub trait AllocOutput {
+    /// What an allocated output is to the kernel.
+    type Buffer;
+
+    /// Allocate output `i` with `dims`, or `None` when the node does not
+    /// request that output.
+    fn alloc_output(&mut self, i: usize, dims: &[i64]) -> Result<Option<Self::Buffer>>;
+}
+
+impl AllocOutput for KernelContext {
+    type Buffer = OutputTensor;
+
+    fn alloc_output(&mut self, i: usize, dims: &[i64]) -> Result<Option<OutputTensor>> {
+        self.output(i, dims)
+    }
+}
+
 /// `[get(0), .., get(N - 1)]`, stopping at the first error.
 pub(crate) fn slots<T, const N: usize>(
     get: impl Fn(usize) -> Result<Option<T>>,

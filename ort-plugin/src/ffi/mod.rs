@@ -33,7 +33,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use infer::{Dim, ShapeInference};
 pub use info::KernelInfo;
-pub use kernel::KernelContext;
+pub use kernel::{AllocOutput, KernelContext};
 pub use tensor::{element_count, Described, InputTensor, OutputTensor, TypeShape};
 
 /// The C API version the plugin is built against. API 17 is ORT 1.17; every

@@ -1,5 +1,5 @@
 //! The CUDA EP's `OrtCustomOp` table of an op (feature `cuda`): the
-//! schema's shared entries ([`super::table::schema_table`]) with two of its
+//! schema's shared entries (`table::schema_table`) with two of its
 //! own. `GetExecutionProviderType` returns `"CUDAExecutionProvider"`, and
 //! `KernelComputeV2` runs the op's [`CudaKernel`] on device addresses and
 //! the EP's compute stream (the CPU path's

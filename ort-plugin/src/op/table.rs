@@ -101,7 +101,7 @@ unsafe extern "system" fn variadic_homogeneity(_op: *const OrtCustomOp) -> c_int
 }
 
 unsafe extern "system" fn start_version(_op: *const OrtCustomOp) -> c_int {
-    1
+    tessera_schema::VERSION as c_int
 }
 
 unsafe extern "system" fn end_version(_op: *const OrtCustomOp) -> c_int {

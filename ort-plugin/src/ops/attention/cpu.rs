@@ -6,12 +6,12 @@
 use std::borrow::Cow;
 
 use tessera_core::{Attention, Element, Strides};
-use tessera_schema::attention::{input, output};
+use tessera_schema::attention::input;
 
 use super::mask::KeyMasks;
-use super::{exec, kernel_call, plan_inputs, scores, slot, AttentionOp};
+use super::{exec, kernel_call, plan_inputs, scores, slot, AttentionOp, Outputs};
 use crate::dtype::Dtype;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ffi::{InputTensor, KernelContext, OutputTensor};
 use crate::op::CpuKernel;
 use crate::ops::like_q;
@@ -24,9 +24,10 @@ impl<T: Dtype> CpuKernel for AttentionOp<T> {
         let data = Data::<T>::read(&inputs)?;
         let masks = KeyMasks::read(&self.attrs, &plan, inputs[3].as_ref(), inputs[6].as_ref())?;
         let mut outs = Outputs::alloc(ctx, &plan)?;
+        let mut qk = ctx.output(slot::QK_MATMUL_OUTPUT, &plan.qk_dims())?;
         // SAFETY: outputs 0, 1, 2 and 4 are declared with element type T and
         // output 3 as float (see `AttentionOp::OUTPUTS`).
-        let (y, present_k, present_v, lse, qk) = unsafe { outs.slices::<T>() };
+        let (y, present_k, present_v, lse, qk) = unsafe { slices::<T>(&mut outs, &mut qk) };
 
         // Keys and values: read in place, or gathered into present (BHSD)
         // when there is a cache or the node asks for present.
@@ -75,17 +76,8 @@ impl<'a, T: Dtype> Data<'a, T> {
     }
 }
 
-/// The outputs of one call, allocated in slot order.
-struct Outputs {
-    y: OutputTensor,
-    present_k: Option<OutputTensor>,
-    present_v: Option<OutputTensor>,
-    lse: Option<OutputTensor>,
-    qk: Option<OutputTensor>,
-}
-
-/// Host views of [`Outputs`]: Y, present_key, present_value, softmax_lse
-/// and qk_matmul_output.
+/// Host views of Y, present_key, present_value, softmax_lse and
+/// qk_matmul_output.
 type OutputSlices<'a, T> = (
     &'a mut [T],
     Option<&'a mut [T]>,
@@ -94,32 +86,21 @@ type OutputSlices<'a, T> = (
     Option<&'a mut [T]>,
 );
 
-impl Outputs {
-    fn alloc(ctx: &mut KernelContext, plan: &Plan) -> Result<Self> {
-        Ok(Self {
-            y: ctx
-                .output(slot::Y, &plan.y_dims())?
-                .ok_or_else(|| Error::fail(format!("{} could not be allocated", output::Y)))?,
-            present_k: ctx.output(slot::PRESENT_KEY, &plan.present_key_dims())?,
-            present_v: ctx.output(slot::PRESENT_VALUE, &plan.present_value_dims())?,
-            lse: ctx.output(slot::SOFTMAX_LSE, &plan.lse_dims())?,
-            qk: ctx.output(slot::QK_MATMUL_OUTPUT, &plan.qk_dims())?,
-        })
-    }
-
-    /// # Safety
-    /// `T` is the element type the op's data outputs were declared with.
-    unsafe fn slices<T>(&mut self) -> OutputSlices<'_, T> {
-        // SAFETY: the caller's contract; softmax_lse is declared float.
-        unsafe {
-            (
-                self.y.slice_mut::<T>(),
-                self.present_k.as_mut().map(|o| o.slice_mut::<T>()),
-                self.present_v.as_mut().map(|o| o.slice_mut::<T>()),
-                self.lse.as_mut().map(|o| o.slice_mut::<f32>()),
-                self.qk.as_mut().map(|o| o.slice_mut::<T>()),
-            )
-        }
+/// # Safety
+/// `T` is the element type the op's data outputs were declared with.
+unsafe fn slices<'a, T>(
+    outs: &'a mut Outputs<OutputTensor>,
+    qk: &'a mut Option<OutputTensor>,
+) -> OutputSlices<'a, T> {
+    // SAFETY: the caller's contract; softmax_lse is declared float.
+    unsafe {
+        (
+            outs.y.slice_mut::<T>(),
+            outs.present_k.as_mut().map(|o| o.slice_mut::<T>()),
+            outs.present_v.as_mut().map(|o| o.slice_mut::<T>()),
+            outs.lse.as_mut().map(|o| o.slice_mut::<f32>()),
+            qk.as_mut().map(|o| o.slice_mut::<T>()),
+        )
     }
 }
 

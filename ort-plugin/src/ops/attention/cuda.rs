@@ -24,7 +24,7 @@ use tessera_core::{MaskStrides, Strides};
 use tessera_cuda::{AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Driver, Module};
 use tessera_schema::attention::{input, output};
 
-use super::{kernel_call, plan_inputs, slot, AttentionOp};
+use super::{kernel_call, plan_inputs, slot, AttentionOp, Outputs};
 use crate::dtype::Half;
 use crate::error::{ensure, from_cuda, Error, Result};
 use crate::ffi::device::{DeviceContext, DeviceTensor, Scratch};
@@ -42,7 +42,7 @@ impl<T: Half> CudaKernel for AttentionOp<T> {
             (Some(t), Some(d)) => Some(dense_mask(t.ts.elem, d, plan.kv_total(), t.ptr)?),
             _ => None,
         };
-        let outs = DeviceOutputs::alloc(ctx, &plan)?;
+        let outs = device_outputs(ctx, &plan)?;
         let stream = ctx.stream()?;
         // After ORT's allocations, so the EP's context is current here.
         let module = Module::for_current_context().map_err(from_cuda)?;
@@ -105,46 +105,29 @@ fn check_types<T: Half>(inputs: &[Option<DeviceTensor>; 7]) -> Result<()> {
     Ok(())
 }
 
-/// The outputs of one call, as device addresses.
-struct DeviceOutputs {
-    y: DevicePtr,
-    present_k: Option<DevicePtr>,
-    present_v: Option<DevicePtr>,
-    lse: Option<DevicePtr>,
-}
-
-impl DeviceOutputs {
-    /// Refuse `qk_matmul_output`, then allocate the others; with a cache or
-    /// present outputs K and V must be 4-D.
-    fn alloc(ctx: &mut DeviceContext, plan: &Plan) -> Result<Self> {
-        if ctx.output_count()? > slot::QK_MATMUL_OUTPUT {
-            ensure!(
-                ctx.output(slot::QK_MATMUL_OUTPUT, &plan.qk_dims())?
-                    .is_none(),
-                "{} is not supported by the CUDA kernels (run the node on the CPU EP)",
-                output::QK_MATMUL_OUTPUT
-            );
-        }
-        let outs = Self {
-            y: ctx
-                .output(slot::Y, &plan.y_dims())?
-                .ok_or_else(|| Error::fail(format!("{} could not be allocated", output::Y)))?,
-            present_k: ctx.output(slot::PRESENT_KEY, &plan.present_key_dims())?,
-            present_v: ctx.output(slot::PRESENT_VALUE, &plan.present_value_dims())?,
-            lse: ctx.output(slot::SOFTMAX_LSE, &plan.lse_dims())?,
-        };
-        let concat = plan.has_past || outs.present_k.is_some() || outs.present_v.is_some();
+/// Refuse `qk_matmul_output`, then allocate the other outputs; with a
+/// cache or present outputs K and V must be 4-D.
+fn device_outputs(ctx: &mut DeviceContext, plan: &Plan) -> Result<Outputs<DevicePtr>> {
+    if ctx.output_count()? > slot::QK_MATMUL_OUTPUT {
         ensure!(
-            !concat || plan.layout == Layout::Bhsd,
-            "{}: {}/{} or {}/{} with 3-D K/V are not supported by the CUDA kernels (use 4-D K/V)",
-            input::K,
-            input::PAST_KEY,
-            input::PAST_VALUE,
-            output::PRESENT_KEY,
-            output::PRESENT_VALUE
+            ctx.output(slot::QK_MATMUL_OUTPUT, &plan.qk_dims())?
+                .is_none(),
+            "{} is not supported by the CUDA kernels (run the node on the CPU EP)",
+            output::QK_MATMUL_OUTPUT
         );
-        Ok(outs)
     }
+    let outs = Outputs::alloc(ctx, plan)?;
+    let concat = plan.has_past || outs.present_k.is_some() || outs.present_v.is_some();
+    ensure!(
+        !concat || plan.layout == Layout::Bhsd,
+        "{}: {}/{} or {}/{} with 3-D K/V are not supported by the CUDA kernels (use 4-D K/V)",
+        input::K,
+        input::PAST_KEY,
+        input::PAST_VALUE,
+        output::PRESENT_KEY,
+        output::PRESENT_VALUE
+    );
+    Ok(outs)
 }
 
 /// Keys and values as the flash kernel reads them, concatenated with the
@@ -187,7 +170,7 @@ impl Cache<'_> {
         let past = past.map_or(DevicePtr::NULL, |t| t.ptr);
         let driver = Driver::get().map_err(from_cuda)?;
         // SAFETY: past (P rows, P = 0 when absent), new and dst are device
-        // tensors of this node, 4-D (checked by `DeviceOutputs::alloc`) with
+        // tensors of this node, 4-D (checked by `device_outputs`) with
         // the shapes `plan` checked; dst holds B·Hkv·(P+Skv)·dim elements.
         unsafe {
             concat_cache(

@@ -1,7 +1,7 @@
 //! Running one validated attention problem on ORT's intra-op thread pool.
 //!
 //! Work is the list of (batch, head, q-tile) triples, optionally times `P`
-//! key ranges. Triples are dealt round-robin to at most [`MAX_TASKS`] tasks
+//! key ranges. Triples are dealt round-robin to at most `MAX_TASKS` tasks
 //! of `KernelContext_ParallelFor`, so causal work (heavier for later tiles)
 //! spreads evenly. Each task allocates one `Flash::scratch_len` scratch on
 //! entry and frees it on exit: memory is `tasks × scratch`, bounded and

@@ -43,7 +43,7 @@ use tessera_schema::Name;
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::ffi::{elem, Described, Dim, KernelInfo, ShapeInference};
+use crate::ffi::{elem, AllocOutput, Described, Dim, KernelInfo, ShapeInference};
 use crate::op::{Port, PortType, Schema};
 use crate::plan::{Attrs, Plan, RawAttrs, Shapes};
 
@@ -61,6 +61,33 @@ pub(crate) mod slot {
     pub const SOFTMAX_LSE: usize = 3;
     /// `qk_matmul_output`
     pub const QK_MATMUL_OUTPUT: usize = 4;
+}
+
+/// Y, present_key, present_value and softmax_lse of one call, allocated
+/// in slot order (host tensors or device addresses).
+pub(crate) struct Outputs<B> {
+    /// `Y`
+    pub y: B,
+    /// `present_key`, when requested.
+    pub present_k: Option<B>,
+    /// `present_value`, when requested.
+    pub present_v: Option<B>,
+    /// `softmax_lse`, when requested.
+    pub lse: Option<B>,
+}
+
+impl<B> Outputs<B> {
+    /// Allocate the outputs of `plan` in `ctx`.
+    pub(crate) fn alloc(ctx: &mut impl AllocOutput<Buffer = B>, plan: &Plan) -> Result<Self> {
+        Ok(Self {
+            y: ctx
+                .alloc_output(slot::Y, &plan.y_dims())?
+                .ok_or_else(|| Error::fail(format!("{} could not be allocated", output::Y)))?,
+            present_k: ctx.alloc_output(slot::PRESENT_KEY, &plan.present_key_dims())?,
+            present_v: ctx.alloc_output(slot::PRESENT_VALUE, &plan.present_value_dims())?,
+            lse: ctx.alloc_output(slot::SOFTMAX_LSE, &plan.lse_dims())?,
+        })
+    }
 }
 
 /// The op, for element type `T`: the node's attributes, read once.

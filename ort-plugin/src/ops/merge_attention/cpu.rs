@@ -1,6 +1,6 @@
 //! The CPU kernel of `ai.tessera.MergeAttention`: both sides checked and
 //! read from host buffers, then row ranges merged over ORT's pool
-//! ([`tessera_core::merge`]); 3-D inputs pair Y's `(B, S, H)` rows with a
+//! ([`tessera_core::merge()`]); 3-D inputs pair Y's `(B, S, H)` rows with a
 //! transposed lse.
 
 use std::borrow::Cow;

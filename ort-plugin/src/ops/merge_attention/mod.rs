@@ -16,7 +16,7 @@
 //!
 //! `Y = (e^{lse_a}·Y_a + e^{lse_b}·Y_b) / (e^{lse_a} + e^{lse_b})` and
 //! `lse = ln(e^{lse_a} + e^{lse_b})`, computed relative to the larger lse
-//! ([`tessera_core::merge`]); a side with `lse = -inf` has weight 0, and two
+//! ([`tessera_core::merge()`]); a side with `lse = -inf` has weight 0, and two
 //! such sides give `Y = 0`, `lse = -inf`. For 3-D `Y` the head count comes
 //! from `lse_a.shape[1]`. T is float, float16 or bfloat16; math is f32.
 //!
