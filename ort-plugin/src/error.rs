@@ -1,5 +1,7 @@
-//! The plugin's error type. Every error becomes an `OrtStatus` at the FFI
-//! boundary; its message names the op, the input and the rule it broke.
+//! The plugin's error type and the conversions into it from the errors of
+//! `tessera-core` (and, with feature `cuda`, `tessera-cuda`). Every error
+//! becomes an `OrtStatus` at the FFI boundary; its message names the op,
+//! the input and the rule it broke.
 
 use core::fmt;
 
@@ -72,6 +74,25 @@ impl From<tessera_core::SpecError> for Error {
     }
 }
 
+impl From<tessera_core::DsaError> for Error {
+    fn from(e: tessera_core::DsaError) -> Self {
+        Error::invalid(e.to_string())
+    }
+}
+
+/// The plugin error for a `tessera-cuda` error: a broken rule is bad input,
+/// anything else (no driver, a driver call, a module mismatch) a failure.
+#[cfg(feature = "cuda")]
+pub fn from_cuda(e: tessera_cuda::CudaError) -> Error {
+    use tessera_cuda::CudaError;
+    match e {
+        CudaError::Invalid { .. } | CudaError::Spec(_) | CudaError::Unsupported(_) => {
+            Error::invalid(e.to_string())
+        }
+        other => Error::fail(other.to_string()),
+    }
+}
+
 /// `Err(Error::invalid(..))` unless `cond` holds.
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
@@ -81,3 +102,19 @@ macro_rules! ensure {
     };
 }
 pub(crate) use ensure;
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::*;
+    use tessera_cuda::CudaError;
+
+    #[test]
+    fn cuda_errors_map_to_bad_input_or_failure() {
+        let bad = from_cuda(CudaError::Unsupported("head dim 96".into()));
+        assert_eq!(bad.kind, ErrorKind::InvalidArgument);
+        assert!(bad.message.contains("head dim 96"), "{}", bad.message);
+        let fail = from_cuda(CudaError::NoContext);
+        assert_eq!(fail.kind, ErrorKind::Fail);
+        assert!(fail.message.contains("no CUDA context"), "{}", fail.message);
+    }
+}

@@ -7,13 +7,26 @@
 //!
 //! - Built against C API 17 and never linked to `libonnxruntime`, so one
 //!   binary loads into ONNX Runtime 1.17 through 1.32.
-//! - Ops: `ai.tessera.Attention` v1 ([`attention`]) for float, float16 and
-//!   bfloat16 on the CPU execution provider.
+//! - Ops ([`ops`]): `ai.tessera.Attention`, `LightningIndexer`,
+//!   `TopKAttention` and `MergeAttention` v1 for float, float16 and
+//!   bfloat16 on the CPU execution provider and, with feature `cuda`, the
+//!   CUDA execution provider.
 //! - Every entry point catches panics; bad input returns an `OrtStatus`
 //!   naming the op, the input and the rule.
 //!
-//! New ops implement [`op::CustomOp`] and add one line to [`OPS`] (and to
-//! [`OPS_WITHOUT_INFERENCE`], used on runtimes before 1.24).
+//! # Layout
+//! - [`ops`]: one folder per op: its schema (`mod.rs`), CPU kernel
+//!   (`cpu.rs`) and CUDA kernel (`cuda.rs`);
+//! - [`registry`]: the one list of kernels and the tables it generates;
+//! - [`op`]: the schema and kernel traits, and the table adapters;
+//! - the floor the ops share: [`plan`] (input planning of the attention
+//!   family), `attrs` (attribute readers), `shape` (dims and sizes),
+//!   `parallel` (disjoint writes over ORT's pool), `kernel` (the CPU
+//!   micro-kernel, chosen once), [`dtype`], [`ffi`] and [`error`].
+//!
+//! A new op gets a folder under [`ops`], implements [`op::Schema`] and a
+//! kernel trait ([`op::CpuKernel`], `op::CudaKernel`), and adds one line
+//! per element type to the list in [`registry`].
 
 #[cfg(test)]
 mod tests {
@@ -26,13 +39,17 @@ mod tests {
     }
 }
 
-pub mod attention;
-#[cfg(feature = "cuda")]
-pub mod cuda;
-pub mod dsa;
+mod attrs;
+pub mod dtype;
 pub mod error;
 pub mod ffi;
+mod kernel;
 pub mod op;
+pub mod ops;
+mod parallel;
+pub mod plan;
+pub mod registry;
+mod shape;
 
 use core::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -41,73 +58,12 @@ use ort_sys::{OrtApiBase, OrtCustomOp, OrtCustomOpDomain, OrtSessionOptions, Ort
 
 use crate::error::Error;
 
+#[cfg(feature = "cuda")]
+pub use op::cuda::EXECUTION_PROVIDER;
+pub use ops::{attention, lightning_indexer, merge_attention, topk_attention};
+
 /// The custom-op domain.
-pub const DOMAIN: &CStr = c"ai.tessera";
-
-type AttentionF32 = attention::AttentionOp<f32>;
-type AttentionF16 = attention::AttentionOp<tessera_core::f16>;
-type AttentionBf16 = attention::AttentionOp<tessera_core::bf16>;
-
-static ATTENTION_F32: OrtCustomOp = op::table::<AttentionF32>();
-static ATTENTION_F16: OrtCustomOp = op::table::<AttentionF16>();
-static ATTENTION_BF16: OrtCustomOp = op::table::<AttentionBf16>();
-
-type Indexer = dsa::indexer::LightningIndexerOp;
-type TopKF32 = dsa::topk_attention::TopKAttentionOp<f32>;
-type TopKF16 = dsa::topk_attention::TopKAttentionOp<tessera_core::f16>;
-type TopKBf16 = dsa::topk_attention::TopKAttentionOp<tessera_core::bf16>;
-type MergeF32 = dsa::merge::MergeAttentionOp<f32>;
-type MergeF16 = dsa::merge::MergeAttentionOp<tessera_core::f16>;
-type MergeBf16 = dsa::merge::MergeAttentionOp<tessera_core::bf16>;
-
-static INDEXER: OrtCustomOp = op::table::<Indexer>();
-static TOPK_F32: OrtCustomOp = op::table::<TopKF32>();
-static TOPK_F16: OrtCustomOp = op::table::<TopKF16>();
-static TOPK_BF16: OrtCustomOp = op::table::<TopKBf16>();
-static MERGE_F32: OrtCustomOp = op::table::<MergeF32>();
-static MERGE_F16: OrtCustomOp = op::table::<MergeF16>();
-static MERGE_BF16: OrtCustomOp = op::table::<MergeBf16>();
-
-/// Every op of the domain: one entry per (op, element type). ORT merges
-/// entries that share a name into one schema and picks the kernel by type.
-pub static OPS: [&OrtCustomOp; 10] = [
-    &ATTENTION_F32,
-    &ATTENTION_F16,
-    &ATTENTION_BF16,
-    &INDEXER,
-    &TOPK_F32,
-    &TOPK_F16,
-    &TOPK_BF16,
-    &MERGE_F32,
-    &MERGE_F16,
-    &MERGE_BF16,
-];
-
-static ATTENTION_F32_NI: OrtCustomOp = op::table_without_inference::<AttentionF32>();
-static ATTENTION_F16_NI: OrtCustomOp = op::table_without_inference::<AttentionF16>();
-static ATTENTION_BF16_NI: OrtCustomOp = op::table_without_inference::<AttentionBf16>();
-static INDEXER_NI: OrtCustomOp = op::table_without_inference::<Indexer>();
-static TOPK_F32_NI: OrtCustomOp = op::table_without_inference::<TopKF32>();
-static TOPK_F16_NI: OrtCustomOp = op::table_without_inference::<TopKF16>();
-static TOPK_BF16_NI: OrtCustomOp = op::table_without_inference::<TopKBf16>();
-static MERGE_F32_NI: OrtCustomOp = op::table_without_inference::<MergeF32>();
-static MERGE_F16_NI: OrtCustomOp = op::table_without_inference::<MergeF16>();
-static MERGE_BF16_NI: OrtCustomOp = op::table_without_inference::<MergeBf16>();
-
-/// [`OPS`] without shape inference, registered on runtimes older than 1.24
-/// (see [`op::table_without_inference`]).
-pub static OPS_WITHOUT_INFERENCE: [&OrtCustomOp; 10] = [
-    &ATTENTION_F32_NI,
-    &ATTENTION_F16_NI,
-    &ATTENTION_BF16_NI,
-    &INDEXER_NI,
-    &TOPK_F32_NI,
-    &TOPK_F16_NI,
-    &TOPK_BF16_NI,
-    &MERGE_F32_NI,
-    &MERGE_F16_NI,
-    &MERGE_BF16_NI,
-];
+pub const DOMAIN: &CStr = tessera_schema::DOMAIN.c();
 
 /// First runtime whose shape inference survives a node with a left-out
 /// optional input.
@@ -164,19 +120,18 @@ pub unsafe extern "C" fn RegisterCustomOps(
         }
     };
     let with_inference = matches!(parse_version(&version), Some(v) if v >= INFERENCE_SAFE_FROM);
-    let ops: &[&OrtCustomOp] = if with_inference {
-        &OPS
-    } else {
-        &OPS_WITHOUT_INFERENCE
-    };
-    // The CUDA-EP kernels follow the CPU ones under the same names.
-    #[cfg(feature = "cuda")]
-    let ops = &[ops, cuda::ops(with_inference)].concat();
-    let r = catch_unwind(AssertUnwindSafe(|| register(api, options, ops)))
-        .unwrap_or_else(|p| Err(Error::fail(format!("panic: {}", ffi::panic_message(&*p)))));
+    // The CUDA-EP kernels (feature `cuda`) follow the CPU ones under the
+    // same names.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        register(api, options, &registry::tables(with_inference))
+    }))
+    .unwrap_or_else(|p| Err(Error::fail(format!("panic: {}", ffi::panic_message(&*p)))));
     match r {
         Ok(()) => core::ptr::null_mut(),
-        Err(e) => ffi::status_from(api, &e.context("ai.tessera: RegisterCustomOps")),
+        Err(e) => ffi::status_from(
+            api,
+            &e.context(&format!("{}: RegisterCustomOps", tessera_schema::DOMAIN)),
+        ),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `ai.tessera.Attention` on the CUDA EP: the schema and shape rules of the
-//! CPU op ([`crate::attention`]), run by `tessera-cuda`'s flash kernel.
+//! The CUDA-EP kernel of `ai.tessera.Attention` (float16, bfloat16): the
+//! op's schema and plan ([`super`]), run by `tessera-cuda`'s flash kernel.
 //!
 //! The CUDA path implements: float16/bfloat16; `D = Dv` in {64, 128}; 3-D
 //! and 4-D Q/K/V; GQA; `is_causal`, `scale`, `softcap`, windows and global
@@ -20,67 +20,169 @@
 //! One flash launch; with a cache, `2·B·Hkv` device-to-device copies per
 //! cache tensor (past rows, then new rows, per (batch, head)).
 
-use core::ffi::CStr;
-use core::marker::PhantomData;
+use tessera_core::{MaskStrides, Strides};
+use tessera_cuda::{AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Driver, Module};
+use tessera_schema::attention::{input, output};
 
-use tessera_core::{bf16, default_scale, f16, AttentionSpec, MaskSpec, MaskStrides, Strides};
-use tessera_cuda::{
-    AttentionBuffers, DeviceDenseMask, DeviceMask, DevicePtr, Driver, Dtype, Module,
-};
+use super::{kernel_call, plan_inputs, slot, AttentionOp, Outputs};
+use crate::dtype::Half;
+use crate::error::{ensure, from_cuda, Error, Result};
+use crate::ffi::device::{DeviceContext, DeviceTensor, Scratch};
+use crate::ffi::elem;
+use crate::op::CudaKernel;
+use crate::ops::unlike_q;
+use crate::plan::{Layout, Plan};
 
-use super::device::{DeviceContext, DeviceTensor, Scratch};
-use super::{from_cuda, host_compute_refused, DeviceKernel};
-use crate::attention::plan::{Attrs, Layout, Plan};
-use crate::attention::{plan_inputs, read_attrs, AttentionOp, Dtype as HostDtype, INPUT_NAMES};
-use crate::error::{ensure, Error, Result};
-use crate::ffi::{elem, KernelContext, KernelInfo, ShapeInference};
-use crate::op::{CustomOp, Port};
+impl<T: Half> CudaKernel for AttentionOp<T> {
+    fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
+        let inputs = ctx.inputs::<7>()?;
+        let plan = plan_inputs(&self.attrs, &inputs)?;
+        check_types::<T>(&inputs)?;
+        let dense = match (&inputs[3], plan.mask) {
+            (Some(t), Some(d)) => Some(dense_mask(t.ts.elem, d, plan.kv_total(), t.ptr)?),
+            _ => None,
+        };
+        let outs = device_outputs(ctx, &plan)?;
+        let stream = ctx.stream()?;
+        // After ORT's allocations, so the EP's context is current here.
+        let module = Module::for_current_context().map_err(from_cuda)?;
+        // Keys and values: read in place, or concatenated with the cache.
+        let mut cache = Cache {
+            ctx,
+            plan: &plan,
+            stream,
+            elem_bytes: T::CUDA.size() as usize,
+            scratch: Vec::new(),
+        };
+        let past = |i: usize| inputs[i].as_ref().filter(|_| plan.has_past);
+        let (k_in, v_in) = (required(&inputs, 1)?, required(&inputs, 2)?);
+        let (k_ptr, k_strides) = cache.keys(outs.present_k, past(4), k_in, plan.head_dim)?;
+        let (v_ptr, v_strides) = cache.keys(outs.present_v, past(5), v_in, plan.v_head_dim)?;
 
-/// A half type with a flash kernel.
-pub trait HalfDtype: HostDtype {
-    /// The kernel's dtype.
-    const CUDA: Dtype;
+        let (spec, mask) = kernel_call(&self.attrs, &plan, k_strides, v_strides)?;
+        let device_mask = DeviceMask {
+            kv_lens: inputs[6].as_ref().map(|t| t.ptr),
+            align_to_kv_lens: inputs[6].is_some(),
+            dense,
+        };
+        let bufs = AttentionBuffers {
+            q: required(&inputs, 0)?.ptr,
+            k: k_ptr,
+            v: v_ptr,
+            y: outs.y,
+            lse: outs.lse,
+        };
+        module
+            .attention(stream, &spec, &mask, &device_mask, T::CUDA, &bufs)
+            .map_err(from_cuda)?;
+        // Scratch is freed only now, after every kernel using it is queued
+        // on the stream (see `DeviceContext::scratch`).
+        drop(cache);
+        Ok(())
+    }
 }
 
-impl HalfDtype for f16 {
-    const CUDA: Dtype = Dtype::F16;
+/// Input `i`, which the plan found present.
+fn required(inputs: &[Option<DeviceTensor>; 7], i: usize) -> Result<&DeviceTensor> {
+    crate::op::required(inputs, &input::ALL, i)
 }
 
-impl HalfDtype for bf16 {
-    const CUDA: Dtype = Dtype::Bf16;
+/// K, V and the cache have Q's element type; `nonpad_kv_seqlen` is int64.
+fn check_types<T: Half>(inputs: &[Option<DeviceTensor>; 7]) -> Result<()> {
+    for i in [0, 1, 2, 4, 5] {
+        if let Some(t) = inputs[i].as_ref().filter(|t| t.ts.elem != T::ONNX) {
+            return Err(unlike_q(input::ALL[i], t.ts.elem, T::ONNX));
+        }
+    }
+    if let Some(t) = &inputs[6] {
+        ensure!(
+            t.ts.elem == elem::INT64,
+            "{}: element type {} must be int64",
+            input::NONPAD_KV_SEQLEN,
+            elem::name(t.ts.elem)
+        );
+    }
+    Ok(())
 }
 
-/// The CUDA-EP op, for element type `T`.
-#[derive(Debug)]
-pub struct CudaAttentionOp<T> {
-    attrs: Attrs,
-    _t: PhantomData<fn() -> T>,
+/// Refuse `qk_matmul_output`, then allocate the other outputs; with a
+/// cache or present outputs K and V must be 4-D.
+fn device_outputs(ctx: &mut DeviceContext, plan: &Plan) -> Result<Outputs<DevicePtr>> {
+    if ctx.output_count()? > slot::QK_MATMUL_OUTPUT {
+        ensure!(
+            ctx.output(slot::QK_MATMUL_OUTPUT, &plan.qk_dims())?
+                .is_none(),
+            "{} is not supported by the CUDA kernels (run the node on the CPU EP)",
+            output::QK_MATMUL_OUTPUT
+        );
+    }
+    let outs = Outputs::alloc(ctx, plan)?;
+    let concat = plan.has_past || outs.present_k.is_some() || outs.present_v.is_some();
+    ensure!(
+        !concat || plan.layout == Layout::Bhsd,
+        "{}: {}/{} or {}/{} with 3-D K/V are not supported by the CUDA kernels (use 4-D K/V)",
+        input::K,
+        input::PAST_KEY,
+        input::PAST_VALUE,
+        output::PRESENT_KEY,
+        output::PRESENT_VALUE
+    );
+    Ok(outs)
 }
 
-impl<T: HalfDtype> CustomOp for CudaAttentionOp<T> {
-    const NAME: &'static CStr = c"Attention";
+/// Keys and values as the flash kernel reads them, concatenated with the
+/// cache on the node's stream where needed; owns the scratch it used.
+struct Cache<'a> {
+    ctx: &'a DeviceContext,
+    plan: &'a Plan,
+    stream: tessera_cuda::Stream,
+    elem_bytes: usize,
+    scratch: Vec<Scratch>,
+}
 
-    fn inputs() -> &'static [Port] {
-        T::INPUTS
-    }
-
-    fn outputs() -> &'static [Port] {
-        T::OUTPUTS
-    }
-
-    fn attach(info: &KernelInfo) -> Result<Self> {
-        Ok(Self {
-            attrs: read_attrs(info)?,
-            _t: PhantomData,
-        })
-    }
-
-    fn compute(&self, _ctx: &mut KernelContext) -> Result<()> {
-        Err(host_compute_refused())
-    }
-
-    fn infer(ctx: &ShapeInference) -> Result<()> {
-        AttentionOp::<T>::infer(ctx)
+impl Cache<'_> {
+    /// `new` (`dim` per head) in place without a cache and without
+    /// `present`, else `past` then `new` copied into `present`, or into
+    /// scratch when the node does not ask for it.
+    fn keys(
+        &mut self,
+        present: Option<DevicePtr>,
+        past: Option<&DeviceTensor>,
+        new: &DeviceTensor,
+        dim: usize,
+    ) -> Result<(DevicePtr, Strides)> {
+        let plan = self.plan;
+        let (hkv, total) = (plan.kv_heads, plan.kv_total());
+        if !plan.has_past && present.is_none() {
+            return Ok((new.ptr, plan.strides(hkv, plan.kv_new, dim)));
+        }
+        let dst = match present {
+            Some(p) => p,
+            None => {
+                let n = plan.batch * hkv * total * dim * self.elem_bytes;
+                let s = self.ctx.scratch(new, n)?;
+                let p = s.ptr();
+                self.scratch.push(s);
+                p
+            }
+        };
+        // P = 0 without a cache: only the new rows are copied.
+        let past = past.map_or(DevicePtr::NULL, |t| t.ptr);
+        let driver = Driver::get().map_err(from_cuda)?;
+        // SAFETY: past (P rows, P = 0 when absent), new and dst are device
+        // tensors of this node, 4-D (checked by `device_outputs`) with
+        // the shapes `plan` checked; dst holds B·Hkv·(P+Skv)·dim elements.
+        unsafe {
+            concat_cache(
+                driver,
+                plan,
+                dim,
+                (past, new.ptr, dst),
+                self.stream,
+                self.elem_bytes,
+            )?;
+        }
+        Ok((dst, Strides::bhsd(hkv, total, dim)))
     }
 }
 
@@ -122,13 +224,6 @@ unsafe fn concat_cache(
     Ok(())
 }
 
-fn layout_strides(layout: Layout, heads: usize, seq: usize, dim: usize) -> Strides {
-    match layout {
-        Layout::Bhsd => Strides::bhsd(heads, seq, dim),
-        Layout::Bshd => Strides::bshd(heads, seq, dim),
-    }
-}
-
 /// The kernel's view of a dense `attn_mask` whose dims, right-aligned to
 /// `(B, Hq, Sq, kv)`, are `d`: bool or float, its last axis the full key
 /// length `total`, broadcast on the others.
@@ -143,14 +238,16 @@ fn dense_mask(
         elem::FLOAT => false,
         other => {
             return Err(Error::invalid(format!(
-                "attn_mask: element type {} is not supported by the CUDA kernels (bool or float)",
+                "{}: element type {} is not supported by the CUDA kernels (bool or float)",
+                input::ATTN_MASK,
                 elem::name(other)
             )))
         }
     };
     ensure!(
         d[3] == total,
-        "attn_mask: last axis {} must be the total key length {total} on the CUDA kernels (shorter masks are padded only on the CPU)",
+        "{}: last axis {} must be the total key length {total} on the CUDA kernels (shorter masks are padded only on the CPU)",
+        input::ATTN_MASK,
         d[3]
     );
     Ok(DeviceDenseMask {
@@ -160,168 +257,6 @@ fn dense_mask(
     })
 }
 
-/// The spec and structural mask of one call: Q and Y in the node's layout,
-/// K and V with `k`/`v` strides (in place, or the BHSD concatenation with
-/// the cache), positions offset by the cache length as on the CPU.
-fn kernel_call(
-    attrs: &Attrs,
-    plan: &Plan,
-    k: Strides,
-    v: Strides,
-) -> Result<(AttentionSpec, MaskSpec<'static>)> {
-    let (d, dv) = (plan.head_dim, plan.v_head_dim);
-    let spec = AttentionSpec {
-        batch: plan.batch,
-        q_heads: plan.q_heads,
-        kv_heads: plan.kv_heads,
-        q_len: plan.q_len,
-        kv_len: plan.kv_total(),
-        head_dim: d,
-        v_head_dim: dv,
-        scale: attrs.scale.unwrap_or_else(|| default_scale(d)),
-        softcap: attrs.softcap,
-        q: layout_strides(plan.layout, plan.q_heads, plan.q_len, d),
-        k,
-        v,
-        out: layout_strides(plan.layout, plan.q_heads, plan.q_len, dv),
-    };
-    let offset = isize::try_from(plan.past)
-        .map_err(|_| Error::invalid("past_key: past length too large"))?;
-    let mask = if attrs.is_causal {
-        MaskSpec::NONE.causal(offset)
-    } else {
-        MaskSpec::NONE.offset(offset)
-    }
-    .window(attrs.left_window, attrs.right_window)
-    .globals(attrs.global_tokens);
-    Ok((spec, mask))
-}
-
-impl<T: HalfDtype> DeviceKernel for CudaAttentionOp<T> {
-    fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
-        let mut inputs: [Option<DeviceTensor>; 7] = Default::default();
-        for (i, slot) in inputs.iter_mut().enumerate() {
-            *slot = ctx.input(i)?;
-        }
-        let req = |i: usize| {
-            inputs[i]
-                .as_ref()
-                .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
-        };
-        let plan = plan_inputs(
-            &self.attrs,
-            inputs.each_ref().map(|t| t.as_ref().map(|t| &t.ts)),
-        )?;
-        let (q_in, k_in, v_in) = (req(0)?, req(1)?, req(2)?);
-        for i in [0, 1, 2, 4, 5] {
-            if let Some(t) = &inputs[i] {
-                ensure!(
-                    t.ts.elem == T::ONNX,
-                    "{}: element type {} must equal Q's {}",
-                    INPUT_NAMES[i],
-                    elem::name(t.ts.elem),
-                    elem::name(T::ONNX)
-                );
-            }
-        }
-        if let Some(t) = &inputs[6] {
-            ensure!(
-                t.ts.elem == elem::INT64,
-                "nonpad_kv_seqlen: element type {} must be int64",
-                elem::name(t.ts.elem)
-            );
-        }
-        let total = plan.kv_total();
-        let dense = match (&inputs[3], plan.mask) {
-            (Some(t), Some(d)) => Some(dense_mask(t.ts.elem, d, total, t.ptr)?),
-            _ => None,
-        };
-        if ctx.output_count()? > 4 {
-            ensure!(
-                ctx.output(4, &plan.qk_dims())?.is_none(),
-                "qk_matmul_output is not supported by the CUDA kernels (run the node on the CPU EP)"
-            );
-        }
-
-        let stream = ctx.stream()?;
-        let y = ctx
-            .output(0, &plan.y_dims())?
-            .ok_or_else(|| Error::fail("Y could not be allocated"))?;
-        let present_k = ctx.output(1, &plan.present_key_dims())?;
-        let present_v = ctx.output(2, &plan.present_value_dims())?;
-        let lse = ctx.output(3, &plan.lse_dims())?;
-        let concat = plan.has_past || present_k.is_some() || present_v.is_some();
-        ensure!(
-            !concat || plan.layout == Layout::Bhsd,
-            "K: past_key/past_value or present_key/present_value with 3-D K/V are not supported by the CUDA kernels (use 4-D K/V)"
-        );
-        // After ORT's allocations, so the EP's context is current here.
-        let module = Module::for_current_context().map_err(from_cuda)?;
-
-        let in_strides = |heads, seq, dim| layout_strides(plan.layout, heads, seq, dim);
-        let (hkv, d, dv) = (plan.kv_heads, plan.head_dim, plan.v_head_dim);
-        let bytes = T::CUDA.size() as usize;
-        // Keys and values: read in place, or concatenated with the cache.
-        let mut scratch: Vec<Scratch> = Vec::new();
-        let mut with_cache = |present: Option<DevicePtr>,
-                              past: usize,
-                              new: &DeviceTensor,
-                              dim: usize|
-         -> Result<(DevicePtr, Strides)> {
-            if !plan.has_past && present.is_none() {
-                let s = in_strides(hkv, plan.kv_new, dim);
-                return Ok((new.ptr, s));
-            }
-            let dst = match present {
-                Some(p) => p,
-                None => {
-                    let n = plan.batch * hkv * total * dim * bytes;
-                    let s = ctx.scratch(new, n)?;
-                    let p = s.ptr();
-                    scratch.push(s);
-                    p
-                }
-            };
-            // P = 0 without a cache: only the new rows are copied.
-            let past = match &inputs[past] {
-                Some(t) if plan.has_past => t.ptr,
-                _ => DevicePtr::NULL,
-            };
-            let driver = Driver::get().map_err(from_cuda)?;
-            // SAFETY: past (P rows, P = 0 when absent), new and dst are
-            // device tensors of this node, 4-D (checked above) with the
-            // shapes `plan` checked; dst holds B·Hkv·(P+Skv)·dim elements.
-            unsafe {
-                concat_cache(driver, &plan, dim, (past, new.ptr, dst), stream, bytes)?;
-            }
-            Ok((dst, Strides::bhsd(hkv, total, dim)))
-        };
-        let (k_ptr, k_strides) = with_cache(present_k, 4, k_in, d)?;
-        let (v_ptr, v_strides) = with_cache(present_v, 5, v_in, dv)?;
-
-        let (spec, mask) = kernel_call(&self.attrs, &plan, k_strides, v_strides)?;
-        let device_mask = DeviceMask {
-            kv_lens: inputs[6].as_ref().map(|t| t.ptr),
-            align_to_kv_lens: inputs[6].is_some(),
-            dense,
-        };
-        let bufs = AttentionBuffers {
-            q: q_in.ptr,
-            k: k_ptr,
-            v: v_ptr,
-            y,
-            lse,
-        };
-        module
-            .attention(stream, &spec, &mask, &device_mask, T::CUDA, &bufs)
-            .map_err(from_cuda)?;
-        // Scratch is freed only now, after every kernel using it is queued
-        // on the stream (see `DeviceContext::scratch`).
-        drop(scratch);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The plugin's calls checked against `tessera_cuda::plan`, the same
@@ -329,8 +264,8 @@ mod tests {
     //! GPU is needed to see that every supported node becomes a valid launch
     //! with the CPU op's geometry and mask.
     use super::*;
-    use crate::attention::plan::{RawAttrs, Shapes};
-    use tessera_cuda::plan;
+    use crate::plan::{Attrs, RawAttrs, Shapes};
+    use tessera_cuda::{plan, Dtype};
 
     const Q: DevicePtr = DevicePtr(0x10_0000);
     const K: DevicePtr = DevicePtr(0x20_0000);
@@ -360,8 +295,8 @@ mod tests {
             )
         } else {
             (
-                layout_strides(p.layout, p.kv_heads, p.kv_new, p.head_dim),
-                layout_strides(p.layout, p.kv_heads, p.kv_new, p.v_head_dim),
+                p.strides(p.kv_heads, p.kv_new, p.head_dim),
+                p.strides(p.kv_heads, p.kv_new, p.v_head_dim),
             )
         };
         let (spec, mask) = kernel_call(a, &p, k, v)?;

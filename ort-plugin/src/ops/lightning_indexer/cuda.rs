@@ -1,5 +1,5 @@
-//! `ai.tessera.LightningIndexer` on the CUDA EP: the CPU op's attributes
-//! (read by [`LightningIndexerOp::attach`]), schema and shape rules, run by
+//! The CUDA-EP kernel of `ai.tessera.LightningIndexer`: the op's schema,
+//! attributes and shape rules ([`super`]), run by
 //! `tessera_cuda::dsa::lightning_indexer` on the node's stream.
 //!
 //! Same result as the CPU op: q and k quantised to E4M3/E5M2 with one scale
@@ -19,24 +19,16 @@
 //! two launches per chunk; one stream synchronisation per call to read the
 //! error flags.
 
-use core::ffi::CStr;
-
 use tessera_cuda::dsa::{self, IndexerCall, IndexerIo, OnStream};
 use tessera_cuda::{Dtype, Fp8Format, Module};
+use tessera_schema::lightning_indexer::{attr, input, output, OP};
 
-use super::device::{DeviceContext, DeviceTensor};
-use super::{from_cuda, host_compute_refused, DeviceKernel};
-use crate::dsa::indexer::{indexer_spec, Format, LightningIndexerOp, INPUT_NAMES};
-use crate::dsa::product;
-use crate::error::{Error, Result};
-use crate::ffi::{elem, KernelContext, KernelInfo, ShapeInference};
-use crate::op::{CustomOp, Port};
-
-/// The CUDA-EP op: the CPU op's attributes.
-#[derive(Debug)]
-pub struct CudaIndexerOp {
-    cpu: LightningIndexerOp,
-}
+use super::{indexer_spec, Format, LightningIndexerOp};
+use crate::error::{from_cuda, Error, Result};
+use crate::ffi::device::{DeviceContext, DeviceTensor};
+use crate::ffi::elem;
+use crate::op::{required, CudaKernel};
+use crate::shape::product;
 
 /// The kernels' name for an input's element type.
 fn source(name: &str, t: &DeviceTensor) -> Result<Dtype> {
@@ -51,69 +43,37 @@ fn source(name: &str, t: &DeviceTensor) -> Result<Dtype> {
     }
 }
 
-impl CustomOp for CudaIndexerOp {
-    const NAME: &'static CStr = c"LightningIndexer";
-
-    fn inputs() -> &'static [Port] {
-        LightningIndexerOp::inputs()
-    }
-
-    fn outputs() -> &'static [Port] {
-        LightningIndexerOp::outputs()
-    }
-
-    fn attach(info: &KernelInfo) -> Result<Self> {
-        Ok(Self {
-            cpu: LightningIndexerOp::attach(info)?,
-        })
-    }
-
-    fn compute(&self, _ctx: &mut KernelContext) -> Result<()> {
-        Err(host_compute_refused())
-    }
-
-    fn infer(ctx: &ShapeInference) -> Result<()> {
-        LightningIndexerOp::infer(ctx)
-    }
-}
-
 /// The GPU indexer's format for the `format` attribute: FP8 only.
 fn kernel_format(f: Format) -> Result<Fp8Format> {
     match f {
         Format::E4M3 => Ok(Fp8Format::E4M3),
         Format::E5M2 => Ok(Fp8Format::E5M2),
-        Format::F32 => Err(Error::invalid(
-            "format = \"f32\" is not supported by the CUDA LightningIndexer (FP8 only: \"e4m3\" or \"e5m2\"; the CPU EP runs \"f32\")",
-        )),
+        Format::F32 => Err(Error::invalid(format!(
+            "{} = \"f32\" is not supported by the CUDA {OP} (FP8 only: \"e4m3\" or \"e5m2\"; the CPU EP runs \"f32\")",
+            attr::FORMAT
+        ))),
     }
 }
 
-impl DeviceKernel for CudaIndexerOp {
+impl CudaKernel for LightningIndexerOp {
     fn run(&self, ctx: &mut DeviceContext) -> Result<()> {
-        let format = kernel_format(self.cpu.format)?;
-        let mut inputs: [Option<DeviceTensor>; 3] = Default::default();
-        for (i, slot) in inputs.iter_mut().enumerate() {
-            *slot = ctx.input(i)?;
-        }
-        let req = |i: usize| {
-            inputs[i]
-                .as_ref()
-                .ok_or_else(|| Error::invalid(format!("{} is required", INPUT_NAMES[i])))
-        };
+        let format = kernel_format(self.format)?;
+        let inputs = ctx.inputs::<3>()?;
+        let req = |i: usize| required(&inputs, &input::ALL, i);
         let (qt, kt, wt) = (req(0)?, req(1)?, req(2)?);
         let spec = indexer_spec(&qt.ts.dims, &kt.ts.dims, &wt.ts.dims)?;
         let (b, sq) = (spec.batch, spec.q_len);
-        let top_k = self.cpu.top_k;
-        product("indices", &[b, sq, top_k])?;
+        let top_k = self.top_k;
+        product(output::INDICES.as_str(), &[b, sq, top_k])?;
         let sources = [
-            source(INPUT_NAMES[0], qt)?,
-            source(INPUT_NAMES[1], kt)?,
-            source(INPUT_NAMES[2], wt)?,
+            source(input::INDEX_Q.as_str(), qt)?,
+            source(input::INDEX_K.as_str(), kt)?,
+            source(input::INDEX_W.as_str(), wt)?,
         ];
         let call = IndexerCall {
             spec,
             top_k,
-            causal: self.cpu.causal,
+            causal: self.causal,
             format,
             sources,
             scores_budget: dsa::SCORES_BUDGET,
@@ -121,7 +81,7 @@ impl DeviceKernel for CudaIndexerOp {
         let stream = ctx.stream()?;
         let out = ctx
             .output(0, &[b, sq, top_k].map(|d| d as i64))?
-            .ok_or_else(|| Error::fail("indices could not be allocated"))?;
+            .ok_or_else(|| Error::fail(format!("{} could not be allocated", output::INDICES)))?;
         if b * sq == 0 {
             return Ok(());
         }
@@ -168,9 +128,15 @@ mod tests {
                 0,
             )
         };
-        assert_eq!(source("index_q", &t(elem::BFLOAT16)).unwrap(), Dtype::Bf16);
-        assert_eq!(source("index_k", &t(elem::FLOAT16)).unwrap(), Dtype::F16);
-        let e = source("index_w", &t(elem::DOUBLE)).unwrap_err();
+        assert_eq!(
+            source(input::INDEX_Q.as_str(), &t(elem::BFLOAT16)).unwrap(),
+            Dtype::Bf16
+        );
+        assert_eq!(
+            source(input::INDEX_K.as_str(), &t(elem::FLOAT16)).unwrap(),
+            Dtype::F16
+        );
+        let e = source(input::INDEX_W.as_str(), &t(elem::DOUBLE)).unwrap_err();
         assert!(
             e.message.starts_with("index_w: element type double"),
             "{}",

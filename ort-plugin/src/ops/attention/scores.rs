@@ -13,7 +13,7 @@
 
 use tessera_core::{reference, AttentionSpec, Element, MaskSpec};
 
-use super::plan::QkMode;
+use crate::plan::QkMode;
 
 /// Fill `out` (`(B, Hq, Sq, Skv)` contiguous) for `mode`. `q`, `k` are read
 /// through the spec's strides; the caller validated spec, mask and buffers

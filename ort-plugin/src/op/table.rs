@@ -1,102 +1,27 @@
-//! One trait for every custom op, and the adapter that turns an
-//! implementation into ORT's `OrtCustomOp` function table.
-//!
-//! An op reads its attributes once, in [`CustomOp::attach`], and then runs
-//! [`CustomOp::compute`] for every call. Every `extern "C"` entry point
-//! below catches panics, so none crosses the FFI boundary, and turns errors
-//! into an `OrtStatus` whose message starts with the op's name.
+//! The CPU EP's `OrtCustomOp` table of an op, and the entries every EP's
+//! table shares: the schema's name, ports and inference, and kernel
+//! creation from [`Schema::attach`]. Each `extern "C"` entry runs inside
+//! [`guard`].
 
-use core::ffi::{c_char, c_int, c_void, CStr};
+use core::ffi::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ort_sys::{
     ONNXTensorElementDataType, OrtApi, OrtCustomOp, OrtCustomOpInputOutputCharacteristic,
-    OrtKernelContext, OrtKernelInfo, OrtMemType, OrtShapeInferContext, OrtStatusPtr,
+    OrtErrorCode, OrtKernelContext, OrtKernelInfo, OrtMemType, OrtShapeInferContext, OrtStatusPtr,
     ORT_API_VERSION,
 };
 
+use super::{guard, CpuKernel, Port, PortType, Schema};
 use crate::error::{Error, Result};
 use crate::ffi::{self, elem, KernelContext, KernelInfo, ShapeInference};
 
-/// The element type a port accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortType {
-    /// Exactly this ONNX element type (ORT picks the kernel by it).
-    Fixed(i32),
-    /// Any type; the op checks it in `compute` and names the rule.
-    Any,
-}
-
-/// One input or output of an op schema.
-#[derive(Clone, Copy, Debug)]
-pub struct Port {
-    /// The name used in messages.
-    pub name: &'static str,
-    /// Accepted element type.
-    pub ty: PortType,
-    /// May the node leave it out?
-    pub optional: bool,
-}
-
-impl Port {
-    /// A required port.
-    pub const fn required(name: &'static str, ty: PortType) -> Self {
-        Self {
-            name,
-            ty,
-            optional: false,
-        }
-    }
-
-    /// An optional port.
-    pub const fn optional(name: &'static str, ty: PortType) -> Self {
-        Self {
-            name,
-            ty,
-            optional: true,
-        }
-    }
-}
-
-/// A custom op: its schema, how it reads attributes and how it runs.
-pub trait CustomOp: Sized + Send + Sync + 'static {
-    /// The op type in the model (`Attention`).
-    const NAME: &'static CStr;
-
-    /// Inputs, in order.
-    fn inputs() -> &'static [Port];
-
-    /// Outputs, in order.
-    fn outputs() -> &'static [Port];
-
-    /// Read and validate the node's attributes (once, at session creation).
-    fn attach(info: &KernelInfo) -> Result<Self>;
-
-    /// Run the op.
-    fn compute(&self, ctx: &mut KernelContext) -> Result<()>;
-
-    /// Output type and shape inference. The default infers nothing.
-    fn infer(_ctx: &ShapeInference) -> Result<()> {
-        Ok(())
-    }
-}
-
-fn guard<R>(op: &CStr, f: impl FnOnce() -> Result<R>) -> Result<R> {
-    let name = op.to_str().unwrap_or("op");
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.map_err(|e| e.context(&format!("ai.tessera.{name}"))),
-        Err(p) => Err(Error::fail(format!(
-            "ai.tessera.{name}: internal error (panic): {}",
-            ffi::panic_message(&*p)
-        ))),
-    }
-}
-
-fn to_status(r: Result<()>) -> OrtStatusPtr {
+/// The status ORT receives for `r`; `fail` is the code of a failure.
+pub(crate) fn to_status(r: Result<()>, fail: OrtErrorCode) -> OrtStatusPtr {
     match r {
         Ok(()) => OrtStatusPtr::default(),
         Err(e) => match ffi::api() {
-            Ok(api) => OrtStatusPtr(ffi::status_from(api, &e)),
+            Ok(api) => OrtStatusPtr(ffi::status_with(api, &e, fail)),
             // Without the API table no status can be made; this cannot
             // happen after RegisterCustomOps.
             Err(_) => OrtStatusPtr::default(),
@@ -104,8 +29,8 @@ fn to_status(r: Result<()>) -> OrtStatusPtr {
     }
 }
 
-unsafe extern "system" fn get_name<O: CustomOp>(_op: *const OrtCustomOp) -> *const c_char {
-    O::NAME.as_ptr()
+unsafe extern "system" fn get_name<O: Schema>(_op: *const OrtCustomOp) -> *const c_char {
+    O::NAME.c().as_ptr()
 }
 
 unsafe extern "system" fn get_ep(_op: *const OrtCustomOp) -> *const c_char {
@@ -127,40 +52,40 @@ fn characteristic(port: Option<&Port>) -> OrtCustomOpInputOutputCharacteristic {
     }
 }
 
-unsafe extern "system" fn input_type<O: CustomOp>(
+unsafe extern "system" fn input_type<O: Schema>(
     _op: *const OrtCustomOp,
     i: usize,
 ) -> ONNXTensorElementDataType {
-    type_enum(O::inputs().get(i))
+    type_enum(O::INPUTS.get(i))
 }
 
-unsafe extern "system" fn input_count<O: CustomOp>(_op: *const OrtCustomOp) -> usize {
-    O::inputs().len()
+unsafe extern "system" fn input_count<O: Schema>(_op: *const OrtCustomOp) -> usize {
+    O::INPUTS.len()
 }
 
-unsafe extern "system" fn output_type<O: CustomOp>(
+unsafe extern "system" fn output_type<O: Schema>(
     _op: *const OrtCustomOp,
     i: usize,
 ) -> ONNXTensorElementDataType {
-    type_enum(O::outputs().get(i))
+    type_enum(O::OUTPUTS.get(i))
 }
 
-unsafe extern "system" fn output_count<O: CustomOp>(_op: *const OrtCustomOp) -> usize {
-    O::outputs().len()
+unsafe extern "system" fn output_count<O: Schema>(_op: *const OrtCustomOp) -> usize {
+    O::OUTPUTS.len()
 }
 
-unsafe extern "system" fn input_characteristic<O: CustomOp>(
+unsafe extern "system" fn input_characteristic<O: Schema>(
     _op: *const OrtCustomOp,
     i: usize,
 ) -> OrtCustomOpInputOutputCharacteristic {
-    characteristic(O::inputs().get(i))
+    characteristic(O::INPUTS.get(i))
 }
 
-unsafe extern "system" fn output_characteristic<O: CustomOp>(
+unsafe extern "system" fn output_characteristic<O: Schema>(
     _op: *const OrtCustomOp,
     i: usize,
 ) -> OrtCustomOpInputOutputCharacteristic {
-    characteristic(O::outputs().get(i))
+    characteristic(O::OUTPUTS.get(i))
 }
 
 unsafe extern "system" fn input_memory_type(_op: *const OrtCustomOp, _i: usize) -> OrtMemType {
@@ -176,20 +101,20 @@ unsafe extern "system" fn variadic_homogeneity(_op: *const OrtCustomOp) -> c_int
 }
 
 unsafe extern "system" fn start_version(_op: *const OrtCustomOp) -> c_int {
-    1
+    tessera_schema::VERSION as c_int
 }
 
 unsafe extern "system" fn end_version(_op: *const OrtCustomOp) -> c_int {
     c_int::MAX
 }
 
-unsafe extern "system" fn create_kernel<O: CustomOp>(
+unsafe extern "system" fn create_kernel<O: Schema>(
     _op: *const OrtCustomOp,
     api: *const OrtApi,
     info: *const OrtKernelInfo,
     kernel: *mut *mut c_void,
 ) -> OrtStatusPtr {
-    let r = guard(O::NAME, || {
+    let r = guard(O::NAME, "", || {
         if api.is_null() || info.is_null() || kernel.is_null() {
             return Err(Error::fail("null pointer from ORT"));
         }
@@ -203,30 +128,56 @@ unsafe extern "system" fn create_kernel<O: CustomOp>(
         unsafe { *kernel = Box::into_raw(Box::new(op)).cast() };
         Ok(())
     });
-    to_status(r)
+    to_status(r, OrtErrorCode::ORT_FAIL)
 }
 
-unsafe extern "system" fn compute<O: CustomOp>(
+/// The body of every EP's compute entry: the kernel `O` that
+/// `create_kernel::<O>` made and ORT's context, handed to `run` inside
+/// [`guard`] (errors prefixed `ai.tessera.{op}{suffix}`); a failure
+/// becomes a status with code `fail`.
+///
+/// # Safety
+/// `kernel` is null or came from `create_kernel::<O>` and is alive (until
+/// `destroy_kernel`); `ctx` is null or valid for this call.
+pub(crate) unsafe fn compute_with<O: Schema>(
+    suffix: &str,
+    fail: OrtErrorCode,
     kernel: *mut c_void,
     ctx: *mut OrtKernelContext,
+    run: impl FnOnce(&O, &'static OrtApi, *mut OrtKernelContext) -> Result<()>,
 ) -> OrtStatusPtr {
-    let r = guard(O::NAME, || {
+    let r = guard(O::NAME, suffix, || {
         if kernel.is_null() || ctx.is_null() {
             return Err(Error::fail("null pointer from ORT"));
         }
         let api = ffi::api()?;
         // SAFETY: `kernel` came from `create_kernel::<O>` and is alive until
-        // `destroy_kernel`; ORT may call compute from several threads at once,
-        // hence only a shared reference (O: Sync).
+        // `destroy_kernel` (this function's contract); ORT may call compute
+        // from several threads at once, hence only a shared reference
+        // (O: Sync).
         let op = unsafe { &*(kernel as *const O) };
-        // SAFETY: `ctx` is valid for this call.
-        let mut ctx = unsafe { KernelContext::new(api, ctx) };
-        op.compute(&mut ctx)
+        run(op, api, ctx)
     });
-    to_status(r)
+    to_status(r, fail)
 }
 
-unsafe extern "system" fn destroy_kernel<O: CustomOp>(kernel: *mut c_void) {
+unsafe extern "system" fn compute<O: CpuKernel>(
+    kernel: *mut c_void,
+    ctx: *mut OrtKernelContext,
+) -> OrtStatusPtr {
+    // SAFETY: ORT passes the kernel `create_kernel::<O>` made for this
+    // table (`table::<O>` builds both entries) and a context valid for
+    // this call.
+    unsafe {
+        compute_with::<O>("", OrtErrorCode::ORT_FAIL, kernel, ctx, |op, api, ctx| {
+            // SAFETY: `ctx` is valid for this call (checked non-null).
+            let mut ctx = KernelContext::new(api, ctx);
+            op.compute(&mut ctx)
+        })
+    }
+}
+
+unsafe extern "system" fn destroy_kernel<O: Schema>(kernel: *mut c_void) {
     if kernel.is_null() {
         return;
     }
@@ -236,14 +187,14 @@ unsafe extern "system" fn destroy_kernel<O: CustomOp>(kernel: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(move || drop(boxed)));
 }
 
-unsafe extern "system" fn infer_shape<O: CustomOp>(
+pub(crate) unsafe extern "system" fn infer_shape<O: Schema>(
     _op: *const OrtCustomOp,
     ctx: *mut OrtShapeInferContext,
 ) -> OrtStatusPtr {
     // ORT (through 1.32) ignores, and leaks, a status returned from here, so
     // inference never fails: it leaves an output it cannot infer alone and
     // the kernel reports the broken rule at run time.
-    let _ = guard(O::NAME, || {
+    let _ = guard(O::NAME, "", || {
         if ctx.is_null() {
             return Ok(());
         }
@@ -257,7 +208,7 @@ unsafe extern "system" fn infer_shape<O: CustomOp>(
 
 /// The `OrtCustomOp` table for op `O`. It is `const`, so each op's table is
 /// a `static` with a stable address, as ORT requires.
-pub const fn table<O: CustomOp>() -> OrtCustomOp {
+pub const fn table<O: CpuKernel>() -> OrtCustomOp {
     let mut t = table_without_inference::<O>();
     t.InferOutputShapeFn = Some(infer_shape::<O>);
     t
@@ -268,7 +219,15 @@ pub const fn table<O: CustomOp>() -> OrtCustomOp {
 /// and crashes (SIGSEGV, before calling us) on a node that leaves an
 /// optional input out in the middle, e.g. `Q, K, V, "", "", "", nonpad`.
 /// Measured: 1.17.3, 1.20.1, 1.22.x, 1.23.2 crash; 1.24.1 and later do not.
-pub const fn table_without_inference<O: CustomOp>() -> OrtCustomOp {
+pub const fn table_without_inference<O: CpuKernel>() -> OrtCustomOp {
+    let mut t = schema_table::<O>();
+    t.KernelComputeV2 = Some(compute::<O>);
+    t
+}
+
+/// The entries every EP's table of `O` shares: the schema, kernel creation
+/// and destruction. No compute entry, no shape inference, the CPU EP.
+pub(crate) const fn schema_table<O: Schema>() -> OrtCustomOp {
     OrtCustomOp {
         // Must equal the version of the headers the table was built with; a
         // larger value makes ORT read fields this struct does not have.
@@ -290,7 +249,7 @@ pub const fn table_without_inference<O: CustomOp>() -> OrtCustomOp {
         GetVariadicOutputMinArity: Some(variadic_min_arity),
         GetVariadicOutputHomogeneity: Some(variadic_homogeneity),
         CreateKernelV2: Some(create_kernel::<O>),
-        KernelComputeV2: Some(compute::<O>),
+        KernelComputeV2: None,
         InferOutputShapeFn: None,
         GetStartVersion: Some(start_version),
         GetEndVersion: Some(end_version),
