@@ -20,6 +20,9 @@ pub enum Dim {
     Unknown,
 }
 
+/// The default ONNX domain as nodes and opset imports spell it.
+pub const ONNX_DOMAIN: &str = "";
+
 /// Producers, consumers, constants and shapes of one graph.
 #[derive(Debug)]
 pub struct GraphIndex<'g> {
@@ -161,7 +164,7 @@ impl<'g> GraphIndex<'g> {
 
 /// Whether `n` is in the default ONNX domain.
 pub fn is_onnx(n: &NodeProto) -> bool {
-    matches!(n.domain(), "" | "ai.onnx")
+    matches!(n.domain(), ONNX_DOMAIN | "ai.onnx")
 }
 
 /// Attribute `name` of `n`.
