@@ -13,6 +13,7 @@ pub mod graph;
 pub mod inspect;
 pub mod mask;
 pub mod model;
+pub mod names;
 pub mod proto;
 pub mod rewrite;
 pub mod sites;
