@@ -81,5 +81,8 @@ mod attrs {
     pub const VALUE: &str = "value";
 }
 
+/// The domain of ONNX Runtime's contrib ops.
+pub const MS_DOMAIN: &str = "com.microsoft";
+
 pub use attrs::*;
 pub use ops::*;

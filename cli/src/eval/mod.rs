@@ -8,10 +8,10 @@
 //! the requested tensor are run. Cost: one pass over that cone; each tensor
 //! is at most [`MAX_ELEMENTS`] elements, and at most [`MAX_NODES`] nodes run.
 //!
-//! One job per module: [`tensor`] (values, element types, broadcasting),
-//! [`layout`] (reshapes, slices, gathers), [`ops`] (the op table: op type →
-//! handler), [`shape`] (shape rules, so a `Shape` need not compute values),
-//! [`roles`] (which graph inputs to feed, and [`probe_shape`]). This module
+//! One job per module: `tensor` (values, element types, broadcasting),
+//! `layout` (reshapes, slices, gathers), `ops` (the op table: op type →
+//! handler), `shape` (shape rules, so a `Shape` need not compute values),
+//! `roles` (which graph inputs to feed, and [`probe_shape`]). This module
 //! holds the [`Evaluator`]: memoised values and the node budget.
 
 mod layout;

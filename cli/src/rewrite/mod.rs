@@ -6,10 +6,10 @@
 //! mask subgraph replaced by attributes) are pruned; nothing else is.
 //! Rewriting a rewritten model changes nothing.
 //!
-//! [`rewrite`] runs four steps: choose the sites ([`plan`]), splice the new
-//! nodes in ([`splice`]), prune what only fed the old ones ([`prune`]), and
+//! [`rewrite`] runs four steps: choose the sites (`plan`), splice the new
+//! nodes in (`splice`), prune what only fed the old ones (`prune`), and
 //! commit the nodes and the `ai.tessera` opset import to the model.
-//! [`policy`] parses the policies, [`build`] makes the new nodes.
+//! `policy` parses the policies, `build` makes the new nodes.
 
 mod build;
 mod policy;
