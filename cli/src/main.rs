@@ -5,11 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tessera_cli::error::{Error, Result};
-use tessera_cli::rewrite::{parse_layers, rewrite, Policy};
+use tessera_cli::rewrite::{parse_layers, rewrite, Policy, EXACT};
 use tessera_cli::{bail, inspect, model, verify};
-
-/// The policy every rewrite starts from.
-const EXACT: &str = "exact";
 
 /// Command-line words: positional arguments and `--flag [value]` pairs.
 struct Args {

@@ -27,8 +27,12 @@
 
 use std::collections::HashSet;
 
-use crate::eval::{Evaluator, Roles};
+use crate::eval::{Evaluator, Lcg, Roles};
 use crate::graph::GraphIndex;
+use crate::names::{
+    AND, CAST, EQUAL, EXPAND, GREATER, GREATER_OR_EQUAL, IDENTITY, IS_INF, IS_NAN, LESS,
+    LESS_OR_EQUAL, NOT, OR, RESHAPE, SHAPE, SQUEEZE, TO, TRANSPOSE, UNSQUEEZE, XOR,
+};
 use crate::proto::tensor_proto::DataType;
 
 /// Sequence length of the band run (odd, so no tile or chunk size divides it).
@@ -108,26 +112,11 @@ pub fn is_bool(ix: &GraphIndex, tensor: &str) -> bool {
     };
     let n = ix.node(p);
     match n.op_type() {
-        "And" | "Or" | "Not" | "Xor" | "LessOrEqual" | "Less" | "Greater" | "GreaterOrEqual"
-        | "Equal" | "IsNaN" | "IsInf" => true,
-        "Cast" => crate::graph::attr_i(n, "to") == Some(DataType::Bool as i64),
-        "Expand" | "Unsqueeze" | "Squeeze" | "Reshape" | "Transpose" | "Identity" => {
-            is_bool(ix, &n.input[0])
-        }
+        AND | OR | NOT | XOR | LESS_OR_EQUAL | LESS | GREATER | GREATER_OR_EQUAL | EQUAL
+        | IS_NAN | IS_INF => true,
+        CAST => crate::graph::attr_i(n, TO) == Some(DataType::Bool as i64),
+        EXPAND | UNSQUEEZE | SQUEEZE | RESHAPE | TRANSPOSE | IDENTITY => is_bool(ix, &n.input[0]),
         _ => false,
-    }
-}
-
-/// A small deterministic generator (the classification must not depend on
-/// the run).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
     }
 }
 
@@ -137,7 +126,7 @@ fn padding_rows(s: usize) -> Vec<Vec<bool>> {
     let mut rng = Lcg(0x7e55e7a);
     let right: Vec<bool> = (0..s).map(|k| k < s * 2 / 3).collect();
     let left: Vec<bool> = (0..s).map(|k| k >= s / 4).collect();
-    let mut holes: Vec<bool> = (0..s).map(|_| rng.next() % 10 < 7).collect();
+    let mut holes: Vec<bool> = (0..s).map(|_| rng.draw() % 10 < 7).collect();
     holes[0] = true;
     vec![right, left, holes, vec![true; s]]
 }
@@ -245,7 +234,7 @@ fn wide_constant(ix: &GraphIndex, tensor: &str, s_band: usize) -> Option<f64> {
         }
         if let Some(p) = ix.producer(&t) {
             let n = ix.node(p);
-            if n.op_type() != "Shape" {
+            if n.op_type() != SHAPE {
                 stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
             }
         }

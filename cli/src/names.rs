@@ -75,6 +75,12 @@ mod attrs {
     pub const PERM: &str = "perm";
     /// `Split` (before opset 13): the part sizes.
     pub const SPLIT_ATTR: &str = "split";
+    /// `Constant`: a float scalar value.
+    pub const VALUE_FLOAT: &str = "value_float";
+    /// `Constant`: a float list value.
+    pub const VALUE_FLOATS: &str = "value_floats";
+    /// `Constant`: an int list value.
+    pub const VALUE_INTS: &str = "value_ints";
     /// `Cast`: the target element type.
     pub const TO: &str = "to";
     /// `Constant`/`ConstantOfShape`: the value tensor.

@@ -252,11 +252,7 @@ pub(super) fn gather_nd(x: &Tensor, idx: &Tensor) -> R<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::tensor::INT64;
-
-    fn t(shape: &[usize], data: &[f64]) -> Tensor {
-        Tensor::new(shape.to_vec(), data.to_vec(), INT64)
-    }
+    use crate::eval::tensor::t;
 
     #[test]
     fn gathers_slices_and_transposes_pick_the_right_elements() {

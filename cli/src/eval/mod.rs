@@ -26,7 +26,7 @@ use std::rc::Rc;
 use crate::graph::{attr_ints, is_onnx, Constant, GraphIndex};
 use crate::names::AXES;
 
-pub use roles::{probe_shape, Roles};
+pub use roles::{probe_shape, Lcg, Roles};
 pub use tensor::{Tensor, MAX_ELEMENTS};
 
 use tensor::from_constant;

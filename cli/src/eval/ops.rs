@@ -18,9 +18,9 @@ type Op = fn(&mut Evaluator, usize) -> R<Tensor>;
 
 /// The flat table, one row per supported op type.
 const OPS: &[(&str, Op)] = &[
-    ("Constant", constant),
+    (CONSTANT, constant),
     (IDENTITY, identity),
-    ("Shape", shape),
+    (SHAPE, shape),
     ("Size", size),
     ("ConstantOfShape", constant_of_shape),
     (CAST, cast_op),
@@ -81,9 +81,9 @@ impl Evaluator<'_, '_> {
 fn constant(ev: &mut Evaluator, p: usize) -> R<Tensor> {
     let n = ev.ix.node(p);
     let c = ev.ix.constant(&n.output[0]).ok_or("unsupported constant")?;
-    let dt = attr(n, "value").and_then(|a| a.t.as_ref()).map_or_else(
+    let dt = attr(n, VALUE).and_then(|a| a.t.as_ref()).map_or_else(
         || {
-            if attr(n, "value_float").is_some() || attr(n, "value_floats").is_some() {
+            if attr(n, VALUE_FLOAT).is_some() || attr(n, VALUE_FLOATS).is_some() {
                 FLOAT
             } else {
                 INT64
@@ -121,7 +121,7 @@ fn size(ev: &mut Evaluator, p: usize) -> R<Tensor> {
 fn constant_of_shape(ev: &mut Evaluator, p: usize) -> R<Tensor> {
     let n = ev.ix.node(p);
     let shape = ev.dims_arg(p, 0)?;
-    let (v, dt) = match attr(n, "value").and_then(|a| a.t.as_ref()) {
+    let (v, dt) = match attr(n, VALUE).and_then(|a| a.t.as_ref()) {
         Some(t) => (
             Constant::from_tensor(t)
                 .and_then(|c| c.values.first().copied())
@@ -139,7 +139,7 @@ fn constant_of_shape(ev: &mut Evaluator, p: usize) -> R<Tensor> {
 
 fn cast_op(ev: &mut Evaluator, p: usize) -> R<Tensor> {
     let x = ev.need(p, 0)?;
-    let to = attr_i(ev.ix.node(p), "to").ok_or("no 'to'")? as i32;
+    let to = attr_i(ev.ix.node(p), TO).ok_or("no 'to'")? as i32;
     Ok(Tensor::new(
         x.shape.clone(),
         x.data.iter().map(|&v| cast(v, to)).collect(),

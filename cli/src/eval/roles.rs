@@ -53,16 +53,11 @@ impl Roles {
     /// deterministic token ids in range, and `rows` as the attention mask.
     pub fn feeds(&self, ix: &GraphIndex, rows: &[Vec<bool>]) -> HashMap<String, Tensor> {
         let (b, s) = (rows.len(), rows.first().map_or(0, Vec::len));
-        let mut state = 0x5eedu64;
+        let mut rng = Lcg(0x5eed);
         let mut feeds = HashMap::new();
         for (name, vocab) in &self.tokens {
             let data = (0..b * s)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((state >> 33) % *vocab as u64) as f64
-                })
+                .map(|_| (rng.draw() % *vocab as u64) as f64)
                 .collect();
             let dt = ix.elem_type(name).unwrap_or(INT64);
             feeds.insert(name.clone(), Tensor::new(vec![b, s], data, dt));
@@ -86,4 +81,19 @@ pub fn probe_shape(ix: &GraphIndex, tensor: &str, s: usize) -> Option<Vec<usize>
     let roles = Roles::of(ix);
     let mut ev = Evaluator::new(ix, roles.feeds(ix, &[vec![true; s]]));
     ev.shape_only(tensor).ok()
+}
+
+/// A small deterministic generator (feeds and mask classification must
+/// not depend on the run).
+#[derive(Debug)]
+pub struct Lcg(pub u64);
+impl Lcg {
+    /// The next 31-bit value.
+    pub fn draw(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
 }

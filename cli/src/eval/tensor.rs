@@ -177,13 +177,15 @@ pub(super) fn map_n(
     Tensor::new(shape.to_vec(), data, dtype)
 }
 
+/// An int64 tensor, for tests.
+#[cfg(test)]
+pub(super) fn t(shape: &[usize], data: &[f64]) -> Tensor {
+    Tensor::new(shape.to_vec(), data.to_vec(), INT64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(shape: &[usize], data: &[f64]) -> Tensor {
-        Tensor::new(shape.to_vec(), data.to_vec(), INT64)
-    }
 
     #[test]
     fn broadcasting_follows_numpy() {

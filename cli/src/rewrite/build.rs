@@ -9,6 +9,7 @@ use tessera_schema::{attention, topk_attention, DOMAIN};
 
 use super::policy::Policy;
 use crate::graph::{attr_i, GraphIndex};
+use crate::names::{AXES, CAST, CONSTANT, PERM, TO, TRANSPOSE, UNSQUEEZE, VALUE_INTS};
 use crate::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
 use crate::sites::{Site, SiteKind};
 
@@ -16,11 +17,6 @@ use attention::attr::{
     IS_CAUSAL, KV_NUM_HEADS, LEFT_WINDOW_SIZE, NUM_GLOBAL_TOKENS, Q_NUM_HEADS, RIGHT_WINDOW_SIZE,
     SCALE,
 };
-
-/// The attribute a `Cast` reads its target type from.
-const CAST_TO: &str = "to";
-/// The attribute (or, from opset 13, input) that lists `Unsqueeze`'s axes.
-const UNSQUEEZE_AXES: &str = "axes";
 
 /// The nodes that replace `site` under `policy`; the last one produces the
 /// site's output.
@@ -41,30 +37,33 @@ pub(super) fn op_for(policy: &Policy) -> &'static str {
     }
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
+/// An attribute with its name and type set and no value yet.
+fn typed_attr(name: &str, t: AttributeType) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
+        r#type: Some(t as i32),
         ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        i: Some(v),
+        ..typed_attr(name, AttributeType::Int)
     }
 }
 
 fn ints_attr(name: &str, v: Vec<i64>) -> AttributeProto {
     AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Ints as i32),
         ints: v,
-        ..Default::default()
+        ..typed_attr(name, AttributeType::Ints)
     }
 }
 
 fn float_attr(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Float as i32),
         f: Some(v),
-        ..Default::default()
+        ..typed_attr(name, AttributeType::Float)
     }
 }
 
@@ -225,18 +224,18 @@ pub(super) fn key_padding_nodes(input: &str, axes_as_input: bool) -> Vec<NodePro
     let axes = format!("{input}.tessera_axes");
     let mut out = vec![NodeProto {
         name: Some(format!("{input}.tessera_cast")),
-        op_type: Some("Cast".into()),
+        op_type: Some(CAST.into()),
         input: vec![input.into()],
         output: vec![cast.clone()],
         attribute: vec![int_attr(
-            CAST_TO,
+            TO,
             crate::proto::tensor_proto::DataType::Bool as i64,
         )],
         ..Default::default()
     }];
     let mut unsqueeze = NodeProto {
         name: Some(format!("{input}.tessera_unsqueeze")),
-        op_type: Some("Unsqueeze".into()),
+        op_type: Some(UNSQUEEZE.into()),
         input: vec![cast],
         output: vec![key_padding_name(input)],
         ..Default::default()
@@ -244,16 +243,14 @@ pub(super) fn key_padding_nodes(input: &str, axes_as_input: bool) -> Vec<NodePro
     if axes_as_input {
         out.push(NodeProto {
             name: Some(axes.clone()),
-            op_type: Some("Constant".into()),
+            op_type: Some(CONSTANT.into()),
             output: vec![axes.clone()],
-            attribute: vec![ints_attr("value_ints", vec![1, 2])],
+            attribute: vec![ints_attr(VALUE_INTS, vec![1, 2])],
             ..Default::default()
         });
         unsqueeze.input.push(axes);
     } else {
-        unsqueeze
-            .attribute
-            .push(ints_attr(UNSQUEEZE_AXES, vec![1, 2]));
+        unsqueeze.attribute.push(ints_attr(AXES, vec![1, 2]));
     }
     out.push(unsqueeze);
     out
@@ -280,10 +277,10 @@ fn transpose_k(prefix: &str, k: &str, perm: &[i64]) -> (NodeProto, String) {
     let name = format!("{prefix}.tessera_k");
     let node = NodeProto {
         name: Some(format!("{prefix}.k_transpose")),
-        op_type: Some("Transpose".into()),
+        op_type: Some(TRANSPOSE.into()),
         input: vec![k.to_string()],
         output: vec![name.clone()],
-        attribute: vec![ints_attr("perm", perm.to_vec())],
+        attribute: vec![ints_attr(PERM, perm.to_vec())],
         ..Default::default()
     };
     (node, name)

@@ -25,7 +25,7 @@ use crate::model::Model;
 use crate::proto::{GraphProto, NodeProto, OperatorSetIdProto};
 use crate::sites::{find_sites, Site, SiteKind};
 
-pub use policy::{parse_layers, Policy};
+pub use policy::{parse_layers, Policy, EXACT};
 
 /// A site named in a report: its ordinal (the `--layers` number) and the
 /// node it is anchored on.

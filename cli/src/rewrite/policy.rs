@@ -6,6 +6,9 @@ use std::collections::HashSet;
 use crate::bail;
 use crate::error::Result;
 
+/// The `--policy` spelling of [`Policy::Exact`], the default.
+pub const EXACT: &str = "exact";
+
 /// How sites are replaced.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Policy {
@@ -41,7 +44,7 @@ pub enum Policy {
 impl Policy {
     /// Parse `exact` or `window=L,R[,global-every=N][,globals=G]`.
     pub fn parse(s: &str) -> Result<Self> {
-        if s == "exact" {
+        if s == EXACT {
             return Ok(Self::Exact);
         }
         if let Some(rest) = s.strip_prefix("topk=") {
