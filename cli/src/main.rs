@@ -322,3 +322,34 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usage_lists_every_command_once_in_table_order() {
+        let u = usage();
+        let lines: Vec<&str> = u.lines().collect();
+        assert_eq!(lines[0], "usage:");
+        assert_eq!(lines.len(), COMMANDS.len() + 1);
+        for (c, line) in COMMANDS.iter().zip(&lines[1..]) {
+            assert!(
+                line.starts_with(&format!("  tessera {} ", c.name)),
+                "{line}"
+            );
+        }
+        assert!(COMMANDS.iter().all(|c| !HELP.contains(&c.name)));
+    }
+
+    #[test]
+    fn unknown_commands_and_options_are_refused_with_the_usage() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let e = run(&words("frobnicate")).unwrap_err().to_string();
+        assert!(e.starts_with("unknown command 'frobnicate'\nusage:"), "{e}");
+        let e = run(&words("inspect --nope m.onnx"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("unknown option '--nope'\nusage:"), "{e}");
+    }
+}

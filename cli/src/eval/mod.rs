@@ -177,3 +177,42 @@ impl<'a, 'g> Evaluator<'a, 'g> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{GraphProto, NodeProto};
+
+    fn node(op: &str, name: &str, input: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            op_type: Some(op.into()),
+            name: Some(name.into()),
+            input: input.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_op_table_runs_known_ops_and_names_the_node_of_an_unknown_one() {
+        let graph = GraphProto {
+            node: vec![
+                node("Identity", "id", &["x"], "y"),
+                node("Neg", "neg", &["y"], "z"),
+                node("Einsum", "mystery", &["z"], "w"),
+                node("Shape", "shape", &["w"], "s"),
+            ],
+            ..Default::default()
+        };
+        let ix = GraphIndex::new(&graph);
+        let x = Tensor::new(vec![2], vec![1.0, -2.0], tensor::INT64);
+        let mut ev = Evaluator::new(&ix, HashMap::from([("x".to_string(), x)]));
+        assert_eq!(ev.eval("z").unwrap().data, vec![-1.0, 2.0]);
+        assert_eq!(ev.shape_only("z").unwrap(), vec![2]);
+        let err = ev.eval("s").unwrap_err();
+        assert_eq!(
+            err,
+            "Einsum 'mystery': op Einsum is not supported by the mask interpreter"
+        );
+    }
+}
