@@ -242,6 +242,8 @@ fn wide_constant(ix: &GraphIndex, tensor: &str, s_band: usize) -> Option<f64> {
     None
 }
 
+/// What `tensor` computes, found by running it: a band of keys around each
+/// query (causal, windowed or full), possibly with key padding; or why not.
 fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
     let mut info = MaskInfo {
         tensor: Some(tensor.into()),
@@ -249,58 +251,8 @@ fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
         ..Default::default()
     };
     let roles = Roles::of(ix);
-    let result = (|| -> Result<((i64, i64), bool), String> {
-        // 1. The band, with every key present.
-        // A model with a short position table cannot run S_BAND: the
-        // longest length that runs is used instead.
-        let mut tried = Err(String::new());
-        let mut s_band = S_BAND;
-        for s in [S_BAND, 509, 251, S_PAD] {
-            tried = allowed(ix, &roles, tensor, form, &[vec![true; s]]);
-            if tried.is_ok() {
-                s_band = s;
-                break;
-            }
-        }
-        let ones = tried?;
-        let bnd = band(&ones[0])
-            .ok_or("not a band of keys around the query (e.g. chunked or arbitrary)")?;
-        if bnd.0 < 0 || bnd.1 < 0 {
-            if let Some(c) = wide_constant(ix, tensor, s_band) {
-                return Err(format!(
-                    "the constant {c} could be a window wider than the {s_band} positions checked"
-                ));
-            }
-        }
-        // 2. Key padding.
-        let rows = padding_rows(S_PAD);
-        let got = allowed(ix, &roles, tensor, form, &rows)?;
-        let (mut uses_padding, mut matches) = (false, true);
-        for (b, row_mask) in rows.iter().enumerate() {
-            for (q, row) in got[b].iter().enumerate() {
-                for (k, &v) in row.iter().enumerate() {
-                    let band_ok = got[b].len() == 1 || in_band(q, k, bnd);
-                    let padded = band_ok && row_mask[k];
-                    matches &= v == padded;
-                    uses_padding |= band_ok && !row_mask[k];
-                }
-            }
-        }
-        if !matches {
-            let unpadded = got.iter().all(|rows| {
-                rows.iter().enumerate().all(|(q, row)| {
-                    row.iter()
-                        .enumerate()
-                        .all(|(k, &v)| v == (rows.len() == 1 || in_band(q, k, bnd)))
-                })
-            });
-            if !unpadded {
-                return Err("depends on the attention mask other than as key padding".into());
-            }
-            uses_padding = false;
-        }
-        Ok((bnd, uses_padding))
-    })();
+    let result = band_of_keys(ix, &roles, tensor, form)
+        .and_then(|bnd| Ok((bnd, key_padding(ix, &roles, tensor, form, bnd)?)));
     match result {
         Ok((bnd, padding)) => {
             info.causal = bnd == (-1, 0);
@@ -312,4 +264,72 @@ fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
         Err(why) => info.opaque.push(why),
     }
     info
+}
+
+/// Step 1: the band, with every key present. A model with a short position
+/// table cannot run `S_BAND`: the longest length that runs is used instead.
+fn band_of_keys(
+    ix: &GraphIndex,
+    roles: &Roles,
+    tensor: &str,
+    form: &'static str,
+) -> Result<(i64, i64), String> {
+    let mut tried = Err(String::new());
+    let mut s_band = S_BAND;
+    for s in [S_BAND, 509, 251, S_PAD] {
+        tried = allowed(ix, roles, tensor, form, &[vec![true; s]]);
+        if tried.is_ok() {
+            s_band = s;
+            break;
+        }
+    }
+    let ones = tried?;
+    let bnd =
+        band(&ones[0]).ok_or("not a band of keys around the query (e.g. chunked or arbitrary)")?;
+    if bnd.0 < 0 || bnd.1 < 0 {
+        if let Some(c) = wide_constant(ix, tensor, s_band) {
+            return Err(format!(
+                "the constant {c} could be a window wider than the {s_band} positions checked"
+            ));
+        }
+    }
+    Ok(bnd)
+}
+
+/// Step 2: whether the mask input acts on `tensor` exactly as key padding
+/// within the band `bnd` (`Ok(false)` when it does not act at all).
+fn key_padding(
+    ix: &GraphIndex,
+    roles: &Roles,
+    tensor: &str,
+    form: &'static str,
+    bnd: (i64, i64),
+) -> Result<bool, String> {
+    let rows = padding_rows(S_PAD);
+    let got = allowed(ix, roles, tensor, form, &rows)?;
+    let (mut uses_padding, mut matches) = (false, true);
+    for (b, row_mask) in rows.iter().enumerate() {
+        for (q, row) in got[b].iter().enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                let band_ok = got[b].len() == 1 || in_band(q, k, bnd);
+                let padded = band_ok && row_mask[k];
+                matches &= v == padded;
+                uses_padding |= band_ok && !row_mask[k];
+            }
+        }
+    }
+    if matches {
+        return Ok(uses_padding);
+    }
+    let unpadded = got.iter().all(|rows| {
+        rows.iter().enumerate().all(|(q, row)| {
+            row.iter()
+                .enumerate()
+                .all(|(k, &v)| v == (rows.len() == 1 || in_band(q, k, bnd)))
+        })
+    });
+    if !unpadded {
+        return Err("depends on the attention mask other than as key padding".into());
+    }
+    Ok(false)
 }

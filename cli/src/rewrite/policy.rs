@@ -42,56 +42,54 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// Parse `exact` or `window=L,R[,global-every=N][,globals=G]`.
+    /// Parse `exact`, `window=L,R[,global-every=N][,globals=G]` or
+    /// `topk=K[,window=L][,globals=G]`.
     pub fn parse(s: &str) -> Result<Self> {
         if s == EXACT {
             return Ok(Self::Exact);
         }
         if let Some(rest) = s.strip_prefix("topk=") {
-            let mut parts = rest.split(',');
-            let k = parts.next().unwrap_or("");
-            let k = match k.trim().parse::<i64>() {
-                Ok(k) if k >= 1 => k,
-                _ => bail!("--policy '{s}': top_k must be an integer >= 1 (got '{k}')"),
-            };
-            let (mut window, mut globals) = (None, 0i64);
-            for p in parts {
-                let num = |v: &str, what: &str| -> Result<i64> {
-                    match v.trim().parse::<i64>() {
-                        Ok(v) if v >= 0 => Ok(v),
-                        _ => bail!("--policy '{s}': {what} must be an integer >= 0 (got '{v}')"),
-                    }
-                };
-                if let Some(w) = p.strip_prefix("window=") {
-                    window = Some(num(w, "window")?);
-                } else if let Some(g) = p.strip_prefix("globals=") {
-                    globals = num(g, "globals")?;
-                } else {
-                    bail!("--policy '{s}': unknown part '{p}' (expected window=L or globals=G)");
-                }
-            }
-            return Ok(Self::TopK { k, window, globals });
+            return Self::parse_topk(s, rest);
         }
         let Some(rest) = s.strip_prefix("window=") else {
             bail!("--policy '{s}': expected 'exact', 'window=L,R[,global-every=N][,globals=G]' or 'topk=K[,window=L][,globals=G]'");
         };
-        let parts: Vec<&str> = rest.split(',').collect();
-        let num = |p: &str, what: &str| -> Result<i64> {
-            match p.trim().parse::<i64>() {
-                Ok(v) if v >= -1 => Ok(v),
-                _ => bail!("--policy '{s}': {what} must be an integer >= -1 (got '{p}')"),
+        Self::parse_window(s, rest)
+    }
+
+    /// `topk=K[,window=L][,globals=G]` (`rest` follows `topk=` in `s`).
+    fn parse_topk(s: &str, rest: &str) -> Result<Self> {
+        let mut parts = rest.split(',');
+        let k = at_least(s, parts.next().unwrap_or(""), "top_k", 1)?;
+        let (mut window, mut globals) = (None, 0i64);
+        for p in parts {
+            if let Some(w) = p.strip_prefix("window=") {
+                window = Some(at_least(s, w, "window", 0)?);
+            } else if let Some(g) = p.strip_prefix("globals=") {
+                globals = at_least(s, g, "globals", 0)?;
+            } else {
+                bail!("--policy '{s}': unknown part '{p}' (expected window=L or globals=G)");
             }
-        };
+        }
+        Ok(Self::TopK { k, window, globals })
+    }
+
+    /// `window=L,R[,global-every=N][,globals=G]` (`rest` follows `window=` in `s`).
+    fn parse_window(s: &str, rest: &str) -> Result<Self> {
+        let parts: Vec<&str> = rest.split(',').collect();
         if parts.len() < 2 {
             bail!("--policy '{s}': window needs L,R");
         }
-        let (left, right) = (num(parts[0], "L")?, num(parts[1], "R")?);
+        let (left, right) = (
+            at_least(s, parts[0], "L", -1)?,
+            at_least(s, parts[1], "R", -1)?,
+        );
         let (mut global_every, mut globals) = (0usize, 0i64);
         for p in &parts[2..] {
             if let Some(n) = p.strip_prefix("global-every=") {
-                global_every = num(n, "global-every")?.max(0) as usize;
+                global_every = at_least(s, n, "global-every", -1)?.max(0) as usize;
             } else if let Some(g) = p.strip_prefix("globals=") {
-                globals = num(g, "globals")?.max(0);
+                globals = at_least(s, g, "globals", -1)?.max(0);
             } else {
                 bail!("--policy '{s}': unknown part '{p}' (expected global-every=N or globals=G)");
             }
@@ -102,6 +100,14 @@ impl Policy {
             global_every,
             globals,
         })
+    }
+}
+
+/// The integer `v` (a part of the policy `s`) when it is at least `min`.
+fn at_least(s: &str, v: &str, what: &str, min: i64) -> Result<i64> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => bail!("--policy '{s}': {what} must be an integer >= {min} (got '{v}')"),
     }
 }
 

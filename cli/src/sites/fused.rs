@@ -8,6 +8,7 @@ use super::{fold_repeat_kv, heads_from_reshape, heads_from_shape, Site, SiteKind
 use crate::graph::{attr_f, attr_i, GraphIndex};
 use crate::mask::{analyse_additive, analyse_bool, is_bool, MaskInfo};
 use crate::names::{ADD, ATTENTION, GEMM, MATMUL, MULTI_HEAD_ATTENTION};
+use crate::proto::NodeProto;
 
 /// `com.microsoft` ops: the head count.
 const NUM_HEADS: &str = "num_heads";
@@ -18,31 +19,13 @@ pub(super) fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> O
     let n = ix.node(i);
     let input = |k: usize| n.input.get(k).filter(|s| !s.is_empty()).cloned();
     let q = input(0)?;
-    let (mut hq, mut d) = heads_from_reshape(ix, &q)
-        .map(|(h, d)| (Some(h), Some(d)))
-        .unwrap_or_else(|| heads_from_shape(ix, &q));
-    let k_name = input(1).unwrap_or_default();
-    let hkv = attr_i(n, KV_NUM_HEADS.as_str())
-        .or(heads_from_reshape(ix, &k_name).map(|(h, _)| h))
-        .or(heads_from_shape(ix, &k_name).0);
-    hq = attr_i(n, Q_NUM_HEADS.as_str()).or(hq);
-    if d.is_some() && ix.shape(&q).is_some_and(|s| s.len() == 3) {
-        d = hq.and_then(|h| d.map(|hd| hd / h));
-    }
+    let (hq, hkv, d) = onnx_attention_heads(ix, n, &q, &input(1).unwrap_or_default());
     let mask = match input(3) {
         Some(m) if is_bool(ix, &m) => analyse_bool(ix, &m),
         Some(m) => analyse_additive(ix, &m),
         None => MaskInfo::default(),
     };
-    // GQA exported as repeat_kv before a plain Attention: read the KV heads directly.
-    let (mut k, mut v, mut hkv) = (input(1)?, input(2)?, hkv);
-    if let (Some((k0, nk)), Some((v0, nv)), Some(h)) =
-        (fold_repeat_kv(ix, &k), fold_repeat_kv(ix, &v), hq)
-    {
-        if nk == nv && ix.shape(&q).is_none_or(|s| s.len() == 4) {
-            (k, v, hkv) = (k0, v0, Some(h / nk));
-        }
-    }
+    let (k, v, hkv) = unrepeat_kv(ix, &q, input(1)?, input(2)?, hq, hkv);
     let exact = if input(4).is_some() != input(5).is_some() {
         Err("past_key without past_value".into())
     } else {
@@ -65,6 +48,49 @@ pub(super) fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> O
         causal: attr_i(n, IS_CAUSAL.as_str()) == Some(1),
         exact,
     })
+}
+
+/// Query heads, KV heads and head size of an ONNX `Attention`: its head
+/// attributes (3-D inputs) first, then the head-split reshapes and shapes.
+fn onnx_attention_heads(
+    ix: &GraphIndex,
+    n: &NodeProto,
+    q: &str,
+    k: &str,
+) -> (Option<i64>, Option<i64>, Option<i64>) {
+    let (hq, d) = heads_from_reshape(ix, q)
+        .map(|(h, d)| (Some(h), Some(d)))
+        .unwrap_or_else(|| heads_from_shape(ix, q));
+    let hkv = attr_i(n, KV_NUM_HEADS.as_str())
+        .or(heads_from_reshape(ix, k).map(|(h, _)| h))
+        .or(heads_from_shape(ix, k).0);
+    let hq = attr_i(n, Q_NUM_HEADS.as_str()).or(hq);
+    let d = if d.is_some() && ix.shape(q).is_some_and(|s| s.len() == 3) {
+        hq.and_then(|h| d.map(|hd| hd / h))
+    } else {
+        d
+    };
+    (hq, hkv, d)
+}
+
+/// GQA exported as `repeat_kv` before a plain `Attention`: K and V from
+/// before the repeat, and the KV heads they have.
+fn unrepeat_kv(
+    ix: &GraphIndex,
+    q: &str,
+    k: String,
+    v: String,
+    hq: Option<i64>,
+    hkv: Option<i64>,
+) -> (String, String, Option<i64>) {
+    if let (Some((k0, nk)), Some((v0, nv)), Some(h)) =
+        (fold_repeat_kv(ix, &k), fold_repeat_kv(ix, &v), hq)
+    {
+        if nk == nv && ix.shape(q).is_none_or(|s| s.len() == 4) {
+            return (k0, v0, Some(h / nk));
+        }
+    }
+    (k, v, hkv)
 }
 
 /// `com.microsoft` fused attention: listed, not rewritten yet.
@@ -113,11 +139,7 @@ pub(super) fn match_microsoft(ix: &GraphIndex, i: usize, layer: usize) -> Option
 /// `com.microsoft.MultiHeadAttention` maps onto Tessera's 3-D form when it
 /// has separate `(B, S, H·D)` Q, K, V, no packed bias, no key padding mask,
 /// no past, and no used `present_*` output; `attention_bias` becomes `attn_mask`.
-fn mha_exact(
-    ix: &GraphIndex,
-    n: &crate::proto::NodeProto,
-    heads: Option<i64>,
-) -> Result<String, String> {
+fn mha_exact(ix: &GraphIndex, n: &NodeProto, heads: Option<i64>) -> Result<String, String> {
     let has = |k: usize| n.input.get(k).is_some_and(|s| !s.is_empty());
     let why = |w: &str| Err(format!("MultiHeadAttention '{}': {w}", n.name()));
     if heads.is_none() {
