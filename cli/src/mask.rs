@@ -91,9 +91,12 @@ impl MaskInfo {
     }
 }
 
+/// The form of a bool mask (true = attend); the other form is `additive`.
+const BOOL_FORM: &str = "bool";
+
 /// Analyse a bool mask tensor (true = attend).
 pub fn analyse_bool(ix: &GraphIndex, tensor: &str) -> MaskInfo {
-    classify(ix, tensor, "bool")
+    classify(ix, tensor, BOOL_FORM)
 }
 
 /// Analyse an additive float mask.
@@ -165,7 +168,7 @@ fn allowed(
         for (q, row) in rows.iter_mut().enumerate() {
             for (k, cell) in row.iter_mut().enumerate() {
                 let v = t.data[((bi % tb) * tq + q) * tk + k];
-                *cell = if form == "bool" {
+                *cell = if form == BOOL_FORM {
                     v != 0.0
                 } else if v == 0.0 {
                     true

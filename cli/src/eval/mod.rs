@@ -181,6 +181,7 @@ impl<'a, 'g> Evaluator<'a, 'g> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::{IDENTITY, NEG, SHAPE};
     use crate::proto::{GraphProto, NodeProto};
 
     fn node(op: &str, name: &str, input: &[&str], output: &str) -> NodeProto {
@@ -197,10 +198,10 @@ mod tests {
     fn the_op_table_runs_known_ops_and_names_the_node_of_an_unknown_one() {
         let graph = GraphProto {
             node: vec![
-                node("Identity", "id", &["x"], "y"),
-                node("Neg", "neg", &["y"], "z"),
+                node(IDENTITY, "id", &["x"], "y"),
+                node(NEG, "neg", &["y"], "z"),
                 node("Einsum", "mystery", &["z"], "w"),
-                node("Shape", "shape", &["w"], "s"),
+                node(SHAPE, "shape", &["w"], "s"),
             ],
             ..Default::default()
         };

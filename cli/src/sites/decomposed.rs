@@ -6,11 +6,13 @@
 //!
 //! | stage | legacy eager (opset 17) | dynamo eager (opset 20) | dynamo sdpa (opsets 18/20) |
 //! | --- | --- | --- | --- |
-//! | after `Softmax` | [`pass_through`] | [`pass_through`] | [`nan_guard`] |
-//! | mask | [`mask_add`] | [`mask_add`] | [`mask_add`], [`mask_where`] |
+//! | after `Softmax` | — | — | [`nan_guard`] |
+//! | mask | [`mask_add`] | [`mask_add`] | [`mask_add`] or [`mask_where`] |
 //! | scale | [`scale_after_matmul`] | [`scale_after_matmul`] | [`scale_split`] (`√scale` on Q and Kᵀ) |
-//! | Kᵀ | [`key_transpose_4d`] | [`key_transpose_3d`] | [`key_transpose_4d`] or [`key_transpose_3d`] |
+//! | Kᵀ | [`key_transpose_4d`] | [`key_transpose_4d`] | [`key_transpose_3d`] |
 //!
+//! Any form may also put a [`pass_through`] (`Dropout`, `Identity`, `Cast`)
+//! after the `Softmax`, or hand over Kᵀ with no `Transpose` at all.
 //! Then the operands are checked and their heads read ([`operand_dims`]),
 //! and [`verdict`] says whether the swap is exact.
 
