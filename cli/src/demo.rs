@@ -50,47 +50,13 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 pub fn demo(seqs: &[usize], threads: usize) -> Result<i32> {
     let root = workspace_root()?;
     step(1, "plugin and ONNX Runtime");
-    if verify::plugin().is_err() {
-        eprintln!("building libtessera_ort.so (cargo build --release -p tessera-ort)");
-        run(
-            Command::new("cargo")
-                .args(["build", "--release", "-p", "tessera-ort"])
-                .current_dir(&root),
-            "cargo build",
-        )?;
-    }
-    if std::env::var_os("TESSERA_PYTHON").is_none() {
-        // Creates ./.venv on first use; later only checks the pinned
-        // requirements' stamp (and installs what a newer checkout added).
-        eprintln!(
-            "python: {}/.venv with python/requirements.txt (onnxruntime, matplotlib, …)",
-            root.display()
-        );
-        run(
-            Command::new("bash")
-                .args(["-c", "source scripts/lib.sh && need_venv"])
-                .current_dir(&root),
-            "need_venv",
-        )?;
-    }
-    if std::env::var_os("TESSERA_PYTHON").is_none() {
-        std::env::set_var("TESSERA_PYTHON", root.join(".venv/bin/python"));
-    }
+    prepare(&root)?;
     let src = root.join(MODEL);
     let m = model::load(&src)?;
     step(2, &format!("inspect {}", src.display()));
     print!("{}", inspect::table(&m, &inspect::sites(&m)));
     step(3, "rewrite --policy exact");
-    let mut r = m.clone();
-    let report = rewrite(&mut r, &Policy::Exact, None)?;
-    let out = root.join("target/demo/modernbert.tessera.onnx");
-    model::save(&r, &out)?;
-    eprintln!(
-        "{} site(s) rewritten, {} node(s) pruned -> {}",
-        report.rewritten.len(),
-        report.pruned,
-        out.display()
-    );
+    let out = rewrite_exact(&root, &m)?;
     step(
         4,
         "verify at S = 128, 512, batch 2, right-padded (tolerance 1e-4)",
@@ -120,4 +86,49 @@ pub fn demo(seqs: &[usize], threads: usize) -> Result<i32> {
         ..opts
     };
     verify::bench(&m, &[("tessera exact".into(), out)], &opts)
+}
+
+/// Step 1: build the plugin and make the Python venv if missing, and point
+/// `TESSERA_PYTHON` at it.
+fn prepare(root: &Path) -> Result<()> {
+    if verify::plugin().is_err() {
+        eprintln!("building libtessera_ort.so (cargo build --release -p tessera-ort)");
+        run(
+            Command::new("cargo")
+                .args(["build", "--release", "-p", "tessera-ort"])
+                .current_dir(root),
+            "cargo build",
+        )?;
+    }
+    if std::env::var_os("TESSERA_PYTHON").is_none() {
+        // Creates ./.venv on first use; later only checks the pinned
+        // requirements' stamp (and installs what a newer checkout added).
+        eprintln!(
+            "python: {}/.venv with python/requirements.txt (onnxruntime, matplotlib, …)",
+            root.display()
+        );
+        run(
+            Command::new("bash")
+                .args(["-c", "source scripts/lib.sh && need_venv"])
+                .current_dir(root),
+            "need_venv",
+        )?;
+        std::env::set_var("TESSERA_PYTHON", root.join(".venv/bin/python"));
+    }
+    Ok(())
+}
+
+/// Step 3: the exact rewrite of `m`, saved under `target/demo/`.
+fn rewrite_exact(root: &Path, m: &model::Model) -> Result<PathBuf> {
+    let mut r = m.clone();
+    let report = rewrite(&mut r, &Policy::Exact, None)?;
+    let out = root.join("target/demo/modernbert.tessera.onnx");
+    model::save(&r, &out)?;
+    eprintln!(
+        "{} site(s) rewritten, {} node(s) pruned -> {}",
+        report.rewritten.len(),
+        report.pruned,
+        out.display()
+    );
+    Ok(out)
 }

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::names::{CONSTANT, VALUE, VALUE_FLOAT, VALUE_FLOATS, VALUE_INTS};
+
 use crate::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
     type_proto, AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto,
@@ -19,6 +21,9 @@ pub enum Dim {
     /// Unknown.
     Unknown,
 }
+
+/// The default ONNX domain as nodes and opset imports spell it.
+pub const ONNX_DOMAIN: &str = "";
 
 /// Producers, consumers, constants and shapes of one graph.
 #[derive(Debug)]
@@ -102,11 +107,11 @@ impl<'g> GraphIndex<'g> {
         if let Some(t) = self.initializers.get(tensor) {
             return Constant::from_tensor(t);
         }
-        let n = self.node(self.producer_op(tensor, "Constant")?);
+        let n = self.node(self.producer_op(tensor, CONSTANT)?);
         let a = n.attribute.first()?;
         match a.name() {
-            "value" => Constant::from_tensor(a.t.as_ref()?),
-            "value_float" => Some(Constant {
+            VALUE => Constant::from_tensor(a.t.as_ref()?),
+            VALUE_FLOAT => Some(Constant {
                 dims: vec![],
                 values: vec![f64::from(a.f())],
             }),
@@ -114,11 +119,11 @@ impl<'g> GraphIndex<'g> {
                 dims: vec![],
                 values: vec![a.i() as f64],
             }),
-            "value_floats" => Some(Constant {
+            VALUE_FLOATS => Some(Constant {
                 dims: vec![a.floats.len() as i64],
                 values: a.floats.iter().map(|&f| f64::from(f)).collect(),
             }),
-            "value_ints" => Some(Constant {
+            VALUE_INTS => Some(Constant {
                 dims: vec![a.ints.len() as i64],
                 values: a.ints.iter().map(|&f| f as f64).collect(),
             }),
@@ -161,7 +166,7 @@ impl<'g> GraphIndex<'g> {
 
 /// Whether `n` is in the default ONNX domain.
 pub fn is_onnx(n: &NodeProto) -> bool {
-    matches!(n.domain(), "" | "ai.onnx")
+    matches!(n.domain(), ONNX_DOMAIN | "ai.onnx")
 }
 
 /// Attribute `name` of `n`.

@@ -2,9 +2,13 @@
 //! them for `ai.tessera.Attention`, and check that the swap changed nothing.
 //!
 //! Modules, one job each: [`proto`] (the ONNX schema), [`model`] (files and
-//! external data), [`graph`] (an index over one graph), [`eval`] (a small
-//! interpreter for mask subgraphs), [`mask`] (mask recognition), [`sites`] (matchers), [`rewrite`] (the swap),
-//! [`inspect`] (the report), [`verify`] (running both models in ONNX Runtime).
+//! external data), [`graph`] (an index over one graph), [`names`] (ONNX op
+//! and attribute names; Tessera's come from [`tessera_schema`]), [`eval`] (a
+//! small interpreter for mask subgraphs, op table by op table), [`mask`]
+//! (mask recognition), [`sites`] (one matcher per exporter form),
+//! [`rewrite`] (the swap, step by step), [`inspect`] (the report),
+//! [`verify`] (running both models in ONNX Runtime), [`demo`] (the whole
+//! path on the bundled model).
 
 pub mod demo;
 pub mod error;
@@ -13,6 +17,7 @@ pub mod graph;
 pub mod inspect;
 pub mod mask;
 pub mod model;
+pub mod names;
 pub mod proto;
 pub mod rewrite;
 pub mod sites;

@@ -5,15 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tessera_cli::error::{Error, Result};
-use tessera_cli::rewrite::{parse_layers, rewrite, Policy};
+use tessera_cli::rewrite::{parse_layers, rewrite, Policy, EXACT};
 use tessera_cli::{bail, inspect, model, verify};
-
-const USAGE: &str = "usage:
-  tessera inspect MODEL.onnx [--json]
-  tessera rewrite IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST]
-  tessera verify ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]
-  tessera demo [--seq 512,2048,8192] [--threads T]
-  tessera bench MODEL.onnx [--seq N,...] [--policy P]... [--batch B] [--threads T] [--plot FILE.png] [--json]";
 
 /// Command-line words: positional arguments and `--flag [value]` pairs.
 struct Args {
@@ -37,13 +30,13 @@ impl Args {
                         None => it
                             .next()
                             .cloned()
-                            .ok_or_else(|| Error(format!("{k} needs a value\n{USAGE}")))?,
+                            .ok_or_else(|| Error(format!("{k} needs a value\n{}", usage())))?,
                     };
                     flags.push((k, Some(v)));
                 } else if v.is_none() && matches!(k.as_str(), "--json" | "-h" | "--help") {
                     flags.push((k, None));
                 } else {
-                    bail!("unknown option '{w}'\n{USAGE}");
+                    bail!("unknown option '{w}'\n{}", usage());
                 }
             } else {
                 positional.push(w.clone());
@@ -87,166 +80,236 @@ impl Args {
     }
     fn one(&self, n: usize, what: &str) -> Result<PathBuf> {
         if self.positional.len() != n {
-            bail!("expected {what}\n{USAGE}");
+            bail!("expected {what}\n{}", usage());
         }
         Ok(PathBuf::from(&self.positional[0]))
     }
 }
 
+/// One subcommand: its name, its one-line usage (the help), the flags
+/// that take a value, and its handler.
+struct Command {
+    name: &'static str,
+    usage: &'static str,
+    flags: &'static [&'static str],
+    run: fn(&Args) -> Result<i32>,
+}
+
+/// The subcommands, in the order the usage lists them.
+const COMMANDS: &[Command] = &[
+    Command {
+        name: "inspect",
+        usage: "MODEL.onnx [--json]",
+        flags: &[],
+        run: inspect_cmd,
+    },
+    Command {
+        name: "rewrite",
+        usage: "IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST]",
+        flags: &["-o", "--output", "--policy", "--layers"],
+        run: rewrite_cmd,
+    },
+    Command {
+        name: "verify",
+        usage: "ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]",
+        flags: &["--seq", "--batch", "--tol", "--input", "--threads"],
+        run: verify_cmd,
+    },
+    Command {
+        name: "demo",
+        usage: "[--seq 512,2048,8192] [--threads T]",
+        flags: &["--seq", "--threads"],
+        run: demo_cmd,
+    },
+    Command {
+        name: "bench",
+        usage: "MODEL.onnx [--seq N,...] [--policy P]... [--batch B] [--threads T] [--plot FILE.png] [--json]",
+        flags: &["--seq", "--batch", "--policy", "--threads", "--plot"],
+        run: bench_cmd,
+    },
+];
+
+/// The words that print the usage.
+const HELP: &[&str] = &["-h", "--help", "help"];
+
+/// Why a command found no attention (inspect's warning, rewrite's error).
+const NO_ATTENTION: &str =
+    "no attention found (no Attention node and no MatMul→Softmax→MatMul chain)";
+
+/// `usage:` and one line per command.
+fn usage() -> String {
+    let mut s = String::from("usage:");
+    for c in COMMANDS {
+        s.push_str(&format!("\n  tessera {} {}", c.name, c.usage));
+    }
+    s
+}
+
+/// Look the first word up in [`COMMANDS`] and run it on the rest.
 fn run(words: &[String]) -> Result<i32> {
     let Some(cmd) = words.first() else {
-        bail!("{USAGE}")
+        bail!("{}", usage())
     };
-    let rest = &words[1..];
-    match cmd.as_str() {
-        "inspect" => {
-            let a = Args::parse(rest, &[])?;
-            let path = a.one(1, "one model file")?;
-            let m = model::load(&path)?;
-            let sites = inspect::sites(&m);
-            if a.has("--json") {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&inspect::json(&m, &sites))
-                        .expect("JSON values serialise")
-                );
-            } else {
-                print!("{}", inspect::table(&m, &sites));
-            }
-            if sites.is_empty() {
-                eprintln!(
-                    "{}: no attention found (no Attention node and no MatMul→Softmax→MatMul chain)",
-                    path.display()
-                );
-                return Ok(3);
-            }
-            Ok(0)
-        }
-        "rewrite" => {
-            let a = Args::parse(rest, &["-o", "--output", "--policy", "--layers"])?;
-            let input = a.one(1, "one input model and -o OUT.onnx")?;
-            let out = a
-                .get("-o")
-                .or(a.get("--output"))
-                .ok_or_else(|| Error(format!("rewrite needs -o OUT.onnx\n{USAGE}")))?;
-            let policy = Policy::parse(a.get("--policy").unwrap_or("exact"))?;
-            let layers = a.get("--layers").map(parse_layers).transpose()?;
-            let mut m = model::load(&input)?;
-            let report = rewrite(&mut m, &policy, layers.as_ref())?;
-            for (layer, anchor, kind, note) in &report.rewritten {
-                eprintln!("rewrote site {layer} '{anchor}' ({kind}): {note}");
-            }
-            for (layer, anchor, why) in &report.skipped {
-                eprintln!("kept site {layer} '{anchor}': {why}");
-            }
-            if report.rewritten.is_empty()
-                && report.skipped.is_empty()
-                && inspect::sites(&m).is_empty()
-            {
-                bail!(
-                    "{}: no attention found (no Attention node and no MatMul→Softmax→MatMul chain)",
-                    input.display()
-                );
-            }
-            model::save(&m, std::path::Path::new(out))?;
-            eprintln!(
-                "wrote {out}: {} site(s) rewritten, {} kept, {} node(s) pruned",
-                report.rewritten.len(),
-                report.skipped.len(),
-                report.pruned
-            );
-            Ok(0)
-        }
-        "verify" => {
-            let a = Args::parse(rest, &["--seq", "--batch", "--tol", "--input", "--threads"])?;
-            if a.positional.len() != 2 {
-                bail!("verify needs ORIGINAL.onnx REWRITTEN.onnx\n{USAGE}");
-            }
-            let (orig, new) = (
-                PathBuf::from(&a.positional[0]),
-                PathBuf::from(&a.positional[1]),
-            );
-            let m = model::load(&orig)?;
-            model::load(&new)?;
-            let seqs = a.seqs("128")?;
-            let given = a
-                .all("--input")
-                .map(|s| {
-                    s.split_once('=')
-                        .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
-                        .ok_or_else(|| Error(format!("--input '{s}': expected name=file.npy")))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let opts = verify::Options {
-                seqs,
-                batch: a.count("--batch", "2")?,
-                tol: a
-                    .get("--tol")
-                    .unwrap_or("1e-4")
-                    .parse()
-                    .map_err(|_| Error("--tol must be a number".into()))?,
-                json: a.has("--json"),
-                given,
-                threads: a.count("--threads", "0")?,
-                plot: None,
-            };
-            verify::verify(&orig, &new, &m, &opts)
-        }
-        "bench" => {
-            let a = Args::parse(
-                rest,
-                &["--seq", "--batch", "--policy", "--threads", "--plot"],
-            )?;
-            let path = a.one(1, "one model file")?;
-            let m = model::load(&path)?;
-            let seqs = a.seqs("512,2048")?;
-            let mut policies: Vec<&str> = vec!["exact"];
-            policies.extend(a.all("--policy").filter(|p| *p != "exact"));
-            let dir = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
-            let mut rewrites = Vec::new();
-            for (i, p) in policies.iter().enumerate() {
-                let policy = Policy::parse(p)?;
-                let mut r = m.clone();
-                let report = rewrite(&mut r, &policy, None)?;
-                if report.rewritten.is_empty() {
-                    bail!(
-                        "{}: no site could be rewritten with policy '{p}'",
-                        path.display()
-                    );
-                }
-                let out = dir.join(format!("p{i}")).join("model.onnx");
-                model::save(&r, &out)?;
-                rewrites.push((format!("tessera {p}"), out));
-            }
-            let opts = verify::Options {
-                seqs,
-                batch: a.count("--batch", "1")?,
-                tol: 0.0,
-                json: a.has("--json"),
-                given: Vec::new(),
-                threads: a.count("--threads", "0")?,
-                plot: Some(PathBuf::from(
-                    a.get("--plot").unwrap_or("tessera-bench.png"),
-                )),
-            };
-            let code = verify::bench(&m, &rewrites, &opts);
-            let _ = std::fs::remove_dir_all(&dir);
-            code
-        }
-        "demo" => {
-            let a = Args::parse(rest, &["--seq", "--threads"])?;
-            if !a.positional.is_empty() {
-                bail!("demo takes no files\n{USAGE}");
-            }
-            let seqs = a.seqs("512,2048,8192")?;
-            tessera_cli::demo::demo(&seqs, a.count("--threads", "0")?)
-        }
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(0)
-        }
-        other => bail!("unknown command '{other}'\n{USAGE}"),
+    if HELP.contains(&cmd.as_str()) {
+        println!("{}", usage());
+        return Ok(0);
     }
+    let Some(c) = COMMANDS.iter().find(|c| c.name == cmd) else {
+        bail!("unknown command '{cmd}'\n{}", usage())
+    };
+    (c.run)(&Args::parse(&words[1..], c.flags)?)
+}
+
+/// `tessera inspect`: the site table (or JSON); exit 3 when there is none.
+fn inspect_cmd(a: &Args) -> Result<i32> {
+    let path = a.one(1, "one model file")?;
+    let m = model::load(&path)?;
+    let sites = inspect::sites(&m);
+    if a.has("--json") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&inspect::json(&m, &sites))
+                .expect("JSON values serialise")
+        );
+    } else {
+        print!("{}", inspect::table(&m, &sites));
+    }
+    if sites.is_empty() {
+        eprintln!("{}: {NO_ATTENTION}", path.display());
+        return Ok(3);
+    }
+    Ok(0)
+}
+
+/// `tessera rewrite`: rewrite, report each site, save.
+fn rewrite_cmd(a: &Args) -> Result<i32> {
+    let input = a.one(1, "one input model and -o OUT.onnx")?;
+    let out = a
+        .get("-o")
+        .or(a.get("--output"))
+        .ok_or_else(|| Error(format!("rewrite needs -o OUT.onnx\n{}", usage())))?;
+    let policy = Policy::parse(a.get("--policy").unwrap_or(EXACT))?;
+    let layers = a.get("--layers").map(parse_layers).transpose()?;
+    let mut m = model::load(&input)?;
+    let report = rewrite(&mut m, &policy, layers.as_ref())?;
+    for r in &report.rewritten {
+        eprintln!(
+            "rewrote site {} '{}' ({}): {}",
+            r.site.layer,
+            r.site.anchor,
+            r.kind.name(),
+            r.note
+        );
+    }
+    for k in &report.kept {
+        eprintln!("kept site {} '{}': {}", k.site.layer, k.site.anchor, k.why);
+    }
+    if report.rewritten.is_empty() && report.kept.is_empty() && inspect::sites(&m).is_empty() {
+        bail!("{}: {NO_ATTENTION}", input.display());
+    }
+    model::save(&m, std::path::Path::new(out))?;
+    eprintln!(
+        "wrote {out}: {} site(s) rewritten, {} kept, {} node(s) pruned",
+        report.rewritten.len(),
+        report.kept.len(),
+        report.pruned
+    );
+    Ok(0)
+}
+
+/// `tessera verify`: both models in ONNX Runtime, compared.
+fn verify_cmd(a: &Args) -> Result<i32> {
+    if a.positional.len() != 2 {
+        bail!("verify needs ORIGINAL.onnx REWRITTEN.onnx\n{}", usage());
+    }
+    let (orig, new) = (
+        PathBuf::from(&a.positional[0]),
+        PathBuf::from(&a.positional[1]),
+    );
+    let m = model::load(&orig)?;
+    model::load(&new)?;
+    let seqs = a.seqs("128")?;
+    let given = a
+        .all("--input")
+        .map(|s| {
+            s.split_once('=')
+                .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+                .ok_or_else(|| Error(format!("--input '{s}': expected name=file.npy")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let opts = verify::Options {
+        seqs,
+        batch: a.count("--batch", "2")?,
+        tol: a
+            .get("--tol")
+            .unwrap_or("1e-4")
+            .parse()
+            .map_err(|_| Error("--tol must be a number".into()))?,
+        json: a.has("--json"),
+        given,
+        threads: a.count("--threads", "0")?,
+        plot: None,
+    };
+    verify::verify(&orig, &new, &m, &opts)
+}
+
+/// `tessera bench`: the exact rewrite and each `--policy`, timed against the original.
+fn bench_cmd(a: &Args) -> Result<i32> {
+    let path = a.one(1, "one model file")?;
+    let m = model::load(&path)?;
+    let seqs = a.seqs("512,2048")?;
+    let mut policies: Vec<&str> = vec![EXACT];
+    policies.extend(a.all("--policy").filter(|p| *p != EXACT));
+    let dir = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
+    let rewrites = bench_rewrites(&path, &m, &policies, &dir)?;
+    let opts = verify::Options {
+        seqs,
+        batch: a.count("--batch", "1")?,
+        tol: 0.0,
+        json: a.has("--json"),
+        given: Vec::new(),
+        threads: a.count("--threads", "0")?,
+        plot: Some(PathBuf::from(
+            a.get("--plot").unwrap_or("tessera-bench.png"),
+        )),
+    };
+    let code = verify::bench(&m, &rewrites, &opts);
+    let _ = std::fs::remove_dir_all(&dir);
+    code
+}
+
+/// One rewritten copy of `m` per policy under `dir`, labelled for the bench.
+fn bench_rewrites(
+    path: &std::path::Path,
+    m: &model::Model,
+    policies: &[&str],
+    dir: &std::path::Path,
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut rewrites = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        let policy = Policy::parse(p)?;
+        let mut r = m.clone();
+        let report = rewrite(&mut r, &policy, None)?;
+        if report.rewritten.is_empty() {
+            bail!(
+                "{}: no site could be rewritten with policy '{p}'",
+                path.display()
+            );
+        }
+        let out = dir.join(format!("p{i}")).join("model.onnx");
+        model::save(&r, &out)?;
+        rewrites.push((format!("tessera {p}"), out));
+    }
+    Ok(rewrites)
+}
+
+/// `tessera demo`: the whole path on the bundled model.
+fn demo_cmd(a: &Args) -> Result<i32> {
+    if !a.positional.is_empty() {
+        bail!("demo takes no files\n{}", usage());
+    }
+    let seqs = a.seqs("512,2048,8192")?;
+    tessera_cli::demo::demo(&seqs, a.count("--threads", "0")?)
 }
 
 fn main() -> ExitCode {
@@ -257,5 +320,36 @@ fn main() -> ExitCode {
             eprintln!("tessera: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usage_lists_every_command_once_in_table_order() {
+        let u = usage();
+        let lines: Vec<&str> = u.lines().collect();
+        assert_eq!(lines[0], "usage:");
+        assert_eq!(lines.len(), COMMANDS.len() + 1);
+        for (c, line) in COMMANDS.iter().zip(&lines[1..]) {
+            assert!(
+                line.starts_with(&format!("  tessera {} ", c.name)),
+                "{line}"
+            );
+        }
+        assert!(COMMANDS.iter().all(|c| !HELP.contains(&c.name)));
+    }
+
+    #[test]
+    fn unknown_commands_and_options_are_refused_with_the_usage() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let e = run(&words("frobnicate")).unwrap_err().to_string();
+        assert!(e.starts_with("unknown command 'frobnicate'\nusage:"), "{e}");
+        let e = run(&words("inspect --nope m.onnx"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("unknown option '--nope'\nusage:"), "{e}");
     }
 }

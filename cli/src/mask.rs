@@ -27,8 +27,12 @@
 
 use std::collections::HashSet;
 
-use crate::eval::{Evaluator, Roles};
+use crate::eval::{Evaluator, Lcg, Roles};
 use crate::graph::GraphIndex;
+use crate::names::{
+    AND, CAST, EQUAL, EXPAND, GREATER, GREATER_OR_EQUAL, IDENTITY, IS_INF, IS_NAN, LESS,
+    LESS_OR_EQUAL, NOT, OR, RESHAPE, SHAPE, SQUEEZE, TO, TRANSPOSE, UNSQUEEZE, XOR,
+};
 use crate::proto::tensor_proto::DataType;
 
 /// Sequence length of the band run (odd, so no tile or chunk size divides it).
@@ -87,9 +91,12 @@ impl MaskInfo {
     }
 }
 
+/// The form of a bool mask (true = attend); the other form is `additive`.
+const BOOL_FORM: &str = "bool";
+
 /// Analyse a bool mask tensor (true = attend).
 pub fn analyse_bool(ix: &GraphIndex, tensor: &str) -> MaskInfo {
-    classify(ix, tensor, "bool")
+    classify(ix, tensor, BOOL_FORM)
 }
 
 /// Analyse an additive float mask.
@@ -108,26 +115,11 @@ pub fn is_bool(ix: &GraphIndex, tensor: &str) -> bool {
     };
     let n = ix.node(p);
     match n.op_type() {
-        "And" | "Or" | "Not" | "Xor" | "LessOrEqual" | "Less" | "Greater" | "GreaterOrEqual"
-        | "Equal" | "IsNaN" | "IsInf" => true,
-        "Cast" => crate::graph::attr_i(n, "to") == Some(DataType::Bool as i64),
-        "Expand" | "Unsqueeze" | "Squeeze" | "Reshape" | "Transpose" | "Identity" => {
-            is_bool(ix, &n.input[0])
-        }
+        AND | OR | NOT | XOR | LESS_OR_EQUAL | LESS | GREATER | GREATER_OR_EQUAL | EQUAL
+        | IS_NAN | IS_INF => true,
+        CAST => crate::graph::attr_i(n, TO) == Some(DataType::Bool as i64),
+        EXPAND | UNSQUEEZE | SQUEEZE | RESHAPE | TRANSPOSE | IDENTITY => is_bool(ix, &n.input[0]),
         _ => false,
-    }
-}
-
-/// A small deterministic generator (the classification must not depend on
-/// the run).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
     }
 }
 
@@ -137,7 +129,7 @@ fn padding_rows(s: usize) -> Vec<Vec<bool>> {
     let mut rng = Lcg(0x7e55e7a);
     let right: Vec<bool> = (0..s).map(|k| k < s * 2 / 3).collect();
     let left: Vec<bool> = (0..s).map(|k| k >= s / 4).collect();
-    let mut holes: Vec<bool> = (0..s).map(|_| rng.next() % 10 < 7).collect();
+    let mut holes: Vec<bool> = (0..s).map(|_| rng.draw() % 10 < 7).collect();
     holes[0] = true;
     vec![right, left, holes, vec![true; s]]
 }
@@ -176,7 +168,7 @@ fn allowed(
         for (q, row) in rows.iter_mut().enumerate() {
             for (k, cell) in row.iter_mut().enumerate() {
                 let v = t.data[((bi % tb) * tq + q) * tk + k];
-                *cell = if form == "bool" {
+                *cell = if form == BOOL_FORM {
                     v != 0.0
                 } else if v == 0.0 {
                     true
@@ -245,7 +237,7 @@ fn wide_constant(ix: &GraphIndex, tensor: &str, s_band: usize) -> Option<f64> {
         }
         if let Some(p) = ix.producer(&t) {
             let n = ix.node(p);
-            if n.op_type() != "Shape" {
+            if n.op_type() != SHAPE {
                 stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
             }
         }
@@ -253,6 +245,8 @@ fn wide_constant(ix: &GraphIndex, tensor: &str, s_band: usize) -> Option<f64> {
     None
 }
 
+/// What `tensor` computes, found by running it: a band of keys around each
+/// query (causal, windowed or full), possibly with key padding; or why not.
 fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
     let mut info = MaskInfo {
         tensor: Some(tensor.into()),
@@ -260,58 +254,8 @@ fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
         ..Default::default()
     };
     let roles = Roles::of(ix);
-    let result = (|| -> Result<((i64, i64), bool), String> {
-        // 1. The band, with every key present.
-        // A model with a short position table cannot run S_BAND: the
-        // longest length that runs is used instead.
-        let mut tried = Err(String::new());
-        let mut s_band = S_BAND;
-        for s in [S_BAND, 509, 251, S_PAD] {
-            tried = allowed(ix, &roles, tensor, form, &[vec![true; s]]);
-            if tried.is_ok() {
-                s_band = s;
-                break;
-            }
-        }
-        let ones = tried?;
-        let bnd = band(&ones[0])
-            .ok_or("not a band of keys around the query (e.g. chunked or arbitrary)")?;
-        if bnd.0 < 0 || bnd.1 < 0 {
-            if let Some(c) = wide_constant(ix, tensor, s_band) {
-                return Err(format!(
-                    "the constant {c} could be a window wider than the {s_band} positions checked"
-                ));
-            }
-        }
-        // 2. Key padding.
-        let rows = padding_rows(S_PAD);
-        let got = allowed(ix, &roles, tensor, form, &rows)?;
-        let (mut uses_padding, mut matches) = (false, true);
-        for (b, row_mask) in rows.iter().enumerate() {
-            for (q, row) in got[b].iter().enumerate() {
-                for (k, &v) in row.iter().enumerate() {
-                    let band_ok = got[b].len() == 1 || in_band(q, k, bnd);
-                    let padded = band_ok && row_mask[k];
-                    matches &= v == padded;
-                    uses_padding |= band_ok && !row_mask[k];
-                }
-            }
-        }
-        if !matches {
-            let unpadded = got.iter().all(|rows| {
-                rows.iter().enumerate().all(|(q, row)| {
-                    row.iter()
-                        .enumerate()
-                        .all(|(k, &v)| v == (rows.len() == 1 || in_band(q, k, bnd)))
-                })
-            });
-            if !unpadded {
-                return Err("depends on the attention mask other than as key padding".into());
-            }
-            uses_padding = false;
-        }
-        Ok((bnd, uses_padding))
-    })();
+    let result = band_of_keys(ix, &roles, tensor, form)
+        .and_then(|bnd| Ok((bnd, key_padding(ix, &roles, tensor, form, bnd)?)));
     match result {
         Ok((bnd, padding)) => {
             info.causal = bnd == (-1, 0);
@@ -323,4 +267,72 @@ fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
         Err(why) => info.opaque.push(why),
     }
     info
+}
+
+/// Step 1: the band, with every key present. A model with a short position
+/// table cannot run `S_BAND`: the longest length that runs is used instead.
+fn band_of_keys(
+    ix: &GraphIndex,
+    roles: &Roles,
+    tensor: &str,
+    form: &'static str,
+) -> Result<(i64, i64), String> {
+    let mut tried = Err(String::new());
+    let mut s_band = S_BAND;
+    for s in [S_BAND, 509, 251, S_PAD] {
+        tried = allowed(ix, roles, tensor, form, &[vec![true; s]]);
+        if tried.is_ok() {
+            s_band = s;
+            break;
+        }
+    }
+    let ones = tried?;
+    let bnd =
+        band(&ones[0]).ok_or("not a band of keys around the query (e.g. chunked or arbitrary)")?;
+    if bnd.0 < 0 || bnd.1 < 0 {
+        if let Some(c) = wide_constant(ix, tensor, s_band) {
+            return Err(format!(
+                "the constant {c} could be a window wider than the {s_band} positions checked"
+            ));
+        }
+    }
+    Ok(bnd)
+}
+
+/// Step 2: whether the mask input acts on `tensor` exactly as key padding
+/// within the band `bnd` (`Ok(false)` when it does not act at all).
+fn key_padding(
+    ix: &GraphIndex,
+    roles: &Roles,
+    tensor: &str,
+    form: &'static str,
+    bnd: (i64, i64),
+) -> Result<bool, String> {
+    let rows = padding_rows(S_PAD);
+    let got = allowed(ix, roles, tensor, form, &rows)?;
+    let (mut uses_padding, mut matches) = (false, true);
+    for (b, row_mask) in rows.iter().enumerate() {
+        for (q, row) in got[b].iter().enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                let band_ok = got[b].len() == 1 || in_band(q, k, bnd);
+                let padded = band_ok && row_mask[k];
+                matches &= v == padded;
+                uses_padding |= band_ok && !row_mask[k];
+            }
+        }
+    }
+    if matches {
+        return Ok(uses_padding);
+    }
+    let unpadded = got.iter().all(|rows| {
+        rows.iter().enumerate().all(|(q, row)| {
+            row.iter()
+                .enumerate()
+                .all(|(k, &v)| v == (rows.len() == 1 || in_band(q, k, bnd)))
+        })
+    });
+    if !unpadded {
+        return Err("depends on the attention mask other than as key padding".into());
+    }
+    Ok(false)
 }

@@ -61,7 +61,7 @@ pub fn input_specs(model: &Model) -> Vec<Value> {
                 .collect();
             let vocab = ix.consumers(name).iter().find_map(|&c| {
                 let n = ix.node(c);
-                (n.op_type() == "Gather" && n.input.get(1).map(String::as_str) == Some(name))
+                (n.op_type() == crate::names::GATHER && n.input.get(1).map(String::as_str) == Some(name))
                     .then(|| g.initializer.iter().find(|t| t.name() == n.input[0]).and_then(|t| t.dims.first().copied()))
                     .flatten()
             });

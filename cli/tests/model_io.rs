@@ -265,10 +265,39 @@ fn layers_and_policies_parse_and_select() {
     );
     let mut m = load(&models().join("bert_sdpa_opset20.onnx")).unwrap();
     let r = rewrite(&mut m, &Policy::Exact, Some(&parse_layers("1").unwrap())).unwrap();
-    assert_eq!((r.rewritten.len(), r.skipped.len()), (1, 1));
+    assert_eq!((r.rewritten.len(), r.kept.len()), (1, 1));
     let kinds: Vec<SiteKind> = find_sites(&GraphIndex::new(m.graph()))
         .iter()
         .map(|s| s.kind)
         .collect();
     assert_eq!(kinds, [SiteKind::DecomposedSplitScale, SiteKind::Tessera]);
+}
+
+#[test]
+fn the_report_names_each_site_its_op_and_why_others_were_kept() {
+    // The dynamo eager export (opset 20): Kᵀ through 3-D, scale after the MatMul.
+    let mut m = load(&models().join("bert_eager_opset20.onnx")).unwrap();
+    let r = rewrite(&mut m, &Policy::Exact, None).unwrap();
+    assert_eq!(r.policy, Policy::Exact);
+    let anchors: Vec<&str> = r.rewritten.iter().map(|w| w.site.anchor.as_str()).collect();
+    assert_eq!(anchors, ["node_softmax", "node_softmax_1"]);
+    for (i, w) in r.rewritten.iter().enumerate() {
+        assert_eq!(w.site.layer, i);
+        assert_eq!((w.kind, w.op), (SiteKind::DecomposedEager, "Attention"));
+        assert!(w.replaced >= 4, "{w:?}");
+        assert!(w.note.starts_with("exact"), "{w:?}");
+    }
+    assert!(r.kept.is_empty() && r.pruned > 0);
+
+    let mut m = load(&models().join("bert_eager_opset17.onnx")).unwrap();
+    let topk = Policy::parse("topk=8").unwrap();
+    let r = rewrite(&mut m, &topk, None).unwrap();
+    assert!(r.rewritten.is_empty());
+    assert_eq!(r.kept.len(), 2);
+    assert!(r.kept.iter().all(|k| k.why.contains("bidirectional")));
+
+    let mut m = load(&models().join("llama_sdpa_opset20.onnx")).unwrap();
+    let r = rewrite(&mut m, &topk, None).unwrap();
+    assert_eq!(r.rewritten.len(), 2);
+    assert!(r.rewritten.iter().all(|w| w.op == "TopKAttention"));
 }
