@@ -36,13 +36,13 @@
 
 use half::f16;
 
-use crate::dsa_error::DsaError;
 use crate::element::Element;
+use crate::error::{Error, Size, Tensor};
 use crate::flash::{Attention, Flash};
 use crate::fp8::{Fp8, E4M3, E5M2};
 use crate::kernel::MicroKernel;
 use crate::mask::{RowSpan, TileClass};
-use crate::spec::{AttentionSpec, SpecError, Tensor};
+use crate::spec::AttentionSpec;
 use crate::stats::Stats;
 use crate::topk::top_k;
 
@@ -188,18 +188,16 @@ pub struct BlockSummaries<'a, S: BoundFormat> {
 impl<'a, S: BoundFormat> BlockSummaries<'a, S> {
     /// A view of summaries made by [`summarize`] for `spec` with `block`
     /// keys a block; checks the length.
-    pub fn new(spec: &AttentionSpec, block: usize, data: &'a [S]) -> Result<Self, DsaError> {
+    pub fn new(spec: &AttentionSpec, block: usize, data: &'a [S]) -> Result<Self, Error> {
         if block == 0 {
-            return Err(DsaError::Zero {
-                what: "summary block size",
+            return Err(Error::Zero {
+                what: Size::SummaryBlock,
             });
         }
-        let need = summary_len(spec, block).ok_or(DsaError::Overflow {
-            buffer: "block summaries",
-        })?;
+        let need = summary_len(spec, block).ok_or(Error::Overflow(Tensor::Summaries))?;
         if data.len() != need {
-            return Err(DsaError::WrongLength {
-                buffer: "block summaries",
+            return Err(Error::WrongLength {
+                tensor: Tensor::Summaries,
                 expected: need,
                 got: data.len(),
             });
@@ -260,20 +258,18 @@ pub fn summarize<T: Element, S: BoundFormat>(
     k: &[T],
     block: usize,
     out: &mut [S],
-) -> Result<(), DsaError> {
+) -> Result<(), Error> {
     spec.validate()?;
     spec.check_len(Tensor::K, k.len())?;
     if block == 0 {
-        return Err(DsaError::Zero {
-            what: "summary block size",
+        return Err(Error::Zero {
+            what: Size::SummaryBlock,
         });
     }
-    let need = summary_len(spec, block).ok_or(DsaError::Overflow {
-        buffer: "block summaries",
-    })?;
+    let need = summary_len(spec, block).ok_or(Error::Overflow(Tensor::Summaries))?;
     if out.len() != need {
-        return Err(DsaError::WrongLength {
-            buffer: "block summaries",
+        return Err(Error::WrongLength {
+            tensor: Tensor::Summaries,
             expected: need,
             got: out.len(),
         });
@@ -298,8 +294,8 @@ pub fn summarize<T: Element, S: BoundFormat>(
                     for (i, x) in k[at..at + w].iter().enumerate() {
                         let x = x.to_f32();
                         if !x.is_finite() {
-                            return Err(DsaError::NonFinite {
-                                buffer: "K",
+                            return Err(Error::NonFinite {
+                                tensor: Tensor::K,
                                 at: at + i,
                             });
                         }
@@ -310,9 +306,9 @@ pub fn summarize<T: Element, S: BoundFormat>(
                 for i in 0..w {
                     let at = spec.k.offset(b, hk, j0) + d0 + i;
                     m[(d0 + i) * nb + n] =
-                        S::round_up(hi[i]).ok_or(DsaError::SummaryOverflow { at })?;
+                        S::round_up(hi[i]).ok_or(Error::SummaryOverflow { at })?;
                     m[(d + d0 + i) * nb + n] =
-                        S::round_down(lo[i]).ok_or(DsaError::SummaryOverflow { at })?;
+                        S::round_down(lo[i]).ok_or(Error::SummaryOverflow { at })?;
                 }
             }
         }
@@ -408,15 +404,15 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
         keep: Keep,
         block_scores: &mut [f32],
         scratch: &mut [f32],
-    ) -> Result<TileBudget, DsaError> {
+    ) -> Result<TileBudget, Error> {
         let spec = att.spec();
         let mask = att.mask();
         spec.check_len(Tensor::Q, q.len())?;
         if top_k_ == 0 {
-            return Err(DsaError::Zero { what: "top_k" });
+            return Err(Error::Zero { what: Size::TopK });
         }
         if sums.block != BK {
-            return Err(DsaError::BlockMismatch {
+            return Err(Error::BlockMismatch {
                 summary: sums.block,
                 tile: BK,
             });
@@ -427,8 +423,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
             || sums.padded != padded_blocks(spec.kv_len, BK)
             || sums.data.len() != summary_len(spec, BK).unwrap_or(usize::MAX)
         {
-            return Err(DsaError::WrongLength {
-                buffer: "block summaries",
+            return Err(Error::WrongLength {
+                tensor: Tensor::Summaries,
                 expected: summary_len(spec, BK).unwrap_or(0),
                 got: sums.data.len(),
             });
@@ -436,23 +432,23 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
         let (g, d) = (spec.group(), spec.head_dim);
         let need = Self::scratch_len(g, d);
         if scratch.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "scratch",
+            return Err(Error::TooShort {
+                tensor: Tensor::Scratch,
                 need,
                 got: scratch.len(),
             });
         }
         let nb = Self::blocks(spec.kv_len);
         if block_scores.len() < nb {
-            return Err(DsaError::TooShort {
-                buffer: "block scores",
+            return Err(Error::TooShort {
+                tensor: Tensor::BlockScores,
                 need: nb,
                 got: block_scores.len(),
             });
         }
         let i0 = q_tile.checked_mul(BQ).filter(|&i| i < spec.q_len);
         let (Some(i0), true) = (i0, b < spec.batch && hk < spec.kv_heads) else {
-            return Err(SpecError::TileOutOfRange.into());
+            return Err(Error::TileOutOfRange);
         };
         let rows = BQ.min(spec.q_len - i0);
         let block_scores = &mut block_scores[..nb];
@@ -625,10 +621,10 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
         block_scores: &[f32],
         budget: TileBudget,
         tiles: &mut [usize],
-    ) -> Result<usize, DsaError> {
+    ) -> Result<usize, Error> {
         if tiles.len() < budget.blocks {
-            return Err(DsaError::TooShort {
-                buffer: "selected tiles",
+            return Err(Error::TooShort {
+                tensor: Tensor::SelectedTiles,
                 need: budget.blocks,
                 got: tiles.len(),
             });
@@ -656,18 +652,17 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
         flash_scratch: &mut [f32],
         block_scores: &mut [f32],
         tiles: &mut [usize],
-    ) -> Result<Stats, DsaError> {
+    ) -> Result<Stats, Error> {
         let s = *att.spec();
         s.check_len(Tensor::Y, y.len())?;
         if let Some(l) = lse.as_deref() {
             let need = s.required_len(Tensor::Lse)?;
             if l.len() != need {
-                return Err(SpecError::WrongLength {
+                return Err(Error::WrongLength {
                     tensor: Tensor::Lse,
                     expected: need,
                     got: l.len(),
-                }
-                .into());
+                });
             }
         }
         let mut stats = Stats::default();

@@ -28,9 +28,10 @@
 use core::ops::Range;
 
 use crate::element::Element;
+use crate::error::{Error, Tensor};
 use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, TileClass};
-use crate::spec::{AttentionSpec, SpecError, Tensor};
+use crate::spec::AttentionSpec;
 use crate::stats::Stats;
 
 /// `Dv` is padded to a multiple of this in scratch, so every kernel's `NR`
@@ -60,7 +61,7 @@ impl<'a, T: Element> Attention<'a, T> {
         q: &'a [T],
         k: &'a [T],
         v: &'a [T],
-    ) -> Result<Self, SpecError> {
+    ) -> Result<Self, Error> {
         spec.validate()?;
         spec.check_len(Tensor::Q, q.len())?;
         spec.check_len(Tensor::K, k.len())?;
@@ -188,13 +189,13 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         y: &mut [O],
         mut lse: Option<&mut [f32]>,
         scratch: &mut [f32],
-    ) -> Result<Stats, SpecError> {
+    ) -> Result<Stats, Error> {
         let s = att.spec;
         s.check_len(Tensor::Y, y.len())?;
         if let Some(l) = lse.as_deref() {
             let need = s.required_len(Tensor::Lse)?;
             if l.len() != need {
-                return Err(SpecError::WrongLength {
+                return Err(Error::WrongLength {
                     tensor: Tensor::Lse,
                     expected: need,
                     got: l.len(),
@@ -235,7 +236,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         kv: Range<usize>,
         scratch: &'s mut [f32],
         stats: &mut Stats,
-    ) -> Result<TileOut<'s>, SpecError> {
+    ) -> Result<TileOut<'s>, Error> {
         self.tile_impl(att, b, h, q_tile, kv, None, scratch, stats)
     }
 
@@ -254,11 +255,11 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         kv_tiles: &[usize],
         scratch: &'s mut [f32],
         stats: &mut Stats,
-    ) -> Result<TileOut<'s>, SpecError> {
+    ) -> Result<TileOut<'s>, Error> {
         let kv = 0..att.spec.kv_len;
         let ascending = kv_tiles.windows(2).all(|w| w[0] < w[1]);
         if !ascending || kv_tiles.last().is_some_and(|&t| t >= kv.end.div_ceil(BK)) {
-            return Err(SpecError::TileOutOfRange);
+            return Err(Error::TileOutOfRange);
         }
         self.tile_impl(att, b, h, q_tile, kv, Some(kv_tiles), scratch, stats)
     }
@@ -274,14 +275,14 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         selected: Option<&[usize]>,
         scratch: &'s mut [f32],
         stats: &mut Stats,
-    ) -> Result<TileOut<'s>, SpecError> {
+    ) -> Result<TileOut<'s>, Error> {
         let spec = &att.spec;
         let mask = &att.mask;
         let (d, dv) = (spec.head_dim, spec.v_head_dim);
         let dvp = round_up(dv, DV_ALIGN);
         let need = Self::scratch_len(d, dv);
         if scratch.len() < need {
-            return Err(SpecError::TooShort {
+            return Err(Error::TooShort {
                 tensor: Tensor::Scratch,
                 need,
                 got: scratch.len(),
@@ -293,7 +294,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
             b < spec.batch && h < spec.q_heads,
             kv.start <= kv.end && kv.end <= spec.kv_len,
         ) else {
-            return Err(SpecError::TileOutOfRange);
+            return Err(Error::TileOutOfRange);
         };
         let rows = BQ.min(spec.q_len - i0);
         let hk = spec.kv_head(h);

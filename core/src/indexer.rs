@@ -25,12 +25,11 @@
 //! [`LightningIndexer::scratch_len`] f32s; scores of one query tile:
 //! `BQ·Skv` f32s.
 
-use crate::dsa_error::DsaError;
 use crate::element::Element;
+use crate::error::{Error, Size, Tensor};
 use crate::fp8::Scales;
 use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, RowSpan, TileClass};
-use crate::spec::SpecError;
 use crate::topk::{top_k_in_place, KeyIndex};
 
 /// The sizes of one indexer call.
@@ -48,16 +47,16 @@ pub struct IndexerSpec {
     pub dim: usize,
 }
 
-fn mul(buffer: &'static str, xs: &[usize]) -> Result<usize, DsaError> {
+fn mul(tensor: Tensor, xs: &[usize]) -> Result<usize, Error> {
     xs.iter()
         .try_fold(1usize, |a, &x| a.checked_mul(x))
-        .ok_or(DsaError::Overflow { buffer })
+        .ok_or(Error::Overflow(tensor))
 }
 
-fn exact_len(buffer: &'static str, expected: usize, got: usize) -> Result<(), DsaError> {
+fn exact_len(tensor: Tensor, expected: usize, got: usize) -> Result<(), Error> {
     if expected != got {
-        return Err(DsaError::WrongLength {
-            buffer,
+        return Err(Error::WrongLength {
+            tensor,
             expected,
             got,
         });
@@ -89,28 +88,40 @@ impl<'a, T: Element> Indexer<'a, T> {
         k: &'a [T],
         k_scales: Option<Scales<'a>>,
         w: &'a [f32],
-    ) -> Result<Self, DsaError> {
+    ) -> Result<Self, Error> {
         if spec.heads == 0 {
-            return Err(DsaError::Zero {
-                what: "index heads",
+            return Err(Error::Zero {
+                what: Size::IndexHeads,
             });
         }
         if spec.dim == 0 {
-            return Err(DsaError::Zero {
-                what: "index head dim",
+            return Err(Error::Zero {
+                what: Size::IndexHeadDim,
             });
         }
         let (b, sq, skv, hi, di) = (spec.batch, spec.q_len, spec.kv_len, spec.heads, spec.dim);
-        exact_len("index_q", mul("index_q", &[b, sq, hi, di])?, q.len())?;
-        exact_len("index_k", mul("index_k", &[b, skv, di])?, k.len())?;
-        exact_len("index_w", mul("index_w", &[b, sq, hi])?, w.len())?;
+        exact_len(
+            Tensor::IndexQ,
+            mul(Tensor::IndexQ, &[b, sq, hi, di])?,
+            q.len(),
+        )?;
+        exact_len(Tensor::IndexK, mul(Tensor::IndexK, &[b, skv, di])?, k.len())?;
+        exact_len(Tensor::IndexW, mul(Tensor::IndexW, &[b, sq, hi])?, w.len())?;
         if let Some(s) = q_scales {
-            s.check("index_q_scale", mul("index_q_scale", &[b, sq, hi])?, di)?;
+            s.check(
+                Tensor::IndexQScale,
+                mul(Tensor::IndexQScale, &[b, sq, hi])?,
+                di,
+            )?;
         }
         if let Some(s) = k_scales {
-            s.check("index_k_scale", mul("index_k_scale", &[b, skv])?, di)?;
+            s.check(
+                Tensor::IndexKScale,
+                mul(Tensor::IndexKScale, &[b, skv])?,
+                di,
+            )?;
         }
-        mul("scores", &[sq, skv])?;
+        mul(Tensor::Scores, &[sq, skv])?;
         mask.validate(b, 1, sq, skv)?;
         Ok(Self {
             spec,
@@ -164,10 +175,10 @@ impl<'a, T: Element> Indexer<'a, T> {
 
     /// The dequantised value of `index_q[b, t, j, :]` into `dst[..Di]`
     /// (what the kernel computes with; references use it).
-    pub fn q_row(&self, b: usize, t: usize, j: usize, dst: &mut [f32]) -> Result<(), DsaError> {
+    pub fn q_row(&self, b: usize, t: usize, j: usize, dst: &mut [f32]) -> Result<(), Error> {
         let s = &self.spec;
         if b >= s.batch || t >= s.q_len || j >= s.heads || dst.len() < s.dim {
-            return Err(DsaError::Spec(SpecError::TileOutOfRange));
+            return Err(Error::TileOutOfRange);
         }
         Self::load_row(
             self.q,
@@ -181,10 +192,10 @@ impl<'a, T: Element> Indexer<'a, T> {
     }
 
     /// The dequantised value of `index_k[b, key, :]` into `dst[..Di]`.
-    pub fn k_row(&self, b: usize, key: usize, dst: &mut [f32]) -> Result<(), DsaError> {
+    pub fn k_row(&self, b: usize, key: usize, dst: &mut [f32]) -> Result<(), Error> {
         let s = &self.spec;
         if b >= s.batch || key >= s.kv_len || dst.len() < s.dim {
-            return Err(DsaError::Spec(SpecError::TileOutOfRange));
+            return Err(Error::TileOutOfRange);
         }
         Self::load_row(self.k, self.k_scales, s.dim, b * s.kv_len + key, dst, 1);
         Ok(())
@@ -251,7 +262,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         q_tile: usize,
         scores: &mut [f32],
         scratch: &mut [f32],
-    ) -> Result<usize, DsaError> {
+    ) -> Result<usize, Error> {
         let IndexerSpec {
             batch,
             q_len,
@@ -261,8 +272,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         } = ix.spec;
         let need = Self::scratch_len(hi, di);
         if scratch.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "scratch",
+            return Err(Error::TooShort {
+                tensor: Tensor::Scratch,
                 need,
                 got: scratch.len(),
             });
@@ -270,12 +281,12 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         let i0 = q_tile
             .checked_mul(BQ)
             .filter(|&i| i < q_len && b < batch)
-            .ok_or(DsaError::Spec(SpecError::TileOutOfRange))?;
+            .ok_or(Error::TileOutOfRange)?;
         let rows = BQ.min(q_len - i0);
         let need = rows * kv_len;
         if scores.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "scores",
+            return Err(Error::TooShort {
+                tensor: Tensor::Scores,
                 need,
                 got: scores.len(),
             });
@@ -362,8 +373,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
                     {
                         *o = f32::NEG_INFINITY;
                     } else if !o.is_finite() {
-                        return Err(DsaError::NonFinite {
-                            buffer: "index scores",
+                        return Err(Error::NonFinite {
+                            tensor: Tensor::IndexScores,
                             at: (b * q_len + i) * kv_len + j,
                         });
                     }
@@ -390,20 +401,20 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         tile_indices: &mut [I],
         scores: &mut [f32],
         scratch: &mut [f32],
-    ) -> Result<usize, DsaError> {
+    ) -> Result<usize, Error> {
         let s = ix.spec;
         if top_k_ == 0 {
-            return Err(DsaError::Zero { what: "top_k" });
+            return Err(Error::Zero { what: Size::TopK });
         }
         let i0 = q_tile
             .checked_mul(BQ)
             .filter(|&i| i < s.q_len && b < s.batch)
-            .ok_or(DsaError::Spec(SpecError::TileOutOfRange))?;
+            .ok_or(Error::TileOutOfRange)?;
         let rows = BQ.min(s.q_len - i0);
-        let need = mul("indices", &[rows, top_k_])?;
+        let need = mul(Tensor::Indices, &[rows, top_k_])?;
         if tile_indices.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "indices",
+            return Err(Error::TooShort {
+                tensor: Tensor::Indices,
                 need,
                 got: tile_indices.len(),
             });
@@ -425,14 +436,14 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         indices: &mut [I],
         scores: &mut [f32],
         scratch: &mut [f32],
-    ) -> Result<(), DsaError> {
+    ) -> Result<(), Error> {
         let sp = ix.spec;
         if top_k_ == 0 {
-            return Err(DsaError::Zero { what: "top_k" });
+            return Err(Error::Zero { what: Size::TopK });
         }
         exact_len(
-            "indices",
-            mul("indices", &[sp.batch, sp.q_len, top_k_])?,
+            Tensor::Indices,
+            mul(Tensor::Indices, &[sp.batch, sp.q_len, top_k_])?,
             indices.len(),
         )?;
         for b in 0..sp.batch {

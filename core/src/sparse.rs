@@ -20,12 +20,12 @@
 //! `Skv`. Memory: [`GatherAttention::scratch_len`] f32s and a zeroed bitmap
 //! of [`GatherAttention::seen_len`] words per worker (`Skv / 8` bytes).
 
-use crate::dsa_error::DsaError;
 use crate::element::Element;
+use crate::error::{Error, Size, Tensor};
 use crate::flash::{Attention, DV_ALIGN};
 use crate::kernel::MicroKernel;
 use crate::mask::MaskSpec;
-use crate::spec::{AttentionSpec, SpecError, Tensor};
+use crate::spec::AttentionSpec;
 use crate::topk::KeyIndex;
 
 const fn round_up(x: usize, to: usize) -> usize {
@@ -123,10 +123,10 @@ impl<'a, T: Element, I: KeyIndex> SparseAttention<'a, T, I> {
         k: &'a [T],
         v: &'a [T],
         list: IndexList<'a, I>,
-    ) -> Result<Self, DsaError> {
+    ) -> Result<Self, Error> {
         let att = Attention::new(spec, mask, q, k, v)?;
         if list.top_k == 0 {
-            return Err(DsaError::Zero { what: "top_k" });
+            return Err(Error::Zero { what: Size::TopK });
         }
         let (b, hk, sq) = (spec.batch, spec.kv_heads, spec.q_len);
         if b > 0 && sq > 0 {
@@ -138,10 +138,10 @@ impl<'a, T: Element, I: KeyIndex> SparseAttention<'a, T, I> {
                     .checked_add((sq - 1).checked_mul(s.q)?)?
                     .checked_add(list.top_k)
             })()
-            .ok_or(DsaError::Overflow { buffer: "indices" })?;
+            .ok_or(Error::Overflow(Tensor::Indices))?;
             if list.indices.len() < last {
-                return Err(DsaError::TooShort {
-                    buffer: "indices",
+                return Err(Error::TooShort {
+                    tensor: Tensor::Indices,
                     need: last,
                     got: list.indices.len(),
                 });
@@ -234,7 +234,7 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         row: usize,
         kv_len: usize,
         seen: &mut [u64],
-    ) -> Result<(), DsaError> {
+    ) -> Result<(), Error> {
         for (n, &x) in list.iter().enumerate() {
             let err = match x.get() {
                 Ok(None) => continue,
@@ -244,17 +244,17 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
                         seen[w] |= bit;
                         continue;
                     }
-                    DsaError::DuplicateIndex {
+                    Error::DuplicateIndex {
                         row,
                         index: j as i64,
                     }
                 }
-                Ok(Some(j)) => DsaError::IndexOutOfRange {
+                Ok(Some(j)) => Error::IndexOutOfRange {
                     row,
                     index: j as i64,
                     kv_len,
                 },
-                Err(v) => DsaError::IndexOutOfRange {
+                Err(v) => Error::IndexOutOfRange {
                     row,
                     index: v,
                     kv_len,
@@ -288,29 +288,29 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         i: usize,
         scratch: &'s mut [f32],
         seen: &mut [u64],
-    ) -> Result<GroupOut<'s>, DsaError> {
+    ) -> Result<GroupOut<'s>, Error> {
         let spec = p.att.spec();
         let mask = p.att.mask();
         let (d, dv, g) = (spec.head_dim, spec.v_head_dim, spec.group());
         let (gp, dvp) = (round_up(g, K::MR), round_up(dv, DV_ALIGN));
         let need = Self::scratch_len(g, d, dv);
         if scratch.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "scratch",
+            return Err(Error::TooShort {
+                tensor: Tensor::Scratch,
                 need,
                 got: scratch.len(),
             });
         }
         let need = Self::seen_len(spec.kv_len);
         if seen.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "seen",
+            return Err(Error::TooShort {
+                tensor: Tensor::Seen,
                 need,
                 got: seen.len(),
             });
         }
         if b >= spec.batch || hk >= spec.kv_heads || i >= spec.q_len {
-            return Err(DsaError::Spec(SpecError::TileOutOfRange));
+            return Err(Error::TileOutOfRange);
         }
         let list = p.list.row(b, hk, i);
         let row_id = (b * spec.kv_heads + hk) * spec.q_len + i;
@@ -446,18 +446,17 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         mut lse: Option<&mut [f32]>,
         scratch: &mut [f32],
         seen: &mut [u64],
-    ) -> Result<(), DsaError> {
+    ) -> Result<(), Error> {
         let s = *p.att.spec();
         s.check_len(Tensor::Y, y.len())?;
         if let Some(l) = lse.as_deref() {
             let need = s.required_len(Tensor::Lse)?;
             if l.len() != need {
-                return Err(SpecError::WrongLength {
+                return Err(Error::WrongLength {
                     tensor: Tensor::Lse,
                     expected: need,
                     got: l.len(),
-                }
-                .into());
+                });
             }
         }
         for b in 0..s.batch {

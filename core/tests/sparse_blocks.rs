@@ -9,8 +9,8 @@ use tessera_core::blocksel::{
 };
 use tessera_core::kernel::{MicroKernel, Portable};
 use tessera_core::{
-    f16, reference, Attention, AttentionSpec, DenseMask, DsaError, Flash, MaskSpec, MaskStrides,
-    E4M3, E5M2,
+    f16, reference, Attention, AttentionSpec, DenseMask, Error, Flash, MaskSpec, MaskStrides, Size,
+    Tensor, E4M3, E5M2,
 };
 
 struct Rng(u64);
@@ -432,12 +432,15 @@ fn rejects_bad_input() {
     big[5] = 1000.0;
     assert_eq!(
         summarize(&spec, &big, BK, &mut sums),
-        Err(DsaError::SummaryOverflow { at: 1 })
+        Err(Error::SummaryOverflow { at: 1 })
     );
     big[5] = f32::NAN;
     assert_eq!(
         summarize(&spec, &big, BK, &mut sums),
-        Err(DsaError::NonFinite { buffer: "K", at: 5 })
+        Err(Error::NonFinite {
+            tensor: Tensor::K,
+            at: 5
+        })
     );
     summarize(
         &spec,
@@ -468,7 +471,7 @@ fn rejects_bad_input() {
             &mut scores,
             &mut scratch
         ),
-        Err(DsaError::BlockMismatch {
+        Err(Error::BlockMismatch {
             summary: 8,
             tile: BK
         })
@@ -488,7 +491,7 @@ fn rejects_bad_input() {
             &mut scores,
             &mut scratch
         ),
-        Err(DsaError::Zero { what: "top_k" })
+        Err(Error::Zero { what: Size::TopK })
     );
     assert!(matches!(
         sel.score_tile(
@@ -503,7 +506,7 @@ fn rejects_bad_input() {
             &mut scores[..2],
             &mut scratch
         ),
-        Err(DsaError::TooShort { .. })
+        Err(Error::TooShort { .. })
     ));
     assert!(matches!(
         sel.score_tile(
@@ -518,6 +521,6 @@ fn rejects_bad_input() {
             &mut scores,
             &mut scratch
         ),
-        Err(DsaError::Spec(_))
+        Err(Error::TileOutOfRange)
     ));
 }

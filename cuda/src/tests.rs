@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use tessera_core::mask::{MaskSpec, MaskStrides};
-use tessera_core::spec::{AttentionSpec, SpecError};
+use tessera_core::spec::AttentionSpec;
+use tessera_core::Error;
 use tessera_core::IndexerSpec;
 
 use crate::error::CudaError;
@@ -168,7 +169,7 @@ fn attention_refuses_what_the_kernels_cannot_do_and_names_the_input() {
     .unwrap_err();
     assert_eq!(
         e,
-        CudaError::Spec(SpecError::HeadsNotDivisible {
+        CudaError::Spec(Error::HeadsNotDivisible {
             q_heads: 3,
             kv_heads: 2
         })
@@ -181,7 +182,7 @@ fn attention_refuses_what_the_kernels_cannot_do_and_names_the_input() {
         &bufs(),
     )
     .unwrap_err();
-    assert!(matches!(e, CudaError::Spec(SpecError::BadScale(_))));
+    assert!(matches!(e, CudaError::Spec(Error::BadScale(_))));
     let e = run(
         &spec,
         &MaskSpec::NONE.window(-2, 0),
@@ -190,7 +191,7 @@ fn attention_refuses_what_the_kernels_cannot_do_and_names_the_input() {
         &bufs(),
     )
     .unwrap_err();
-    assert_eq!(e, CudaError::Spec(SpecError::WindowBelowMinusOne(-2)));
+    assert_eq!(e, CudaError::Spec(Error::WindowBelowMinusOne(-2)));
 
     let mut b = bufs();
     b.k = DevicePtr(0x2008);

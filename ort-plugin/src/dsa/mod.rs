@@ -23,8 +23,6 @@ pub mod topk_attention;
 
 use core::marker::PhantomData;
 
-use tessera_core::DsaError;
-
 use crate::error::{Error, Result};
 
 /// Upper bound on parallel tasks per call (and so on live scratch buffers).
@@ -33,12 +31,6 @@ pub const MAX_TASKS: usize = 256;
 /// Largest element count accepted: any element (8 bytes at most) times it
 /// still fits in `isize`, so byte offsets never overflow.
 const MAX_ELEMENTS: usize = isize::MAX as usize / 8;
-
-impl From<DsaError> for Error {
-    fn from(e: DsaError) -> Self {
-        Error::invalid(e.to_string())
-    }
-}
 
 /// `(d0, d1, ...)` for messages.
 pub(crate) fn fmt_shape(s: &[i64]) -> String {
