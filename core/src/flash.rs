@@ -30,7 +30,7 @@ use core::ops::Range;
 use crate::element::Element;
 use crate::error::{Error, Tensor};
 use crate::kernel::MicroKernel;
-use crate::mask::{MaskSpec, TileClass};
+use crate::mask::{MaskSpec, RowSpan, TileClass};
 use crate::spec::AttentionSpec;
 use crate::stats::Stats;
 
@@ -264,6 +264,10 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         self.tile_impl(att, b, h, q_tile, kv, Some(kv_tiles), scratch, stats)
     }
 
+    /// One query tile, as the algorithm reads: load the pre-scaled Q tile,
+    /// then for every visited key tile load Kᵀ and V, `S = Q·Kᵀ`, softcap
+    /// and mask `S`, the online-softmax update of `m`, `l` and `O`, and
+    /// `O += P·V`; at the end `Y = O / l` and `lse = m + ln l`.
     #[allow(clippy::too_many_arguments)]
     fn tile_impl<'s, T: Element>(
         &self,
@@ -276,16 +280,59 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         scratch: &'s mut [f32],
         stats: &mut Stats,
     ) -> Result<TileOut<'s>, Error> {
-        let spec = &att.spec;
-        let mask = &att.mask;
+        let at = Self::locate(&att.spec, b, h, q_tile, &kv, scratch.len())?;
+        let mut buf = TileBufs::cut::<BQ, BK>(scratch, at.d, at.dvp);
+        let spans = Spans::new(&att.mask, &att.spec, &at);
+
+        load_q(att, &at, buf.q);
+        buf.o.fill(0.0);
+        buf.m.fill(f32::NEG_INFINITY);
+        buf.l.fill(0.0);
+        let mut visited = 0usize;
+        for t in Self::kv_order(selected, &spans, &kv) {
+            let (j0, j1) = ((t * BK).max(kv.start), ((t + 1) * BK).min(kv.end));
+            let class = att.mask.classify(spans.iter(), j0, j1);
+            if class == TileClass::Empty {
+                continue;
+            }
+            visited += 1;
+            stats.count(class == TileClass::Full);
+            self.load_kt(att, &at, j0, j1 - j0, buf.kt);
+            load_v::<T, BK>(att, &at, j0, j1 - j0, buf.vt);
+            self.scores(at.d, buf.q, buf.kt, buf.s);
+            self.softmax_tile(att, &at, &spans, class, j0..j1, &mut buf);
+            self.accumulate_pv(at.dvp, buf.s, buf.vt, buf.o);
+        }
+        let kv_tiles = kv.end.div_ceil(BK) - kv.start / BK;
+        stats.skip(kv_tiles.saturating_sub(visited));
+        self.normalise(&at, buf.o, buf.m, buf.l);
+        Ok(TileOut {
+            q_start: at.i0,
+            rows: at.rows,
+            o: buf.o,
+            o_stride: at.dvp,
+            dv: at.dv,
+            lse: buf.m,
+        })
+    }
+
+    /// Check the scratch length and the tile's coordinates; derive its sizes.
+    #[inline(always)]
+    fn locate(
+        spec: &AttentionSpec,
+        b: usize,
+        h: usize,
+        q_tile: usize,
+        kv: &Range<usize>,
+        scratch_len: usize,
+    ) -> Result<TilePos, Error> {
         let (d, dv) = (spec.head_dim, spec.v_head_dim);
-        let dvp = round_up(dv, DV_ALIGN);
         let need = Self::scratch_len(d, dv);
-        if scratch.len() < need {
+        if scratch_len < need {
             return Err(Error::TooShort {
                 tensor: Tensor::Scratch,
                 need,
-                got: scratch.len(),
+                got: scratch_len,
             });
         }
         let i0 = q_tile.checked_mul(BQ).filter(|&i| i < spec.q_len);
@@ -296,25 +343,255 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         ) else {
             return Err(Error::TileOutOfRange);
         };
-        let rows = BQ.min(spec.q_len - i0);
-        let hk = spec.kv_head(h);
+        Ok(TilePos {
+            b,
+            h,
+            hk: spec.kv_head(h),
+            i0,
+            rows: BQ.min(spec.q_len - i0),
+            d,
+            dv,
+            dvp: round_up(dv, DV_ALIGN),
+        })
+    }
 
-        let (q_buf, rest) = scratch.split_at_mut(BQ * d);
+    /// The key tiles to visit, in order: the `selected` list, or else the
+    /// global tiles, then the local ones after them, then any local ones
+    /// before them.
+    #[inline(always)]
+    fn kv_order<'l>(
+        selected: Option<&'l [usize]>,
+        spans: &Spans<'_, '_>,
+        kv: &Range<usize>,
+    ) -> impl Iterator<Item = usize> + 'l {
+        let (global, local) = spans.key_tiles::<BK>(kv);
+        let local_rest = local.start.max(global.end)..local.end;
+        let local_head = local.start..local.end.min(global.start);
+        let bounded = global.chain(local_rest).chain(local_head);
+        let (mut sel, mut all) = (None, None);
+        match selected {
+            Some(list) => sel = Some(list.iter().copied()),
+            None => all = Some(bounded),
+        }
+        sel.into_iter().flatten().chain(all.into_iter().flatten())
+    }
+
+    /// Kᵀ of keys `j0..j0 + cols` in f32 (`D×BK`); padding keys are zero.
+    #[inline(always)]
+    fn load_kt<T: Element>(
+        &self,
+        att: &Attention<'_, T>,
+        at: &TilePos,
+        j0: usize,
+        cols: usize,
+        kt: &mut [f32],
+    ) {
+        let (spec, d) = (&att.spec, at.d);
+        let k_base = spec.k.offset(at.b, at.hk, j0);
+        match T::as_f32(att.k) {
+            Some(k32) if cols > 0 => {
+                self.kernel
+                    .transpose(&k32[k_base..], cols, d, spec.k.seq, kt, BK);
+            }
+            _ => {
+                for c in 0..cols {
+                    let src = &att.k[k_base + c * spec.k.seq..][..d];
+                    for (dd, &x) in src.iter().enumerate() {
+                        kt[dd * BK + c] = x.to_f32();
+                    }
+                }
+            }
+        }
+        if cols < BK {
+            for row in kt.chunks_exact_mut(BK) {
+                row[cols..].fill(0.0);
+            }
+        }
+    }
+
+    /// `S = Q·Kᵀ` (`BQ×BK`; Q is already scaled).
+    #[inline(always)]
+    fn scores(&self, d: usize, q: &[f32], kt: &[f32], s: &mut [f32]) {
+        // SAFETY: BQ % MR == 0 and BK % NR == 0 (checked at compile time);
+        // q is BQ×d, kt is d×BK and s is BQ×BK, all cut by TileBufs::cut.
+        unsafe { self.kernel.gemm(BQ, BK, d, q, d, kt, BK, s, BK, false) };
+    }
+
+    /// Per valid row of `S`: softcap, mask, then the online-softmax update
+    /// (`m' = max(m, rowmax S)`, `P = exp(S - m')`, `α = exp(m - m')`,
+    /// `l = α·l + rowsum P`, `O = α·O`). Padding rows become zeros, padding
+    /// keys `-inf`.
+    #[inline(always)]
+    fn softmax_tile<T: Element>(
+        &self,
+        att: &Attention<'_, T>,
+        at: &TilePos,
+        spans: &Spans<'_, '_>,
+        class: TileClass,
+        keys: Range<usize>,
+        buf: &mut TileBufs<'_>,
+    ) {
+        let softcap = att.spec.softcap;
+        let cols = keys.end - keys.start;
+        for (r, row) in buf.s.chunks_exact_mut(BK).enumerate() {
+            if r >= at.rows {
+                row.fill(0.0);
+                continue;
+            }
+            let (live, pad) = row.split_at_mut(cols);
+            if softcap > 0.0 {
+                apply_softcap(live, softcap);
+            }
+            if class == TileClass::Partial {
+                mask_row(att, at, spans.of(r), r, keys.start, live);
+            }
+            pad.fill(f32::NEG_INFINITY);
+            let o = &mut buf.o[r * at.dvp..][..at.dvp];
+            self.online_softmax_row(row, o, &mut buf.m[r], &mut buf.l[r]);
+        }
+    }
+
+    /// `P = exp(S - m')` for one row, and the running max, sum and output
+    /// rescaled to the new max.
+    #[inline(always)]
+    fn online_softmax_row(&self, row: &mut [f32], o: &mut [f32], m: &mut f32, l: &mut f32) {
+        let upd = self.kernel.softmax_row(row, *m);
+        if upd.alpha != 1.0 {
+            self.kernel.scale_row(o, upd.alpha);
+        }
+        *l = *l * upd.alpha + upd.sum;
+        *m = upd.max;
+    }
+
+    /// `O += P·V`.
+    #[inline(always)]
+    fn accumulate_pv(&self, dvp: usize, p: &[f32], vt: &[f32], o: &mut [f32]) {
+        // SAFETY: BQ % MR == 0 and dvp % NR == 0 (DV_ALIGN % NR == 0);
+        // p is BQ×BK, vt is BK×dvp and o is BQ×dvp, all cut by TileBufs::cut.
+        unsafe { self.kernel.gemm(BQ, dvp, BK, p, BK, vt, dvp, o, dvp, true) };
+    }
+
+    /// `Y = O / l` and `lse = m + ln l` (in place in `m`); a row that saw no
+    /// key gives `Y = 0`, `lse = -inf`.
+    #[inline(always)]
+    fn normalise(&self, at: &TilePos, o: &mut [f32], m: &mut [f32], l: &[f32]) {
+        for r in 0..at.rows {
+            let row = &mut o[r * at.dvp..][..at.dvp];
+            if l[r] > 0.0 {
+                self.kernel.scale_row(row, 1.0 / l[r]);
+                m[r] += libm::logf(l[r]);
+            } else {
+                row.fill(0.0);
+                m[r] = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// Where one query tile sits, and the sizes its buffers are cut to.
+#[derive(Clone, Copy)]
+struct TilePos {
+    b: usize,
+    h: usize,
+    /// The KV head query head `h` reads.
+    hk: usize,
+    /// First query row.
+    i0: usize,
+    /// Valid query rows (`<= BQ`).
+    rows: usize,
+    d: usize,
+    dv: usize,
+    /// `dv` rounded up to [`DV_ALIGN`].
+    dvp: usize,
+}
+
+/// One tile call's scratch, cut into its buffers (sizes in
+/// [`Flash::scratch_len`]).
+struct TileBufs<'s> {
+    /// `BQ×D`: the pre-scaled queries.
+    q: &'s mut [f32],
+    /// `D×BK`: Kᵀ.
+    kt: &'s mut [f32],
+    /// `BK×Dvp`: V.
+    vt: &'s mut [f32],
+    /// `BQ×BK`: the scores S, then the probabilities P.
+    s: &'s mut [f32],
+    /// `BQ×Dvp`: the output accumulator O.
+    o: &'s mut [f32],
+    /// `BQ`: the running max m, then the lse.
+    m: &'s mut [f32],
+    /// `BQ`: the running sum l.
+    l: &'s mut [f32],
+}
+
+impl<'s> TileBufs<'s> {
+    /// Panics if `scratch` is shorter than `Flash::<_, BQ, BK>::scratch_len`.
+    #[inline(always)]
+    fn cut<const BQ: usize, const BK: usize>(scratch: &'s mut [f32], d: usize, dvp: usize) -> Self {
+        let (q, rest) = scratch.split_at_mut(BQ * d);
         let (kt, rest) = rest.split_at_mut(d * BK);
         let (vt, rest) = rest.split_at_mut(BK * dvp);
-        let (sc, rest) = rest.split_at_mut(BQ * BK);
+        let (s, rest) = rest.split_at_mut(BQ * BK);
         let (o, rest) = rest.split_at_mut(BQ * dvp);
-        let (m_run, rest) = rest.split_at_mut(BQ);
-        let l_run = &mut rest[..BQ];
+        let (m, rest) = rest.split_at_mut(BQ);
+        let l = &mut rest[..BQ];
+        Self {
+            q,
+            kt,
+            vt,
+            s,
+            o,
+            m,
+            l,
+        }
+    }
+}
 
-        // Row spans and the key range the tile can touch.
-        let offset = mask.batch_offset(b, spec.q_len);
-        let valid = mask.batch_kv_len(b, spec.kv_len);
-        // Spans are recomputed where needed (a few integer ops per row per
-        // tile) rather than stored: no BQ-sized array on the stack.
-        let span_of = |r: usize| mask.row_span((i0 + r) as isize + offset, valid);
+/// The visible-key spans of a query tile's rows. Spans are recomputed where
+/// needed (a few integer ops per row per tile) rather than stored: no
+/// BQ-sized array on the stack.
+#[derive(Clone, Copy)]
+struct Spans<'m, 'a> {
+    mask: &'m MaskSpec<'a>,
+    i0: usize,
+    rows: usize,
+    /// Position offset of the batch.
+    offset: isize,
+    /// Valid keys of the batch.
+    valid: usize,
+}
+
+impl<'m, 'a> Spans<'m, 'a> {
+    #[inline(always)]
+    fn new(mask: &'m MaskSpec<'a>, spec: &AttentionSpec, at: &TilePos) -> Self {
+        Self {
+            mask,
+            i0: at.i0,
+            rows: at.rows,
+            offset: mask.batch_offset(at.b, spec.q_len),
+            valid: mask.batch_kv_len(at.b, spec.kv_len),
+        }
+    }
+
+    /// The span of row `r` of the tile.
+    #[inline(always)]
+    fn of(&self, r: usize) -> RowSpan {
+        self.mask
+            .row_span((self.i0 + r) as isize + self.offset, self.valid)
+    }
+
+    /// The spans of every valid row.
+    #[inline(always)]
+    fn iter(&self) -> impl Iterator<Item = RowSpan> + '_ {
+        (0..self.rows).map(|r| self.of(r))
+    }
+
+    /// The `BK`-key tiles within `kv` that the rows' global part and local
+    /// part can touch.
+    #[inline(always)]
+    fn key_tiles<const BK: usize>(&self, kv: &Range<usize>) -> (Range<usize>, Range<usize>) {
         let (mut g_hi, mut l_lo, mut l_hi) = (-1isize, isize::MAX, -1isize);
-        for span in (0..rows).map(span_of) {
+        for span in self.iter() {
             g_hi = g_hi.max(span.global_hi);
             if span.lo <= span.hi {
                 l_lo = l_lo.min(span.lo);
@@ -330,150 +607,88 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
                 lo / BK..(hi as usize).div_ceil(BK)
             }
         };
-        let global = tiles_in(0, g_hi);
-        let local = tiles_in(l_lo, l_hi);
+        (tiles_in(0, g_hi), tiles_in(l_lo, l_hi))
+    }
+}
 
-        // Q, pre-scaled; padding rows are zero.
-        for (r, dst) in q_buf.chunks_exact_mut(d).enumerate() {
-            if r < rows {
-                let src = &att.q[spec.q.offset(b, h, i0 + r)..][..d];
-                for (x, &y) in dst.iter_mut().zip(src) {
-                    *x = y.to_f32() * spec.scale;
-                }
-            } else {
-                dst.fill(0.0);
+/// The Q tile in f32, pre-scaled by `scale`; padding rows are zero.
+#[inline(always)]
+fn load_q<T: Element>(att: &Attention<'_, T>, at: &TilePos, q: &mut [f32]) {
+    let spec = &att.spec;
+    for (r, dst) in q.chunks_exact_mut(at.d).enumerate() {
+        if r < at.rows {
+            let src = &att.q[spec.q.offset(at.b, at.h, at.i0 + r)..][..at.d];
+            for (x, &y) in dst.iter_mut().zip(src) {
+                *x = y.to_f32() * spec.scale;
             }
+        } else {
+            dst.fill(0.0);
         }
-        o.fill(0.0);
-        m_run.fill(f32::NEG_INFINITY);
-        l_run.fill(0.0);
+    }
+}
 
-        let kv_tiles = kv.end.div_ceil(BK) - kv.start / BK;
-        let mut visited = 0usize;
-        let local_rest = local.start.max(global.end)..local.end;
-        let local_head = local.start..local.end.min(global.start);
-        let bounded = global.clone().chain(local_rest).chain(local_head);
-        let (mut sel, mut all) = (None, None);
-        match selected {
-            Some(list) => sel = Some(list.iter().copied()),
-            None => all = Some(bounded),
+/// The V tile of keys `j0..j0 + cols` in f32 (`BK×Dvp`); padding keys and
+/// columns are zero.
+#[inline(always)]
+fn load_v<T: Element, const BK: usize>(
+    att: &Attention<'_, T>,
+    at: &TilePos,
+    j0: usize,
+    cols: usize,
+    vt: &mut [f32],
+) {
+    let (spec, dv, dvp) = (&att.spec, at.dv, at.dvp);
+    for c in 0..BK {
+        let dst = &mut vt[c * dvp..][..dvp];
+        if c < cols {
+            let src = &att.v[spec.v.offset(at.b, at.hk, j0 + c)..][..dv];
+            for (x, &y) in dst.iter_mut().zip(src) {
+                *x = y.to_f32();
+            }
+            dst[dv..].fill(0.0);
+        } else {
+            dst.fill(0.0);
         }
-        for t in sel.into_iter().flatten().chain(all.into_iter().flatten()) {
-            let j0 = (t * BK).max(kv.start);
-            let j1 = ((t + 1) * BK).min(kv.end);
-            let class = mask.classify((0..rows).map(span_of), j0, j1);
-            if class == TileClass::Empty {
-                continue;
-            }
-            visited += 1;
-            stats.count(class == TileClass::Full);
-            let cols = j1 - j0;
+    }
+}
 
-            // Kᵀ and V tiles in f32; padding keys are zero.
-            let k_base = spec.k.offset(b, hk, j0);
-            match T::as_f32(att.k) {
-                Some(k32) if cols > 0 => {
-                    self.kernel
-                        .transpose(&k32[k_base..], cols, d, spec.k.seq, kt, BK);
-                }
-                _ => {
-                    for c in 0..cols {
-                        let src = &att.k[k_base + c * spec.k.seq..][..d];
-                        for (dd, &x) in src.iter().enumerate() {
-                            kt[dd * BK + c] = x.to_f32();
-                        }
-                    }
-                }
-            }
-            if cols < BK {
-                for row in kt.chunks_exact_mut(BK) {
-                    row[cols..].fill(0.0);
-                }
-            }
-            for c in 0..BK {
-                let dst = &mut vt[c * dvp..][..dvp];
-                if c < cols {
-                    let src = &att.v[spec.v.offset(b, hk, j0 + c)..][..dv];
-                    for (x, &y) in dst.iter_mut().zip(src) {
-                        *x = y.to_f32();
-                    }
-                    dst[dv..].fill(0.0);
-                } else {
-                    dst.fill(0.0);
-                }
-            }
+/// `S = c·tanh(S / c)`.
+#[inline(always)]
+fn apply_softcap(s: &mut [f32], c: f32) {
+    s.iter_mut().for_each(|x| *x = c * libm::tanhf(*x / c));
+}
 
-            // SAFETY: BQ % MR == 0 and BK % NR == 0 (checked at compile time);
-            // q_buf is BQ×d, kt is d×BK and sc is BQ×BK, all sized above.
-            unsafe { self.kernel.gemm(BQ, BK, d, q_buf, d, kt, BK, sc, BK, false) };
-
-            for (r, row) in sc.chunks_exact_mut(BK).enumerate() {
-                if r >= rows {
-                    row.fill(0.0);
-                    continue;
-                }
-                let (live, pad) = row.split_at_mut(cols);
-                if spec.softcap > 0.0 {
-                    let c = spec.softcap;
-                    live.iter_mut().for_each(|x| *x = c * libm::tanhf(*x / c));
-                }
-                if class == TileClass::Partial {
-                    // Structural rules first (branch-free, vectorises), then
-                    // segments and dense masks only where they exist.
-                    let span = span_of(r);
-                    for (cc, x) in live.iter_mut().enumerate() {
-                        if !span.contains((j0 + cc) as isize) {
-                            *x = f32::NEG_INFINITY;
-                        }
-                    }
-                    if !mask.is_structural() {
-                        let i = i0 + r;
-                        for (cc, x) in live.iter_mut().enumerate() {
-                            let j = j0 + cc;
-                            if *x == f32::NEG_INFINITY {
-                                continue;
-                            }
-                            if mask.extra_visible(b, h, i, j, spec.q_len, spec.kv_len) {
-                                *x += mask.bias(b, h, i, j);
-                            } else {
-                                *x = f32::NEG_INFINITY;
-                            }
-                        }
-                    }
-                }
-                pad.fill(f32::NEG_INFINITY);
-                let upd = self.kernel.softmax_row(row, m_run[r]);
-                if upd.alpha != 1.0 {
-                    self.kernel.scale_row(&mut o[r * dvp..][..dvp], upd.alpha);
-                }
-                l_run[r] = l_run[r] * upd.alpha + upd.sum;
-                m_run[r] = upd.max;
-            }
-
-            // SAFETY: BQ % MR == 0 and dvp % NR == 0 (DV_ALIGN % NR == 0);
-            // sc is BQ×BK, vt is BK×dvp and o is BQ×dvp.
-            unsafe { self.kernel.gemm(BQ, dvp, BK, sc, BK, vt, dvp, o, dvp, true) };
+/// Mask one row `r` of a Partial tile (keys from `j0`): structural rules
+/// first (branch-free, vectorises), then segments and dense masks only where
+/// they exist.
+#[inline(always)]
+fn mask_row<T: Element>(
+    att: &Attention<'_, T>,
+    at: &TilePos,
+    span: RowSpan,
+    r: usize,
+    j0: usize,
+    s: &mut [f32],
+) {
+    for (cc, x) in s.iter_mut().enumerate() {
+        if !span.contains((j0 + cc) as isize) {
+            *x = f32::NEG_INFINITY;
         }
-        stats.skip(kv_tiles.saturating_sub(visited));
-
-        // Normalise; m_run becomes the lse.
-        for r in 0..rows {
-            let row = &mut o[r * dvp..][..dvp];
-            if l_run[r] > 0.0 {
-                self.kernel.scale_row(row, 1.0 / l_run[r]);
-                m_run[r] += libm::logf(l_run[r]);
-            } else {
-                row.fill(0.0);
-                m_run[r] = f32::NEG_INFINITY;
-            }
+    }
+    let (spec, mask) = (&att.spec, &att.mask);
+    if mask.is_structural() {
+        return;
+    }
+    let i = at.i0 + r;
+    for (cc, x) in s.iter_mut().enumerate() {
+        let j = j0 + cc;
+        if *x == f32::NEG_INFINITY {
+            continue;
         }
-        Ok(TileOut {
-            q_start: i0,
-            rows,
-            o,
-            o_stride: dvp,
-            dv,
-            lse: m_run,
-        })
+        if mask.extra_visible(at.b, at.h, i, j, spec.q_len, spec.kv_len) {
+            *x += mask.bias(at.b, at.h, i, j);
+        } else {
+            *x = f32::NEG_INFINITY;
+        }
     }
 }
