@@ -281,13 +281,10 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         stats: &mut Stats,
     ) -> Result<TileOut<'s>, Error> {
         let at = Self::locate(&att.spec, b, h, q_tile, &kv, scratch.len())?;
-        let mut buf = TileBufs::cut::<BQ, BK>(scratch, at.d, at.dvp);
+        let mut buf = TileBufs::cut(scratch, BQ, BK, at.d, at.dvp, false);
         let spans = Spans::new(&att.mask, &att.spec, &at);
 
         load_q(att, &at, buf.q);
-        buf.o.fill(0.0);
-        buf.m.fill(f32::NEG_INFINITY);
-        buf.l.fill(0.0);
         let mut visited = 0usize;
         for t in Self::kv_order(selected, &spans, &kv) {
             let (j0, j1) = ((t * BK).max(kv.start), ((t + 1) * BK).min(kv.end));
@@ -305,7 +302,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         }
         let kv_tiles = kv.end.div_ceil(BK) - kv.start / BK;
         stats.skip(kv_tiles.saturating_sub(visited));
-        self.normalise(&at, buf.o, buf.m, buf.l);
+        normalise(self.kernel, at.rows, at.dvp, buf.o, buf.m, buf.l);
         Ok(TileOut {
             q_start: at.i0,
             rows: at.rows,
@@ -447,20 +444,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
             }
             pad.fill(f32::NEG_INFINITY);
             let o = &mut buf.o[r * at.dvp..][..at.dvp];
-            self.online_softmax_row(row, o, &mut buf.m[r], &mut buf.l[r]);
+            online_softmax_row(self.kernel, row, o, &mut buf.m[r], &mut buf.l[r]);
         }
-    }
-
-    /// `P = exp(S - m')` for one row, and the running max, sum and output
-    /// rescaled to the new max.
-    #[inline(always)]
-    fn online_softmax_row(&self, row: &mut [f32], o: &mut [f32], m: &mut f32, l: &mut f32) {
-        let upd = self.kernel.softmax_row(row, *m);
-        if upd.alpha != 1.0 {
-            self.kernel.scale_row(o, upd.alpha);
-        }
-        *l = *l * upd.alpha + upd.sum;
-        *m = upd.max;
     }
 
     /// `O += P·V`.
@@ -469,22 +454,6 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         // SAFETY: BQ % MR == 0 and dvp % NR == 0 (DV_ALIGN % NR == 0);
         // p is BQ×BK, vt is BK×dvp and o is BQ×dvp, all cut by TileBufs::cut.
         unsafe { self.kernel.gemm(BQ, dvp, BK, p, BK, vt, dvp, o, dvp, true) };
-    }
-
-    /// `Y = O / l` and `lse = m + ln l` (in place in `m`); a row that saw no
-    /// key gives `Y = 0`, `lse = -inf`.
-    #[inline(always)]
-    fn normalise(&self, at: &TilePos, o: &mut [f32], m: &mut [f32], l: &[f32]) {
-        for r in 0..at.rows {
-            let row = &mut o[r * at.dvp..][..at.dvp];
-            if l[r] > 0.0 {
-                self.kernel.scale_row(row, 1.0 / l[r]);
-                m[r] += libm::logf(l[r]);
-            } else {
-                row.fill(0.0);
-                m[r] = f32::NEG_INFINITY;
-            }
-        }
     }
 }
 
@@ -505,39 +474,55 @@ struct TilePos {
     dvp: usize,
 }
 
-/// One tile call's scratch, cut into its buffers (sizes in
-/// [`Flash::scratch_len`]).
-struct TileBufs<'s> {
-    /// `BQ×D`: the pre-scaled queries.
-    q: &'s mut [f32],
+/// The scratch of one online-softmax pass over `rows` query rows (a flash
+/// query tile, or a gather group), cut into its buffers.
+pub(crate) struct TileBufs<'s> {
+    /// `rows×D`: the pre-scaled queries.
+    pub(crate) q: &'s mut [f32],
     /// `D×BK`: Kᵀ.
-    kt: &'s mut [f32],
+    pub(crate) kt: &'s mut [f32],
+    /// `BK×D`: gathered K rows before packing (empty unless gathering).
+    pub(crate) k_rows: &'s mut [f32],
     /// `BK×Dvp`: V.
-    vt: &'s mut [f32],
-    /// `BQ×BK`: the scores S, then the probabilities P.
-    s: &'s mut [f32],
-    /// `BQ×Dvp`: the output accumulator O.
-    o: &'s mut [f32],
-    /// `BQ`: the running max m, then the lse.
-    m: &'s mut [f32],
-    /// `BQ`: the running sum l.
-    l: &'s mut [f32],
+    pub(crate) vt: &'s mut [f32],
+    /// `rows×BK`: the scores S, then the probabilities P.
+    pub(crate) s: &'s mut [f32],
+    /// `rows×Dvp`: the output accumulator O, zeroed.
+    pub(crate) o: &'s mut [f32],
+    /// `rows`: the running max m (then the lse), `-inf`.
+    pub(crate) m: &'s mut [f32],
+    /// `rows`: the running sum l, zeroed.
+    pub(crate) l: &'s mut [f32],
 }
 
 impl<'s> TileBufs<'s> {
-    /// Panics if `scratch` is shorter than `Flash::<_, BQ, BK>::scratch_len`.
+    /// Cut `scratch` in the order above and reset O, m and l. Panics if it
+    /// is shorter than the caller's `scratch_len`, which every caller checks
+    /// first.
     #[inline(always)]
-    fn cut<const BQ: usize, const BK: usize>(scratch: &'s mut [f32], d: usize, dvp: usize) -> Self {
-        let (q, rest) = scratch.split_at_mut(BQ * d);
-        let (kt, rest) = rest.split_at_mut(d * BK);
-        let (vt, rest) = rest.split_at_mut(BK * dvp);
-        let (s, rest) = rest.split_at_mut(BQ * BK);
-        let (o, rest) = rest.split_at_mut(BQ * dvp);
-        let (m, rest) = rest.split_at_mut(BQ);
-        let l = &mut rest[..BQ];
+    pub(crate) fn cut(
+        scratch: &'s mut [f32],
+        rows: usize,
+        bk: usize,
+        d: usize,
+        dvp: usize,
+        gather: bool,
+    ) -> Self {
+        let (q, rest) = scratch.split_at_mut(rows * d);
+        let (kt, rest) = rest.split_at_mut(d * bk);
+        let (k_rows, rest) = rest.split_at_mut(if gather { bk * d } else { 0 });
+        let (vt, rest) = rest.split_at_mut(bk * dvp);
+        let (s, rest) = rest.split_at_mut(rows * bk);
+        let (o, rest) = rest.split_at_mut(rows * dvp);
+        let (m, rest) = rest.split_at_mut(rows);
+        let l = &mut rest[..rows];
+        o.fill(0.0);
+        m.fill(f32::NEG_INFINITY);
+        l.fill(0.0);
         Self {
             q,
             kt,
+            k_rows,
             vt,
             s,
             o,
@@ -654,7 +639,7 @@ fn load_v<T: Element, const BK: usize>(
 
 /// `S = c·tanh(S / c)`.
 #[inline(always)]
-fn apply_softcap(s: &mut [f32], c: f32) {
+pub(crate) fn apply_softcap(s: &mut [f32], c: f32) {
     s.iter_mut().for_each(|x| *x = c * libm::tanhf(*x / c));
 }
 
@@ -689,6 +674,47 @@ fn mask_row<T: Element>(
             *x += mask.bias(at.b, at.h, i, j);
         } else {
             *x = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// `P = exp(S - m')` for one row, and the running max `m`, sum `l` and
+/// output row `o` rescaled to the new max.
+#[inline(always)]
+pub(crate) fn online_softmax_row<K: MicroKernel>(
+    kernel: K,
+    row: &mut [f32],
+    o: &mut [f32],
+    m: &mut f32,
+    l: &mut f32,
+) {
+    let upd = kernel.softmax_row(row, *m);
+    if upd.alpha != 1.0 {
+        kernel.scale_row(o, upd.alpha);
+    }
+    *l = *l * upd.alpha + upd.sum;
+    *m = upd.max;
+}
+
+/// `Y = O / l` and `lse = m + ln l` (in place in `m`) for the first `rows`
+/// rows (`dvp` apart); a row that saw no key gives `Y = 0`, `lse = -inf`.
+#[inline(always)]
+pub(crate) fn normalise<K: MicroKernel>(
+    kernel: K,
+    rows: usize,
+    dvp: usize,
+    o: &mut [f32],
+    m: &mut [f32],
+    l: &[f32],
+) {
+    for r in 0..rows {
+        let row = &mut o[r * dvp..][..dvp];
+        if l[r] > 0.0 {
+            kernel.scale_row(row, 1.0 / l[r]);
+            m[r] += libm::logf(l[r]);
+        } else {
+            row.fill(0.0);
+            m[r] = f32::NEG_INFINITY;
         }
     }
 }
