@@ -22,7 +22,7 @@
 
 use crate::element::Element;
 use crate::error::{Error, Size, Tensor};
-use crate::flash::{apply_softcap, normalise, online_softmax_row, Attention, TileBufs, DV_ALIGN};
+use crate::flash::{normalise, softmax_rows, Attention, TileBufs, DV_ALIGN};
 use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, RowSpan};
 use crate::spec::AttentionSpec;
@@ -395,9 +395,8 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         }
     }
 
-    /// Per head row of `S`: softcap, the mask's non-structural rules, then
-    /// the online-softmax update. Padding rows become zeros, padding keys
-    /// `-inf`.
+    /// Softcap `S`, apply the mask's non-structural rules, then the
+    /// online-softmax update of every head row.
     #[inline(always)]
     fn softmax_group<T: Element, I: KeyIndex>(
         &self,
@@ -410,16 +409,17 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
     ) {
         let (spec, mask) = (p.att.spec(), p.att.mask());
         let structural = mask.is_structural();
-        for (r, row) in buf.s.chunks_exact_mut(BK).enumerate() {
-            if r >= at.g {
-                row.fill(0.0);
-                continue;
-            }
-            let (live, pad) = row.split_at_mut(cols);
-            if spec.softcap > 0.0 {
-                apply_softcap(live, spec.softcap);
-            }
-            if !structural {
+        softmax_rows::<K, BK>(
+            self.kernel,
+            buf,
+            at.g,
+            cols,
+            at.dvp,
+            spec.softcap,
+            |r, live| {
+                if structural {
+                    return;
+                }
                 let (b, h, i) = (at.b, at.h0 + r, at.i);
                 for (x, &j) in live.iter_mut().zip(keys) {
                     if mask.visible(span, b, h, i, j, spec.q_len, spec.kv_len) {
@@ -428,11 +428,8 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
                         *x = f32::NEG_INFINITY;
                     }
                 }
-            }
-            pad.fill(f32::NEG_INFINITY);
-            let o = &mut buf.o[r * at.dvp..][..at.dvp];
-            online_softmax_row(self.kernel, row, o, &mut buf.m[r], &mut buf.l[r]);
-        }
+            },
+        );
     }
 
     /// The whole problem on one thread: `Y` with `spec.out` strides and,
@@ -448,17 +445,7 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         seen: &mut [u64],
     ) -> Result<(), Error> {
         let s = *p.att.spec();
-        s.check_len(Tensor::Y, y.len())?;
-        if let Some(l) = lse.as_deref() {
-            let need = s.required_len(Tensor::Lse)?;
-            if l.len() != need {
-                return Err(Error::WrongLength {
-                    tensor: Tensor::Lse,
-                    expected: need,
-                    got: l.len(),
-                });
-            }
-        }
+        s.check_outputs(y.len(), lse.as_deref().map(<[f32]>::len))?;
         for b in 0..s.batch {
             for hk in 0..s.kv_heads {
                 for i in 0..s.q_len {

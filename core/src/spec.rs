@@ -215,6 +215,23 @@ impl AttentionSpec {
             .ok_or(Error::Overflow(tensor))
     }
 
+    /// Check the outputs of a whole-problem run: `Y` long enough, and `lse`,
+    /// when given, exactly `(B, Hq, Sq)`.
+    pub(crate) fn check_outputs(&self, y: usize, lse: Option<usize>) -> Result<(), Error> {
+        self.check_len(Tensor::Y, y)?;
+        if let Some(got) = lse {
+            let need = self.required_len(Tensor::Lse)?;
+            if got != need {
+                return Err(Error::WrongLength {
+                    tensor: Tensor::Lse,
+                    expected: need,
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Check that a buffer is long enough for `tensor`.
     pub fn check_len(&self, tensor: Tensor, got: usize) -> Result<(), Error> {
         let need = self.required_len(tensor)?;

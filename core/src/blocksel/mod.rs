@@ -212,17 +212,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> BlockSelector<K, BQ, BK> 
         tiles: &mut [usize],
     ) -> Result<Stats, Error> {
         let s = *att.spec();
-        s.check_len(Tensor::Y, y.len())?;
-        if let Some(l) = lse.as_deref() {
-            let need = s.required_len(Tensor::Lse)?;
-            if l.len() != need {
-                return Err(Error::WrongLength {
-                    tensor: Tensor::Lse,
-                    expected: need,
-                    got: l.len(),
-                });
-            }
-        }
+        s.check_outputs(y.len(), lse.as_deref().map(<[f32]>::len))?;
         let mut stats = Stats::default();
         let g = s.group();
         for b in 0..s.batch {
