@@ -404,8 +404,10 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         unsafe { self.kernel.gemm(BQ, BK, d, q, d, kt, BK, s, BK, false) };
     }
 
-    /// Softcap and mask `S` (Partial tiles only), then the online-softmax
-    /// update of every row.
+    /// Per valid row of `S`: softcap, mask (Partial tiles only), then the
+    /// online-softmax update (`m' = max(m, rowmax S)`, `P = exp(S - m')`,
+    /// `α = exp(m - m')`, `l = α·l + rowsum P`, `O = α·O`). Padding rows
+    /// become zeros, padding keys `-inf`.
     #[inline(always)]
     fn softmax_tile<T: Element>(
         &self,
@@ -416,20 +418,24 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         keys: Range<usize>,
         buf: &mut TileBufs<'_>,
     ) {
-        let (rows, cols, dvp) = (at.rows, keys.len(), at.dvp);
-        softmax_rows::<K, BK>(
-            self.kernel,
-            buf,
-            rows,
-            cols,
-            dvp,
-            att.spec.softcap,
-            |r, live| {
-                if class == TileClass::Partial {
-                    mask_row(att, at, spans.of(r), r, keys.start, live);
-                }
-            },
-        );
+        let softcap = att.spec.softcap;
+        let cols = keys.end - keys.start;
+        for (r, row) in buf.s.chunks_exact_mut(BK).enumerate() {
+            if r >= at.rows {
+                row.fill(0.0);
+                continue;
+            }
+            let (live, pad) = row.split_at_mut(cols);
+            if softcap > 0.0 {
+                apply_softcap(live, softcap);
+            }
+            if class == TileClass::Partial {
+                mask_row(att, at, spans.of(r), r, keys.start, live);
+            }
+            pad.fill(f32::NEG_INFINITY);
+            let o = &mut buf.o[r * at.dvp..][..at.dvp];
+            online_softmax_row(self.kernel, row, o, &mut buf.m[r], &mut buf.l[r]);
+        }
     }
 
     /// `O += P·V`.
@@ -623,7 +629,7 @@ fn load_v<T: Element, const BK: usize>(
 
 /// `S = c·tanh(S / c)`.
 #[inline(always)]
-fn apply_softcap(s: &mut [f32], c: f32) {
+pub(crate) fn apply_softcap(s: &mut [f32], c: f32) {
     s.iter_mut().for_each(|x| *x = c * libm::tanhf(*x / c));
 }
 
@@ -665,7 +671,7 @@ fn mask_row<T: Element>(
 /// `P = exp(S - m')` for one row, and the running max `m`, sum `l` and
 /// output row `o` rescaled to the new max.
 #[inline(always)]
-fn online_softmax_row<K: MicroKernel>(
+pub(crate) fn online_softmax_row<K: MicroKernel>(
     kernel: K,
     row: &mut [f32],
     o: &mut [f32],
@@ -700,35 +706,5 @@ pub(crate) fn normalise<K: MicroKernel>(
             row.fill(0.0);
             m[r] = f32::NEG_INFINITY;
         }
-    }
-}
-
-/// Per valid row `r < rows` of `buf.s` (`BK` apart, `cols` live keys):
-/// softcap, `mask(r, live)`, then the online-softmax update (`m' = max(m,
-/// rowmax S)`, `P = exp(S - m')`, `α = exp(m - m')`, `l = α·l + rowsum P`,
-/// `O = α·O`). Padding rows become zeros, padding keys `-inf`.
-#[inline(always)]
-pub(crate) fn softmax_rows<K: MicroKernel, const BK: usize>(
-    kernel: K,
-    buf: &mut TileBufs<'_>,
-    rows: usize,
-    cols: usize,
-    dvp: usize,
-    softcap: f32,
-    mut mask: impl FnMut(usize, &mut [f32]),
-) {
-    for (r, row) in buf.s.chunks_exact_mut(BK).enumerate() {
-        if r >= rows {
-            row.fill(0.0);
-            continue;
-        }
-        let (live, pad) = row.split_at_mut(cols);
-        if softcap > 0.0 {
-            apply_softcap(live, softcap);
-        }
-        mask(r, live);
-        pad.fill(f32::NEG_INFINITY);
-        let o = &mut buf.o[r * dvp..][..dvp];
-        online_softmax_row(kernel, row, o, &mut buf.m[r], &mut buf.l[r]);
     }
 }

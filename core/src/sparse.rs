@@ -22,7 +22,7 @@
 
 use crate::element::Element;
 use crate::error::{Error, Size, Tensor};
-use crate::flash::{normalise, softmax_rows, Attention, TileBufs, DV_ALIGN};
+use crate::flash::{apply_softcap, normalise, online_softmax_row, Attention, TileBufs, DV_ALIGN};
 use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, RowSpan};
 use crate::spec::AttentionSpec;
@@ -395,8 +395,9 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         }
     }
 
-    /// Softcap `S`, apply the mask's non-structural rules, then the
-    /// online-softmax update of every head row.
+    /// Per head row of `S`: softcap, the mask's non-structural rules, then
+    /// the online-softmax update. Padding rows become zeros, padding keys
+    /// `-inf`.
     #[inline(always)]
     fn softmax_group<T: Element, I: KeyIndex>(
         &self,
@@ -409,17 +410,16 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
     ) {
         let (spec, mask) = (p.att.spec(), p.att.mask());
         let structural = mask.is_structural();
-        softmax_rows::<K, BK>(
-            self.kernel,
-            buf,
-            at.g,
-            cols,
-            at.dvp,
-            spec.softcap,
-            |r, live| {
-                if structural {
-                    return;
-                }
+        for (r, row) in buf.s.chunks_exact_mut(BK).enumerate() {
+            if r >= at.g {
+                row.fill(0.0);
+                continue;
+            }
+            let (live, pad) = row.split_at_mut(cols);
+            if spec.softcap > 0.0 {
+                apply_softcap(live, spec.softcap);
+            }
+            if !structural {
                 let (b, h, i) = (at.b, at.h0 + r, at.i);
                 for (x, &j) in live.iter_mut().zip(keys) {
                     if mask.visible(span, b, h, i, j, spec.q_len, spec.kv_len) {
@@ -428,8 +428,11 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
                         *x = f32::NEG_INFINITY;
                     }
                 }
-            },
-        );
+            }
+            pad.fill(f32::NEG_INFINITY);
+            let o = &mut buf.o[r * at.dvp..][..at.dvp];
+            online_softmax_row(self.kernel, row, o, &mut buf.m[r], &mut buf.l[r]);
+        }
     }
 
     /// The whole problem on one thread: `Y` with `spec.out` strides and,
