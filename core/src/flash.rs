@@ -270,7 +270,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         scratch: &'s mut [f32],
         stats: &mut Stats,
     ) -> Result<TileOut<'s>, Error> {
-        let at = Self::locate(&att.spec, b, h, q_tile, &kv, scratch.len())?;
+        let i0 = Self::locate(&att.spec, b, h, q_tile, &kv, scratch.len())?;
+        let at = TilePos::new::<BQ>(&att.spec, b, h, i0);
         let mut buf = TileBufs::cut(scratch, BQ, BK, at.d, at.dvp, false);
         let spans = Spans::new(&att.mask, &att.spec, &at);
 
@@ -303,7 +304,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         })
     }
 
-    /// Check the scratch length and the tile's coordinates; derive its sizes.
+    /// Check the scratch length and the tile's coordinates; returns the
+    /// tile's first query row.
     #[inline(always)]
     fn locate(
         spec: &AttentionSpec,
@@ -312,7 +314,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         q_tile: usize,
         kv: &Range<usize>,
         scratch_len: usize,
-    ) -> Result<TilePos, Error> {
+    ) -> Result<usize, Error> {
         let (d, dv) = (spec.head_dim, spec.v_head_dim);
         let need = Self::scratch_len(d, dv);
         if scratch_len < need {
@@ -330,16 +332,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         ) else {
             return Err(Error::TileOutOfRange);
         };
-        Ok(TilePos {
-            b,
-            h,
-            hk: spec.kv_head(h),
-            i0,
-            rows: BQ.min(spec.q_len - i0),
-            d,
-            dv,
-            dvp: round_up(dv, DV_ALIGN),
-        })
+        Ok(i0)
     }
 
     /// The key tiles to visit, in order: the `selected` list, or else the
@@ -462,6 +455,24 @@ struct TilePos {
     dv: usize,
     /// `dv` rounded up to [`DV_ALIGN`].
     dvp: usize,
+}
+
+impl TilePos {
+    /// Query tile of `BQ` rows from `i0` of (batch `b`, query head `h`);
+    /// `i0 < q_len`.
+    #[inline(always)]
+    fn new<const BQ: usize>(spec: &AttentionSpec, b: usize, h: usize, i0: usize) -> Self {
+        Self {
+            b,
+            h,
+            hk: spec.kv_head(h),
+            i0,
+            rows: BQ.min(spec.q_len - i0),
+            d: spec.head_dim,
+            dv: spec.v_head_dim,
+            dvp: round_up(spec.v_head_dim, DV_ALIGN),
+        }
+    }
 }
 
 /// The scratch of one online-softmax pass over `rows` query rows (a flash
