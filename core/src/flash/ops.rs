@@ -254,10 +254,10 @@ impl<'s> TileBufs<'s> {
 #[derive(Clone, Copy)]
 pub(super) struct Spans<'m, 'a> {
     mask: &'m MaskSpec<'a>,
-    i0: usize,
+    /// Position of the tile's first row (its query index plus the batch's
+    /// offset).
+    p0: isize,
     rows: usize,
-    /// Position offset of the batch.
-    offset: isize,
     /// Valid keys of the batch.
     valid: usize,
 }
@@ -267,9 +267,8 @@ impl<'m, 'a> Spans<'m, 'a> {
     pub(super) fn new(mask: &'m MaskSpec<'a>, spec: &AttentionSpec, at: &TilePos) -> Self {
         Self {
             mask,
-            i0: at.i0,
+            p0: at.i0 as isize + mask.batch_offset(at.b, spec.q_len),
             rows: at.rows,
-            offset: mask.batch_offset(at.b, spec.q_len),
             valid: mask.batch_kv_len(at.b, spec.kv_len),
         }
     }
@@ -277,8 +276,7 @@ impl<'m, 'a> Spans<'m, 'a> {
     /// The span of row `r` of the tile.
     #[inline(always)]
     pub(super) fn of(&self, r: usize) -> RowSpan {
-        self.mask
-            .row_span((self.i0 + r) as isize + self.offset, self.valid)
+        self.mask.row_span(self.p0 + r as isize, self.valid)
     }
 
     /// The spans of every valid row.
