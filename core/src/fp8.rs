@@ -16,8 +16,8 @@
 //! is one table load. Quantising with scales makes one pass for the absolute
 //! max and one to encode. No memory beyond the caller's buffers.
 
-use crate::dsa_error::DsaError;
 use crate::element::Element;
+use crate::error::{Error, Size, Tensor};
 
 /// An FP8 format: its bit layout. The conversions are its [`Element`]
 /// methods: `from_f32` (round to nearest even, saturating; see the module
@@ -223,18 +223,18 @@ impl Scales<'_> {
     }
 
     /// Check the group size and the length for `rows` rows of `row_len`.
-    pub fn check(&self, buffer: &'static str, rows: usize, row_len: usize) -> Result<(), DsaError> {
+    pub fn check(&self, tensor: Tensor, rows: usize, row_len: usize) -> Result<(), Error> {
         if self.group == 0 {
-            return Err(DsaError::Zero {
-                what: "scale group size",
+            return Err(Error::Zero {
+                what: Size::ScaleGroup,
             });
         }
         let need = rows
             .checked_mul(self.groups_per_row(row_len))
-            .ok_or(DsaError::Overflow { buffer })?;
+            .ok_or(Error::Overflow(tensor))?;
         if self.values.len() != need {
-            return Err(DsaError::WrongLength {
-                buffer,
+            return Err(Error::WrongLength {
+                tensor,
                 expected: need,
                 got: self.values.len(),
             });
@@ -259,25 +259,27 @@ pub fn quantize<F: Fp8>(
     group: usize,
     dst: &mut [F],
     scales: &mut [f32],
-) -> Result<(), DsaError> {
+) -> Result<(), Error> {
     if row_len == 0 {
-        return Err(DsaError::Zero { what: "row length" });
+        return Err(Error::Zero {
+            what: Size::RowLength,
+        });
     }
     if group == 0 {
-        return Err(DsaError::Zero {
-            what: "scale group size",
+        return Err(Error::Zero {
+            what: Size::ScaleGroup,
         });
     }
     if src.len() % row_len != 0 {
-        return Err(DsaError::WrongLength {
-            buffer: "quantize source",
+        return Err(Error::WrongLength {
+            tensor: Tensor::QuantizeSource,
             expected: src.len() / row_len * row_len,
             got: src.len(),
         });
     }
     if dst.len() != src.len() {
-        return Err(DsaError::WrongLength {
-            buffer: "quantize destination",
+        return Err(Error::WrongLength {
+            tensor: Tensor::QuantizeDestination,
             expected: src.len(),
             got: dst.len(),
         });
@@ -285,15 +287,15 @@ pub fn quantize<F: Fp8>(
     let per_row = row_len.div_ceil(group);
     let need = (src.len() / row_len) * per_row;
     if scales.len() != need {
-        return Err(DsaError::WrongLength {
-            buffer: "scales",
+        return Err(Error::WrongLength {
+            tensor: Tensor::Scales,
             expected: need,
             got: scales.len(),
         });
     }
     if let Some(at) = src.iter().position(|x| !x.is_finite()) {
-        return Err(DsaError::NonFinite {
-            buffer: "quantize source",
+        return Err(Error::NonFinite {
+            tensor: Tensor::QuantizeSource,
             at,
         });
     }
@@ -319,18 +321,20 @@ pub fn dequantize<F: Fp8>(
     row_len: usize,
     scales: Scales<'_>,
     dst: &mut [f32],
-) -> Result<(), DsaError> {
+) -> Result<(), Error> {
     if row_len == 0 {
-        return Err(DsaError::Zero { what: "row length" });
+        return Err(Error::Zero {
+            what: Size::RowLength,
+        });
     }
     if src.len() % row_len != 0 || dst.len() != src.len() {
-        return Err(DsaError::WrongLength {
-            buffer: "dequantize destination",
+        return Err(Error::WrongLength {
+            tensor: Tensor::DequantizeDestination,
             expected: src.len(),
             got: dst.len(),
         });
     }
-    scales.check("scales", src.len() / row_len, row_len)?;
+    scales.check(Tensor::Scales, src.len() / row_len, row_len)?;
     let groups = src
         .chunks_exact(row_len)
         .zip(dst.chunks_exact_mut(row_len))

@@ -25,12 +25,13 @@
 //! [`LightningIndexer::scratch_len`] f32s; scores of one query tile:
 //! `BQ·Skv` f32s.
 
-use crate::dsa_error::DsaError;
+use core::ops::Range;
+
 use crate::element::Element;
+use crate::error::{Error, Size, Tensor};
 use crate::fp8::Scales;
 use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, RowSpan, TileClass};
-use crate::spec::SpecError;
 use crate::topk::{top_k_in_place, KeyIndex};
 
 /// The sizes of one indexer call.
@@ -48,16 +49,16 @@ pub struct IndexerSpec {
     pub dim: usize,
 }
 
-fn mul(buffer: &'static str, xs: &[usize]) -> Result<usize, DsaError> {
+fn mul(tensor: Tensor, xs: &[usize]) -> Result<usize, Error> {
     xs.iter()
         .try_fold(1usize, |a, &x| a.checked_mul(x))
-        .ok_or(DsaError::Overflow { buffer })
+        .ok_or(Error::Overflow(tensor))
 }
 
-fn exact_len(buffer: &'static str, expected: usize, got: usize) -> Result<(), DsaError> {
+fn exact_len(tensor: Tensor, expected: usize, got: usize) -> Result<(), Error> {
     if expected != got {
-        return Err(DsaError::WrongLength {
-            buffer,
+        return Err(Error::WrongLength {
+            tensor,
             expected,
             got,
         });
@@ -89,28 +90,40 @@ impl<'a, T: Element> Indexer<'a, T> {
         k: &'a [T],
         k_scales: Option<Scales<'a>>,
         w: &'a [f32],
-    ) -> Result<Self, DsaError> {
+    ) -> Result<Self, Error> {
         if spec.heads == 0 {
-            return Err(DsaError::Zero {
-                what: "index heads",
+            return Err(Error::Zero {
+                what: Size::IndexHeads,
             });
         }
         if spec.dim == 0 {
-            return Err(DsaError::Zero {
-                what: "index head dim",
+            return Err(Error::Zero {
+                what: Size::IndexHeadDim,
             });
         }
         let (b, sq, skv, hi, di) = (spec.batch, spec.q_len, spec.kv_len, spec.heads, spec.dim);
-        exact_len("index_q", mul("index_q", &[b, sq, hi, di])?, q.len())?;
-        exact_len("index_k", mul("index_k", &[b, skv, di])?, k.len())?;
-        exact_len("index_w", mul("index_w", &[b, sq, hi])?, w.len())?;
+        exact_len(
+            Tensor::IndexQ,
+            mul(Tensor::IndexQ, &[b, sq, hi, di])?,
+            q.len(),
+        )?;
+        exact_len(Tensor::IndexK, mul(Tensor::IndexK, &[b, skv, di])?, k.len())?;
+        exact_len(Tensor::IndexW, mul(Tensor::IndexW, &[b, sq, hi])?, w.len())?;
         if let Some(s) = q_scales {
-            s.check("index_q_scale", mul("index_q_scale", &[b, sq, hi])?, di)?;
+            s.check(
+                Tensor::IndexQScale,
+                mul(Tensor::IndexQScale, &[b, sq, hi])?,
+                di,
+            )?;
         }
         if let Some(s) = k_scales {
-            s.check("index_k_scale", mul("index_k_scale", &[b, skv])?, di)?;
+            s.check(
+                Tensor::IndexKScale,
+                mul(Tensor::IndexKScale, &[b, skv])?,
+                di,
+            )?;
         }
-        mul("scores", &[sq, skv])?;
+        mul(Tensor::Scores, &[sq, skv])?;
         mask.validate(b, 1, sq, skv)?;
         Ok(Self {
             spec,
@@ -164,10 +177,10 @@ impl<'a, T: Element> Indexer<'a, T> {
 
     /// The dequantised value of `index_q[b, t, j, :]` into `dst[..Di]`
     /// (what the kernel computes with; references use it).
-    pub fn q_row(&self, b: usize, t: usize, j: usize, dst: &mut [f32]) -> Result<(), DsaError> {
+    pub fn q_row(&self, b: usize, t: usize, j: usize, dst: &mut [f32]) -> Result<(), Error> {
         let s = &self.spec;
         if b >= s.batch || t >= s.q_len || j >= s.heads || dst.len() < s.dim {
-            return Err(DsaError::Spec(SpecError::TileOutOfRange));
+            return Err(Error::TileOutOfRange);
         }
         Self::load_row(
             self.q,
@@ -181,10 +194,10 @@ impl<'a, T: Element> Indexer<'a, T> {
     }
 
     /// The dequantised value of `index_k[b, key, :]` into `dst[..Di]`.
-    pub fn k_row(&self, b: usize, key: usize, dst: &mut [f32]) -> Result<(), DsaError> {
+    pub fn k_row(&self, b: usize, key: usize, dst: &mut [f32]) -> Result<(), Error> {
         let s = &self.spec;
         if b >= s.batch || key >= s.kv_len || dst.len() < s.dim {
-            return Err(DsaError::Spec(SpecError::TileOutOfRange));
+            return Err(Error::TileOutOfRange);
         }
         Self::load_row(self.k, self.k_scales, s.dim, b * s.kv_len + key, dst, 1);
         Ok(())
@@ -251,126 +264,86 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         q_tile: usize,
         scores: &mut [f32],
         scratch: &mut [f32],
-    ) -> Result<usize, DsaError> {
+    ) -> Result<usize, Error> {
+        let (i0, rows) = Self::locate(&ix.spec, b, q_tile, scores.len(), scratch.len())?;
         let IndexerSpec {
-            batch,
             q_len,
             kv_len,
             heads: hi,
             dim: di,
+            ..
         } = ix.spec;
-        let need = Self::scratch_len(hi, di);
-        if scratch.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "scratch",
-                need,
-                got: scratch.len(),
-            });
-        }
-        let i0 = q_tile
-            .checked_mul(BQ)
-            .filter(|&i| i < q_len && b < batch)
-            .ok_or(DsaError::Spec(SpecError::TileOutOfRange))?;
-        let rows = BQ.min(q_len - i0);
-        let need = rows * kv_len;
-        if scores.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "scores",
-                need,
-                got: scores.len(),
-            });
-        }
         let (q_buf, rest) = scratch.split_at_mut(BQ * hi * di);
         let (kt, rest) = rest.split_at_mut(di * BK);
         let c = &mut rest[..BQ * hi * BK];
-
-        for (r, dst) in q_buf.chunks_exact_mut(hi * di).enumerate() {
-            if r < rows {
-                for (j, d) in dst.chunks_exact_mut(di).enumerate() {
-                    Indexer::<T>::load_row(
-                        ix.q,
-                        ix.q_scales,
-                        di,
-                        (b * q_len + i0 + r) * hi + j,
-                        d,
-                        1,
-                    );
-                }
-            } else {
-                dst.fill(0.0);
-            }
-        }
-        let mask = &ix.mask;
-        let offset = mask.batch_offset(b, q_len);
-        let valid = mask.batch_kv_len(b, kv_len);
+        load_q_tile(ix, b, i0, rows, q_buf);
+        let (offset, valid) = (
+            ix.mask.batch_offset(b, q_len),
+            ix.mask.batch_kv_len(b, kv_len),
+        );
         let mut spans = [RowSpan::EMPTY; BQ];
         for (r, span) in spans.iter_mut().enumerate().take(rows) {
-            *span = mask.row_span((i0 + r) as isize + offset, valid);
+            *span = ix.mask.row_span((i0 + r) as isize + offset, valid);
         }
         let spans = &spans[..rows];
-
         for t in 0..kv_len.div_ceil(BK) {
-            let (j0, j1) = (t * BK, ((t + 1) * BK).min(kv_len));
-            let cols = j1 - j0;
-            let class = mask.classify(spans, j0, j1);
+            let keys = t * BK..((t + 1) * BK).min(kv_len);
+            let class = ix.mask.classify(spans, keys.start, keys.end);
             if class == TileClass::Empty {
                 for r in 0..rows {
-                    scores[r * kv_len + j0..][..cols].fill(f32::NEG_INFINITY);
+                    scores[r * kv_len + keys.start..][..keys.len()].fill(f32::NEG_INFINITY);
                 }
                 continue;
             }
-            // Kᵀ tile in f32, scaled; padding keys are zero.
-            for cc in 0..BK {
-                if cc < cols {
-                    Indexer::<T>::load_row(
-                        ix.k,
-                        ix.k_scales,
-                        di,
-                        b * kv_len + j0 + cc,
-                        &mut kt[cc..],
-                        BK,
-                    );
-                } else {
-                    for dd in 0..di {
-                        kt[dd * BK + cc] = 0.0;
-                    }
-                }
-            }
+            load_kt::<T, BK>(ix, b, keys.clone(), kt);
             // SAFETY: BQ % MR == 0 and BK % NR == 0 (compile-time check);
             // q_buf is (BQ·Hi)×Di, kt is Di×BK, c is (BQ·Hi)×BK, sized above.
             unsafe {
                 self.kernel
                     .gemm(BQ * hi, BK, di, q_buf, di, kt, BK, c, BK, false)
             };
-
-            for r in 0..rows {
-                let i = i0 + r;
-                let out = &mut scores[r * kv_len + j0..][..cols];
-                out.fill(0.0);
-                for j in 0..hi {
-                    let wj = ix.weight(b, i, j);
-                    let cr = &c[(r * hi + j) * BK..][..cols];
-                    for (o, &x) in out.iter_mut().zip(cr) {
-                        // ReLU that keeps NaN (f32::max would hide it).
-                        *o += wj * if x < 0.0 { 0.0 } else { x };
-                    }
-                }
-                for (cc, o) in out.iter_mut().enumerate() {
-                    let j = j0 + cc;
-                    if class == TileClass::Partial
-                        && !mask.visible(&spans[r], b, 0, i, j, q_len, kv_len)
-                    {
-                        *o = f32::NEG_INFINITY;
-                    } else if !o.is_finite() {
-                        return Err(DsaError::NonFinite {
-                            buffer: "index scores",
-                            at: (b * q_len + i) * kv_len + j,
-                        });
-                    }
-                }
+            for (r, span) in spans.iter().enumerate() {
+                let out = &mut scores[r * kv_len + keys.start..][..keys.len()];
+                weigh_heads::<T, BK>(ix, b, i0 + r, &c[r * hi * BK..], out);
+                let span = (class == TileClass::Partial).then_some(span);
+                mask_or_check(ix, b, i0 + r, keys.start, span, out)?;
             }
         }
         Ok(rows)
+    }
+
+    /// Check the scratch, the tile's coordinates and the score length;
+    /// returns the tile's first query and its rows.
+    #[inline(always)]
+    fn locate(
+        spec: &IndexerSpec,
+        b: usize,
+        q_tile: usize,
+        scores: usize,
+        scratch: usize,
+    ) -> Result<(usize, usize), Error> {
+        let need = Self::scratch_len(spec.heads, spec.dim);
+        if scratch < need {
+            return Err(Error::TooShort {
+                tensor: Tensor::Scratch,
+                need,
+                got: scratch,
+            });
+        }
+        let i0 = q_tile
+            .checked_mul(BQ)
+            .filter(|&i| i < spec.q_len && b < spec.batch)
+            .ok_or(Error::TileOutOfRange)?;
+        let rows = BQ.min(spec.q_len - i0);
+        let need = rows * spec.kv_len;
+        if scores < need {
+            return Err(Error::TooShort {
+                tensor: Tensor::Scores,
+                need,
+                got: scores,
+            });
+        }
+        Ok((i0, rows))
     }
 
     /// Score query tile `q_tile` of batch `b` and write the top `top_k` keys
@@ -390,20 +363,20 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         tile_indices: &mut [I],
         scores: &mut [f32],
         scratch: &mut [f32],
-    ) -> Result<usize, DsaError> {
+    ) -> Result<usize, Error> {
         let s = ix.spec;
         if top_k_ == 0 {
-            return Err(DsaError::Zero { what: "top_k" });
+            return Err(Error::Zero { what: Size::TopK });
         }
         let i0 = q_tile
             .checked_mul(BQ)
             .filter(|&i| i < s.q_len && b < s.batch)
-            .ok_or(DsaError::Spec(SpecError::TileOutOfRange))?;
+            .ok_or(Error::TileOutOfRange)?;
         let rows = BQ.min(s.q_len - i0);
-        let need = mul("indices", &[rows, top_k_])?;
+        let need = mul(Tensor::Indices, &[rows, top_k_])?;
         if tile_indices.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "indices",
+            return Err(Error::TooShort {
+                tensor: Tensor::Indices,
                 need,
                 got: tile_indices.len(),
             });
@@ -425,14 +398,14 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         indices: &mut [I],
         scores: &mut [f32],
         scratch: &mut [f32],
-    ) -> Result<(), DsaError> {
+    ) -> Result<(), Error> {
         let sp = ix.spec;
         if top_k_ == 0 {
-            return Err(DsaError::Zero { what: "top_k" });
+            return Err(Error::Zero { what: Size::TopK });
         }
         exact_len(
-            "indices",
-            mul("indices", &[sp.batch, sp.q_len, top_k_])?,
+            Tensor::Indices,
+            mul(Tensor::Indices, &[sp.batch, sp.q_len, top_k_])?,
             indices.len(),
         )?;
         for b in 0..sp.batch {
@@ -451,4 +424,91 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> LightningIndexer<K, BQ, B
         }
         Ok(())
     }
+}
+
+/// The tile's queries in f32 (scaled), one `Hi·Di` row per query; padding
+/// rows are zero.
+#[inline(always)]
+fn load_q_tile<T: Element>(ix: &Indexer<'_, T>, b: usize, i0: usize, rows: usize, q: &mut [f32]) {
+    let IndexerSpec {
+        q_len, heads, dim, ..
+    } = ix.spec;
+    for (r, dst) in q.chunks_exact_mut(heads * dim).enumerate() {
+        if r < rows {
+            for (j, d) in dst.chunks_exact_mut(dim).enumerate() {
+                let row = (b * q_len + i0 + r) * heads + j;
+                Indexer::<T>::load_row(ix.q, ix.q_scales, dim, row, d, 1);
+            }
+        } else {
+            dst.fill(0.0);
+        }
+    }
+}
+
+/// Kᵀ of `keys` in f32, scaled (`Di×BK`); padding keys are zero.
+#[inline(always)]
+fn load_kt<T: Element, const BK: usize>(
+    ix: &Indexer<'_, T>,
+    b: usize,
+    keys: Range<usize>,
+    kt: &mut [f32],
+) {
+    let (kv_len, di) = (ix.spec.kv_len, ix.spec.dim);
+    for cc in 0..BK {
+        if cc < keys.len() {
+            let row = b * kv_len + keys.start + cc;
+            Indexer::<T>::load_row(ix.k, ix.k_scales, di, row, &mut kt[cc..], BK);
+        } else {
+            for dd in 0..di {
+                kt[dd * BK + cc] = 0.0;
+            }
+        }
+    }
+}
+
+/// `I[i, s] = Σ_j w[i, j]·ReLU(q[i, j]·k[s])` for query `i` over one key
+/// tile, from its `Hi` rows of `q·k` in `c` (`BK` apart).
+#[inline(always)]
+fn weigh_heads<T: Element, const BK: usize>(
+    ix: &Indexer<'_, T>,
+    b: usize,
+    i: usize,
+    c: &[f32],
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    for j in 0..ix.spec.heads {
+        let wj = ix.weight(b, i, j);
+        let cr = &c[j * BK..][..out.len()];
+        for (o, &x) in out.iter_mut().zip(cr) {
+            // ReLU that keeps NaN (f32::max would hide it).
+            *o += wj * if x < 0.0 { 0.0 } else { x };
+        }
+    }
+}
+
+/// Scores of query `i` from key `j0` on: `-inf` where `span` (given for
+/// Partial tiles) or the mask hides the key; else an error if not finite.
+#[inline(always)]
+fn mask_or_check<T: Element>(
+    ix: &Indexer<'_, T>,
+    b: usize,
+    i: usize,
+    j0: usize,
+    span: Option<&RowSpan>,
+    out: &mut [f32],
+) -> Result<(), Error> {
+    let (q_len, kv_len) = (ix.spec.q_len, ix.spec.kv_len);
+    for (cc, o) in out.iter_mut().enumerate() {
+        let j = j0 + cc;
+        if span.is_some_and(|s| !ix.mask.visible(s, b, 0, i, j, q_len, kv_len)) {
+            *o = f32::NEG_INFINITY;
+        } else if !o.is_finite() {
+            return Err(Error::NonFinite {
+                tensor: Tensor::IndexScores,
+                at: (b * q_len + i) * kv_len + j,
+            });
+        }
+    }
+    Ok(())
 }

@@ -37,8 +37,8 @@
 extern crate std;
 
 pub mod blocksel;
-pub mod dsa_error;
 pub mod element;
+pub mod error;
 pub mod flash;
 pub mod fp8;
 pub mod indexer;
@@ -52,8 +52,8 @@ pub mod stats;
 pub mod topk;
 
 pub use blocksel::{summarize, BlockSelector, BlockSummaries, BoundFormat, Keep};
-pub use dsa_error::DsaError;
 pub use element::Element;
+pub use error::{Error, Size, Tensor};
 pub use flash::{Attention, Flash, TileOut, DV_ALIGN};
 pub use fp8::{Fp8, Scales, E4M3, E5M2};
 pub use half::{bf16, f16};
@@ -61,6 +61,6 @@ pub use indexer::{Indexer, IndexerSpec, LightningIndexer};
 pub use mask::{DenseMask, MaskSpec, MaskStrides, RowSpan, Segments, TileClass};
 pub use merge::{merge, merge_into};
 pub use sparse::{GatherAttention, IndexList, SparseAttention};
-pub use spec::{default_scale, AttentionSpec, SpecError, Strides, Tensor};
+pub use spec::{default_scale, AttentionSpec, Strides};
 pub use stats::Stats;
 pub use topk::{top_k, top_k_in_place, KeyIndex};

@@ -25,7 +25,7 @@
 //! two intervals, [`RowSpan`]; a tile is classified in `O(rows)` from them.
 //! Segment ids and dense masks make every visited tile `Partial`.
 
-use crate::spec::{SpecError, Tensor};
+use crate::error::{Error, Tensor};
 
 /// How a (q-tile, kv-tile) pair is treated by the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,22 +196,22 @@ impl<'a> MaskSpec<'a> {
         q_heads: usize,
         q_len: usize,
         kv_len: usize,
-    ) -> Result<(), SpecError> {
+    ) -> Result<(), Error> {
         for w in [self.left_window, self.right_window] {
             if w < -1 {
-                return Err(SpecError::WindowBelowMinusOne(w));
+                return Err(Error::WindowBelowMinusOne(w));
             }
         }
         if let Some(lens) = self.kv_lens {
             if lens.len() != batch {
-                return Err(SpecError::WrongLength {
+                return Err(Error::WrongLength {
                     tensor: Tensor::KvLens,
                     expected: batch,
                     got: lens.len(),
                 });
             }
             if let Some((b, &len)) = lens.iter().enumerate().find(|(_, &l)| l > kv_len) {
-                return Err(SpecError::KvLenOutOfRange {
+                return Err(Error::KvLenOutOfRange {
                     batch: b,
                     len,
                     kv_len,
@@ -221,19 +221,19 @@ impl<'a> MaskSpec<'a> {
         if let Some(seg) = self.segments {
             let need_q = batch
                 .checked_mul(q_len)
-                .ok_or(SpecError::Overflow(Tensor::Segments))?;
+                .ok_or(Error::Overflow(Tensor::Segments))?;
             let need_k = batch
                 .checked_mul(kv_len)
-                .ok_or(SpecError::Overflow(Tensor::Segments))?;
+                .ok_or(Error::Overflow(Tensor::Segments))?;
             if seg.q.len() != need_q {
-                return Err(SpecError::WrongLength {
+                return Err(Error::WrongLength {
                     tensor: Tensor::Segments,
                     expected: need_q,
                     got: seg.q.len(),
                 });
             }
             if seg.kv.len() != need_k {
-                return Err(SpecError::WrongLength {
+                return Err(Error::WrongLength {
                     tensor: Tensor::Segments,
                     expected: need_k,
                     got: seg.kv.len(),
@@ -254,9 +254,9 @@ impl<'a> MaskSpec<'a> {
                         .checked_add((kv_len - 1).checked_mul(s.k)?)?
                         .checked_add(1)
                 })()
-                .ok_or(SpecError::Overflow(Tensor::Mask))?;
+                .ok_or(Error::Overflow(Tensor::Mask))?;
                 if len < last {
-                    return Err(SpecError::TooShort {
+                    return Err(Error::TooShort {
                         tensor: Tensor::Mask,
                         need: last,
                         got: len,

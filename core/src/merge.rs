@@ -8,7 +8,7 @@
 //! empty sides give `Y = 0`, `lse = -inf`. Cost: `O(rows · Dv)`, no scratch.
 
 use crate::element::Element;
-use crate::spec::{SpecError, Tensor};
+use crate::error::{Error, Tensor};
 
 /// Merge row `(y_a, lse_a)` with `(y_b, lse_b)` into `(y, lse)`; one row of
 /// `y` per entry of `lse`. Buffers may be any [`Element`]; math is f32.
@@ -20,14 +20,14 @@ pub fn merge<A: Element, B: Element, O: Element>(
     y: &mut [O],
     lse: &mut [f32],
     v_head_dim: usize,
-) -> Result<(), SpecError> {
+) -> Result<(), Error> {
     let rows = lse.len();
     let need = rows
         .checked_mul(v_head_dim)
-        .ok_or(SpecError::Overflow(Tensor::Y))?;
+        .ok_or(Error::Overflow(Tensor::Y))?;
     for (t, got) in [(Tensor::Lse, lse_a.len()), (Tensor::Lse, lse_b.len())] {
         if got != rows {
-            return Err(SpecError::WrongLength {
+            return Err(Error::WrongLength {
                 tensor: t,
                 expected: rows,
                 got,
@@ -36,7 +36,7 @@ pub fn merge<A: Element, B: Element, O: Element>(
     }
     for got in [y_a.len(), y_b.len(), y.len()] {
         if got != need {
-            return Err(SpecError::WrongLength {
+            return Err(Error::WrongLength {
                 tensor: Tensor::Y,
                 expected: need,
                 got,
@@ -44,7 +44,7 @@ pub fn merge<A: Element, B: Element, O: Element>(
         }
     }
     if v_head_dim == 0 {
-        return Err(SpecError::ZeroHeadDim);
+        return Err(Error::ZeroHeadDim);
     }
     let rows_a = y_a.chunks_exact(v_head_dim);
     let rows_b = y_b.chunks_exact(v_head_dim);
@@ -71,13 +71,13 @@ pub fn merge_into(
     y_b: &[f32],
     lse_b: &[f32],
     v_head_dim: usize,
-) -> Result<(), SpecError> {
+) -> Result<(), Error> {
     let rows = lse.len();
     let need = rows
         .checked_mul(v_head_dim)
-        .ok_or(SpecError::Overflow(Tensor::Y))?;
+        .ok_or(Error::Overflow(Tensor::Y))?;
     if lse_b.len() != rows {
-        return Err(SpecError::WrongLength {
+        return Err(Error::WrongLength {
             tensor: Tensor::Lse,
             expected: rows,
             got: lse_b.len(),
@@ -85,7 +85,7 @@ pub fn merge_into(
     }
     for got in [y.len(), y_b.len()] {
         if got != need {
-            return Err(SpecError::WrongLength {
+            return Err(Error::WrongLength {
                 tensor: Tensor::Y,
                 expected: need,
                 got,
@@ -93,7 +93,7 @@ pub fn merge_into(
         }
     }
     if v_head_dim == 0 {
-        return Err(SpecError::ZeroHeadDim);
+        return Err(Error::ZeroHeadDim);
     }
     for (r, (ya, yb)) in y
         .chunks_exact_mut(v_head_dim)

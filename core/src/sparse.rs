@@ -20,12 +20,12 @@
 //! `Skv`. Memory: [`GatherAttention::scratch_len`] f32s and a zeroed bitmap
 //! of [`GatherAttention::seen_len`] words per worker (`Skv / 8` bytes).
 
-use crate::dsa_error::DsaError;
 use crate::element::Element;
-use crate::flash::{Attention, DV_ALIGN};
+use crate::error::{Error, Size, Tensor};
+use crate::flash::{apply_softcap, normalise, online_softmax_row, Attention, TileBufs, DV_ALIGN};
 use crate::kernel::MicroKernel;
-use crate::mask::MaskSpec;
-use crate::spec::{AttentionSpec, SpecError, Tensor};
+use crate::mask::{MaskSpec, RowSpan};
+use crate::spec::AttentionSpec;
 use crate::topk::KeyIndex;
 
 const fn round_up(x: usize, to: usize) -> usize {
@@ -123,10 +123,10 @@ impl<'a, T: Element, I: KeyIndex> SparseAttention<'a, T, I> {
         k: &'a [T],
         v: &'a [T],
         list: IndexList<'a, I>,
-    ) -> Result<Self, DsaError> {
+    ) -> Result<Self, Error> {
         let att = Attention::new(spec, mask, q, k, v)?;
         if list.top_k == 0 {
-            return Err(DsaError::Zero { what: "top_k" });
+            return Err(Error::Zero { what: Size::TopK });
         }
         let (b, hk, sq) = (spec.batch, spec.kv_heads, spec.q_len);
         if b > 0 && sq > 0 {
@@ -138,10 +138,10 @@ impl<'a, T: Element, I: KeyIndex> SparseAttention<'a, T, I> {
                     .checked_add((sq - 1).checked_mul(s.q)?)?
                     .checked_add(list.top_k)
             })()
-            .ok_or(DsaError::Overflow { buffer: "indices" })?;
+            .ok_or(Error::Overflow(Tensor::Indices))?;
             if list.indices.len() < last {
-                return Err(DsaError::TooShort {
-                    buffer: "indices",
+                return Err(Error::TooShort {
+                    tensor: Tensor::Indices,
                     need: last,
                     got: list.indices.len(),
                 });
@@ -234,7 +234,7 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         row: usize,
         kv_len: usize,
         seen: &mut [u64],
-    ) -> Result<(), DsaError> {
+    ) -> Result<(), Error> {
         for (n, &x) in list.iter().enumerate() {
             let err = match x.get() {
                 Ok(None) => continue,
@@ -244,17 +244,17 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
                         seen[w] |= bit;
                         continue;
                     }
-                    DsaError::DuplicateIndex {
+                    Error::DuplicateIndex {
                         row,
                         index: j as i64,
                     }
                 }
-                Ok(Some(j)) => DsaError::IndexOutOfRange {
+                Ok(Some(j)) => Error::IndexOutOfRange {
                     row,
                     index: j as i64,
                     kv_len,
                 },
-                Err(v) => DsaError::IndexOutOfRange {
+                Err(v) => Error::IndexOutOfRange {
                     row,
                     index: v,
                     kv_len,
@@ -288,151 +288,151 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         i: usize,
         scratch: &'s mut [f32],
         seen: &mut [u64],
-    ) -> Result<GroupOut<'s>, DsaError> {
+    ) -> Result<GroupOut<'s>, Error> {
         let spec = p.att.spec();
-        let mask = p.att.mask();
-        let (d, dv, g) = (spec.head_dim, spec.v_head_dim, spec.group());
-        let (gp, dvp) = (round_up(g, K::MR), round_up(dv, DV_ALIGN));
-        let need = Self::scratch_len(g, d, dv);
-        if scratch.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "scratch",
-                need,
-                got: scratch.len(),
-            });
-        }
-        let need = Self::seen_len(spec.kv_len);
-        if seen.len() < need {
-            return Err(DsaError::TooShort {
-                buffer: "seen",
-                need,
-                got: seen.len(),
-            });
-        }
-        if b >= spec.batch || hk >= spec.kv_heads || i >= spec.q_len {
-            return Err(DsaError::Spec(SpecError::TileOutOfRange));
-        }
+        let at = Self::locate(spec, b, hk, i, scratch.len(), seen.len())?;
         let list = p.list.row(b, hk, i);
         let row_id = (b * spec.kv_heads + hk) * spec.q_len + i;
         Self::mark_row(list, row_id, spec.kv_len, seen)?;
-
-        let (q_buf, rest) = scratch.split_at_mut(gp * d);
-        let (kt, rest) = rest.split_at_mut(d * BK);
-        let (k_rows, rest) = rest.split_at_mut(BK * d);
-        let (vt, rest) = rest.split_at_mut(BK * dvp);
-        let (sc, rest) = rest.split_at_mut(gp * BK);
-        let (o, rest) = rest.split_at_mut(gp * dvp);
-        let (m_run, rest) = rest.split_at_mut(gp);
-        let l_run = &mut rest[..gp];
-
-        let h0 = hk * g;
-        for (r, dst) in q_buf.chunks_exact_mut(d).enumerate() {
-            if r < g {
-                let src = &p.q[spec.q.offset(b, h0 + r, i)..][..d];
-                dst.iter_mut()
-                    .zip(src)
-                    .for_each(|(x, &y)| *x = y.to_f32() * spec.scale);
-            } else {
-                dst.fill(0.0);
-            }
-        }
-        o.fill(0.0);
-        m_run.fill(f32::NEG_INFINITY);
-        l_run.fill(0.0);
-
+        let (gp, d, dvp) = (at.gp, at.d, at.dvp);
+        let mut buf = TileBufs::cut(scratch, gp, BK, d, dvp, true);
+        load_group_q(p, &at, buf.q);
+        let mask = p.att.mask();
         let span = mask.row_span(
             i as isize + mask.batch_offset(b, spec.q_len),
             mask.batch_kv_len(b, spec.kv_len),
         );
-        let structural = mask.is_structural();
         let mut keys = [0usize; BK];
         let mut entries = list
             .iter()
             .filter_map(|x| x.get().ok().flatten())
             .filter(|&j| span.contains(j as isize));
         loop {
-            let mut cols = 0;
-            for (slot, j) in keys.iter_mut().zip(entries.by_ref()) {
-                *slot = j;
-                cols += 1;
-            }
+            let cols = next_keys(&mut keys, &mut entries);
             if cols == 0 {
                 break;
             }
-            // Gather K rows (contiguous copies), pack them as Kᵀ with the
-            // kernel's transpose, and gather V; padding keys are zero.
-            for (c, &j) in keys.iter().enumerate() {
-                if c < cols {
-                    let src = &p.k[spec.k.offset(b, hk, j)..][..d];
-                    let dst = &mut k_rows[c * d..][..d];
-                    dst.iter_mut().zip(src).for_each(|(x, &y)| *x = y.to_f32());
-                    let dst = &mut vt[c * dvp..][..dvp];
-                    let src = &p.v[spec.v.offset(b, hk, j)..][..dv];
-                    dst.iter_mut().zip(src).for_each(|(x, &y)| *x = y.to_f32());
-                    dst[dv..].fill(0.0);
-                } else {
-                    vt[c * dvp..][..dvp].fill(0.0);
-                }
-            }
-            self.kernel.transpose(k_rows, cols, d, d, kt, BK);
-            if cols < BK {
-                kt.chunks_exact_mut(BK)
-                    .for_each(|row| row[cols..].fill(0.0));
-            }
+            gather_kv(p, &at, &keys[..cols], &mut buf);
+            self.pack_kt(at.d, cols, buf.k_rows, buf.kt);
             // SAFETY: gp % MR == 0 and BK % NR == 0 (compile-time check);
-            // q_buf is gp×d, kt is d×BK and sc is gp×BK, all sized above.
-            unsafe { self.kernel.gemm(gp, BK, d, q_buf, d, kt, BK, sc, BK, false) };
-            for (r, row) in sc.chunks_exact_mut(BK).enumerate() {
-                if r >= g {
-                    row.fill(0.0);
-                    continue;
-                }
-                let (live, pad) = row.split_at_mut(cols);
-                if spec.softcap > 0.0 {
-                    let c = spec.softcap;
-                    live.iter_mut().for_each(|x| *x = c * libm::tanhf(*x / c));
-                }
-                if !structural {
-                    for (x, &j) in live.iter_mut().zip(&keys) {
-                        if mask.visible(&span, b, h0 + r, i, j, spec.q_len, spec.kv_len) {
-                            *x += mask.bias(b, h0 + r, i, j);
-                        } else {
-                            *x = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                pad.fill(f32::NEG_INFINITY);
-                let upd = self.kernel.softmax_row(row, m_run[r]);
-                if upd.alpha != 1.0 {
-                    self.kernel.scale_row(&mut o[r * dvp..][..dvp], upd.alpha);
-                }
-                l_run[r] = l_run[r] * upd.alpha + upd.sum;
-                m_run[r] = upd.max;
-            }
+            // q is gp×d, kt is d×BK and s is gp×BK, cut by TileBufs::cut.
+            unsafe {
+                self.kernel
+                    .gemm(gp, BK, d, buf.q, d, buf.kt, BK, buf.s, BK, false)
+            };
+            self.softmax_group(p, &at, &span, &keys, cols, &mut buf);
             // SAFETY: gp % MR == 0 and dvp % NR == 0 (DV_ALIGN % NR == 0);
-            // sc is gp×BK, vt is BK×dvp and o is gp×dvp.
-            unsafe { self.kernel.gemm(gp, dvp, BK, sc, BK, vt, dvp, o, dvp, true) };
+            // s is gp×BK, vt is BK×dvp and o is gp×dvp.
+            unsafe {
+                self.kernel
+                    .gemm(gp, dvp, BK, buf.s, BK, buf.vt, dvp, buf.o, dvp, true)
+            };
         }
         Self::unmark(list, seen);
-
-        for r in 0..g {
-            let row = &mut o[r * dvp..][..dvp];
-            if l_run[r] > 0.0 {
-                self.kernel.scale_row(row, 1.0 / l_run[r]);
-                m_run[r] += libm::logf(l_run[r]);
-            } else {
-                row.fill(0.0);
-                m_run[r] = f32::NEG_INFINITY;
-            }
-        }
+        normalise(self.kernel, at.g, at.dvp, buf.o, buf.m, buf.l);
         Ok(GroupOut {
-            head0: h0,
-            heads: g,
-            o,
-            o_stride: dvp,
-            dv,
-            lse: m_run,
+            head0: at.h0,
+            heads: at.g,
+            o: buf.o,
+            o_stride: at.dvp,
+            dv: at.dv,
+            lse: buf.m,
         })
+    }
+
+    /// Check the scratch and `seen` lengths and the query's coordinates;
+    /// derive the group's sizes.
+    #[inline(always)]
+    fn locate(
+        spec: &AttentionSpec,
+        b: usize,
+        hk: usize,
+        i: usize,
+        scratch: usize,
+        seen: usize,
+    ) -> Result<GroupPos, Error> {
+        let (d, dv, g) = (spec.head_dim, spec.v_head_dim, spec.group());
+        let need = Self::scratch_len(g, d, dv);
+        if scratch < need {
+            return Err(Error::TooShort {
+                tensor: Tensor::Scratch,
+                need,
+                got: scratch,
+            });
+        }
+        let need = Self::seen_len(spec.kv_len);
+        if seen < need {
+            return Err(Error::TooShort {
+                tensor: Tensor::Seen,
+                need,
+                got: seen,
+            });
+        }
+        if b >= spec.batch || hk >= spec.kv_heads || i >= spec.q_len {
+            return Err(Error::TileOutOfRange);
+        }
+        Ok(GroupPos {
+            b,
+            hk,
+            i,
+            h0: hk * g,
+            g,
+            gp: round_up(g, K::MR),
+            d,
+            dv,
+            dvp: round_up(dv, DV_ALIGN),
+        })
+    }
+
+    /// Kᵀ (`D×BK`) from the `cols` gathered K rows, with the kernel's
+    /// transpose; padding keys are zero.
+    #[inline(always)]
+    fn pack_kt(&self, d: usize, cols: usize, k_rows: &[f32], kt: &mut [f32]) {
+        self.kernel.transpose(k_rows, cols, d, d, kt, BK);
+        if cols < BK {
+            kt.chunks_exact_mut(BK)
+                .for_each(|row| row[cols..].fill(0.0));
+        }
+    }
+
+    /// Per head row of `S`: softcap, the mask's non-structural rules, then
+    /// the online-softmax update. Padding rows become zeros, padding keys
+    /// `-inf`.
+    #[inline(always)]
+    fn softmax_group<T: Element, I: KeyIndex>(
+        &self,
+        p: &SparseAttention<'_, T, I>,
+        at: &GroupPos,
+        span: &RowSpan,
+        keys: &[usize; BK],
+        cols: usize,
+        buf: &mut TileBufs<'_>,
+    ) {
+        let (spec, mask) = (p.att.spec(), p.att.mask());
+        let structural = mask.is_structural();
+        for (r, row) in buf.s.chunks_exact_mut(BK).enumerate() {
+            if r >= at.g {
+                row.fill(0.0);
+                continue;
+            }
+            let (live, pad) = row.split_at_mut(cols);
+            if spec.softcap > 0.0 {
+                apply_softcap(live, spec.softcap);
+            }
+            if !structural {
+                let (b, h, i) = (at.b, at.h0 + r, at.i);
+                for (x, &j) in live.iter_mut().zip(keys) {
+                    if mask.visible(span, b, h, i, j, spec.q_len, spec.kv_len) {
+                        *x += mask.bias(b, h, i, j);
+                    } else {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            pad.fill(f32::NEG_INFINITY);
+            let o = &mut buf.o[r * at.dvp..][..at.dvp];
+            online_softmax_row(self.kernel, row, o, &mut buf.m[r], &mut buf.l[r]);
+        }
     }
 
     /// The whole problem on one thread: `Y` with `spec.out` strides and,
@@ -446,20 +446,9 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         mut lse: Option<&mut [f32]>,
         scratch: &mut [f32],
         seen: &mut [u64],
-    ) -> Result<(), DsaError> {
+    ) -> Result<(), Error> {
         let s = *p.att.spec();
-        s.check_len(Tensor::Y, y.len())?;
-        if let Some(l) = lse.as_deref() {
-            let need = s.required_len(Tensor::Lse)?;
-            if l.len() != need {
-                return Err(SpecError::WrongLength {
-                    tensor: Tensor::Lse,
-                    expected: need,
-                    got: l.len(),
-                }
-                .into());
-            }
-        }
+        s.check_outputs(y.len(), lse.as_deref().map(<[f32]>::len))?;
         for b in 0..s.batch {
             for hk in 0..s.kv_heads {
                 for i in 0..s.q_len {
@@ -478,5 +467,85 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
             }
         }
         Ok(())
+    }
+}
+
+/// The query one [`GatherAttention::query`] call serves, and its sizes.
+struct GroupPos {
+    b: usize,
+    hk: usize,
+    /// The query.
+    i: usize,
+    /// First query head of the group.
+    h0: usize,
+    /// Heads in the group.
+    g: usize,
+    /// `g` rounded up to the kernel's `MR`.
+    gp: usize,
+    d: usize,
+    dv: usize,
+    /// `dv` rounded up to [`DV_ALIGN`].
+    dvp: usize,
+}
+
+/// The group's queries in f32 (`gp×D`), pre-scaled; padding rows are zero.
+#[inline(always)]
+fn load_group_q<T: Element, I: KeyIndex>(
+    p: &SparseAttention<'_, T, I>,
+    at: &GroupPos,
+    q: &mut [f32],
+) {
+    let spec = p.att.spec();
+    for (r, dst) in q.chunks_exact_mut(at.d).enumerate() {
+        if r < at.g {
+            let src = &p.q[spec.q.offset(at.b, at.h0 + r, at.i)..][..at.d];
+            dst.iter_mut()
+                .zip(src)
+                .for_each(|(x, &y)| *x = y.to_f32() * spec.scale);
+        } else {
+            dst.fill(0.0);
+        }
+    }
+}
+
+/// Fill `keys` from `entries`; returns how many (0 when they are spent).
+#[inline(always)]
+fn next_keys<const BK: usize>(
+    keys: &mut [usize; BK],
+    entries: &mut impl Iterator<Item = usize>,
+) -> usize {
+    let mut cols = 0;
+    for (slot, j) in keys.iter_mut().zip(entries) {
+        *slot = j;
+        cols += 1;
+    }
+    cols
+}
+
+/// Gather the K rows (contiguous copies) and V rows (`BK×Dvp`) of `keys`
+/// in f32; padding keys and columns of V are zero.
+#[inline(always)]
+fn gather_kv<T: Element, I: KeyIndex>(
+    p: &SparseAttention<'_, T, I>,
+    at: &GroupPos,
+    keys: &[usize],
+    buf: &mut TileBufs<'_>,
+) {
+    let spec = p.att.spec();
+    let (d, dv, dvp) = (at.d, at.dv, at.dvp);
+    for (c, dst) in buf.vt.chunks_exact_mut(dvp).enumerate() {
+        let Some(&j) = keys.get(c) else {
+            dst.fill(0.0);
+            continue;
+        };
+        let src = &p.k[spec.k.offset(at.b, at.hk, j)..][..d];
+        let k_dst = &mut buf.k_rows[c * d..][..d];
+        k_dst
+            .iter_mut()
+            .zip(src)
+            .for_each(|(x, &y)| *x = y.to_f32());
+        let src = &p.v[spec.v.offset(at.b, at.hk, j)..][..dv];
+        dst.iter_mut().zip(src).for_each(|(x, &y)| *x = y.to_f32());
+        dst[dv..].fill(0.0);
     }
 }

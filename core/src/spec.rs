@@ -1,6 +1,9 @@
 //! The shape of one attention call: sizes, strides, scale and softcap.
 
-use core::fmt;
+use crate::error::Error;
+/// The buffers a spec sizes are named by the crate's one [`Tensor`] enum
+/// (re-exported here for `spec::Tensor` users).
+pub use crate::error::Tensor;
 
 /// Element strides of a rank-4 view `(batch, head, seq, dim)`. The `dim`
 /// stride is always 1, so a row of one head is contiguous; everything else is
@@ -59,127 +62,6 @@ impl Strides {
             .checked_add((seq - 1).checked_mul(self.seq)?)?
             .checked_add(dim - 1)?;
         last.checked_add(1)
-    }
-}
-
-/// Which tensor an error is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tensor {
-    /// The queries.
-    Q,
-    /// The keys.
-    K,
-    /// The values.
-    V,
-    /// The output `Y`.
-    Y,
-    /// The log-sum-exp output.
-    Lse,
-    /// The caller-provided scratch.
-    Scratch,
-    /// A dense mask.
-    Mask,
-    /// Per-batch valid key counts.
-    KvLens,
-    /// Segment ids.
-    Segments,
-}
-
-impl Tensor {
-    /// The name used in messages.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Tensor::Q => "Q",
-            Tensor::K => "K",
-            Tensor::V => "V",
-            Tensor::Y => "Y",
-            Tensor::Lse => "softmax_lse",
-            Tensor::Scratch => "scratch",
-            Tensor::Mask => "attn_mask",
-            Tensor::KvLens => "kv_lens",
-            Tensor::Segments => "segment_ids",
-        }
-    }
-}
-
-/// Why a spec, a mask or a buffer was refused. Every variant names the input
-/// and the rule it broke; `Display` says both in one line.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SpecError {
-    /// `head_dim` or `v_head_dim` is zero.
-    ZeroHeadDim,
-    /// A head count is zero, or `q_heads` is not a multiple of `kv_heads`.
-    HeadsNotDivisible {
-        /// Query heads.
-        q_heads: usize,
-        /// Key/value heads.
-        kv_heads: usize,
-    },
-    /// `scale` is not finite or not positive.
-    BadScale(f32),
-    /// `softcap` is negative or not finite (0 turns it off).
-    BadSoftcap(f32),
-    /// A window size below -1.
-    WindowBelowMinusOne(isize),
-    /// A size product overflows `usize`.
-    Overflow(Tensor),
-    /// A buffer is shorter than its view needs.
-    TooShort {
-        /// Which buffer.
-        tensor: Tensor,
-        /// Elements needed.
-        need: usize,
-        /// Elements given.
-        got: usize,
-    },
-    /// A per-batch slice (kv lens, segment ids) has the wrong length.
-    WrongLength {
-        /// Which slice.
-        tensor: Tensor,
-        /// Expected length.
-        expected: usize,
-        /// Given length.
-        got: usize,
-    },
-    /// `kv_lens[batch]` exceeds the key length.
-    KvLenOutOfRange {
-        /// Batch index.
-        batch: usize,
-        /// The value found.
-        len: usize,
-        /// The key length.
-        kv_len: usize,
-    },
-    /// A tile request outside the spec.
-    TileOutOfRange,
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            SpecError::ZeroHeadDim => write!(f, "Q/K/V: head dimension must be at least 1"),
-            SpecError::HeadsNotDivisible { q_heads, kv_heads } => write!(
-                f,
-                "K/V: q_num_heads ({q_heads}) must be a positive multiple of kv_num_heads ({kv_heads})"
-            ),
-            SpecError::BadScale(s) => write!(f, "scale must be finite and > 0, got {s}"),
-            SpecError::BadSoftcap(c) => write!(f, "softcap must be finite and >= 0, got {c}"),
-            SpecError::WindowBelowMinusOne(w) => {
-                write!(f, "window size must be >= -1 (-1 = unbounded), got {w}")
-            }
-            SpecError::Overflow(t) => write!(f, "{}: size overflows the address space", t.name()),
-            SpecError::TooShort { tensor, need, got } => {
-                write!(f, "{}: needs {need} elements, got {got}", tensor.name())
-            }
-            SpecError::WrongLength { tensor, expected, got } => {
-                write!(f, "{}: expected length {expected}, got {got}", tensor.name())
-            }
-            SpecError::KvLenOutOfRange { batch, len, kv_len } => write!(
-                f,
-                "kv_lens[{batch}] = {len} exceeds the key sequence length {kv_len}"
-            ),
-            SpecError::TileOutOfRange => write!(f, "tile index outside the spec"),
-        }
     }
 }
 
@@ -294,27 +176,27 @@ impl AttentionSpec {
     }
 
     /// Check the sizes and the scalars (not the buffers).
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.head_dim == 0 || self.v_head_dim == 0 {
-            return Err(SpecError::ZeroHeadDim);
+            return Err(Error::ZeroHeadDim);
         }
         if self.q_heads == 0 || self.kv_heads == 0 || self.q_heads % self.kv_heads != 0 {
-            return Err(SpecError::HeadsNotDivisible {
+            return Err(Error::HeadsNotDivisible {
                 q_heads: self.q_heads,
                 kv_heads: self.kv_heads,
             });
         }
         if !(self.scale.is_finite() && self.scale > 0.0) {
-            return Err(SpecError::BadScale(self.scale));
+            return Err(Error::BadScale(self.scale));
         }
         if !(self.softcap.is_finite() && self.softcap >= 0.0) {
-            return Err(SpecError::BadSoftcap(self.softcap));
+            return Err(Error::BadSoftcap(self.softcap));
         }
         Ok(())
     }
 
     /// Elements a Q/K/V/Y buffer must hold, checked for overflow.
-    pub fn required_len(&self, tensor: Tensor) -> Result<usize, SpecError> {
+    pub fn required_len(&self, tensor: Tensor) -> Result<usize, Error> {
         let (s, heads, seq, dim) = match tensor {
             Tensor::Q => (self.q, self.q_heads, self.q_len, self.head_dim),
             Tensor::K => (self.k, self.kv_heads, self.kv_len, self.head_dim),
@@ -325,19 +207,36 @@ impl AttentionSpec {
                     .batch
                     .checked_mul(self.q_heads)
                     .and_then(|x| x.checked_mul(self.q_len))
-                    .ok_or(SpecError::Overflow(tensor))
+                    .ok_or(Error::Overflow(tensor))
             }
             _ => return Ok(0),
         };
         s.required_len(self.batch, heads, seq, dim)
-            .ok_or(SpecError::Overflow(tensor))
+            .ok_or(Error::Overflow(tensor))
+    }
+
+    /// Check the outputs of a whole-problem run: `Y` long enough, and `lse`,
+    /// when given, exactly `(B, Hq, Sq)`.
+    pub(crate) fn check_outputs(&self, y: usize, lse: Option<usize>) -> Result<(), Error> {
+        self.check_len(Tensor::Y, y)?;
+        if let Some(got) = lse {
+            let need = self.required_len(Tensor::Lse)?;
+            if got != need {
+                return Err(Error::WrongLength {
+                    tensor: Tensor::Lse,
+                    expected: need,
+                    got,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Check that a buffer is long enough for `tensor`.
-    pub fn check_len(&self, tensor: Tensor, got: usize) -> Result<(), SpecError> {
+    pub fn check_len(&self, tensor: Tensor, got: usize) -> Result<(), Error> {
         let need = self.required_len(tensor)?;
         if got < need {
-            return Err(SpecError::TooShort { tensor, need, got });
+            return Err(Error::TooShort { tensor, need, got });
         }
         Ok(())
     }

@@ -1,8 +1,6 @@
 //! Invalid specs and buffers are refused with an error that names the input.
 
-use tessera_core::{
-    kernel::Portable, Attention, AttentionSpec, Flash, MaskSpec, SpecError, Tensor,
-};
+use tessera_core::{kernel::Portable, Attention, AttentionSpec, Error, Flash, MaskSpec, Tensor};
 
 type F = Flash<Portable, 8, 16>;
 
@@ -73,7 +71,7 @@ fn bad_mask_buffers_are_refused() {
     .unwrap_err();
     assert_eq!(
         err,
-        SpecError::KvLenOutOfRange {
+        Error::KvLenOutOfRange {
             batch: 0,
             len: 9,
             kv_len: 8
@@ -90,7 +88,7 @@ fn bad_mask_buffers_are_refused() {
     .unwrap_err();
     assert!(matches!(
         err,
-        SpecError::WrongLength {
+        Error::WrongLength {
             tensor: Tensor::KvLens,
             ..
         }
@@ -106,7 +104,7 @@ fn bad_mask_buffers_are_refused() {
     .unwrap_err();
     assert!(matches!(
         err,
-        SpecError::WrongLength {
+        Error::WrongLength {
             tensor: Tensor::Segments,
             ..
         }
@@ -134,7 +132,7 @@ fn bad_outputs_and_scratch_are_refused() {
     let mut y = vec![0.0f32; 63];
     assert!(matches!(
         f.run(&att, &mut y, None, &mut scratch),
-        Err(SpecError::TooShort {
+        Err(Error::TooShort {
             tensor: Tensor::Y,
             ..
         })
@@ -143,7 +141,7 @@ fn bad_outputs_and_scratch_are_refused() {
     let mut lse = vec![0.0; 15];
     assert!(matches!(
         f.run(&att, &mut y, Some(&mut lse), &mut scratch),
-        Err(SpecError::WrongLength {
+        Err(Error::WrongLength {
             tensor: Tensor::Lse,
             ..
         })
@@ -151,7 +149,7 @@ fn bad_outputs_and_scratch_are_refused() {
     let mut small = vec![0.0; F::scratch_len(4, 4) - 1];
     assert!(matches!(
         f.run(&att, &mut y, None, &mut small),
-        Err(SpecError::TooShort {
+        Err(Error::TooShort {
             tensor: Tensor::Scratch,
             ..
         })
@@ -160,22 +158,22 @@ fn bad_outputs_and_scratch_are_refused() {
     assert_eq!(
         f.tile(&att, 0, 2, 0, 0..8, &mut scratch, &mut st)
             .unwrap_err(),
-        SpecError::TileOutOfRange
+        Error::TileOutOfRange
     );
     assert_eq!(
         f.tile(&att, 0, 0, 1, 0..8, &mut scratch, &mut st)
             .unwrap_err(),
-        SpecError::TileOutOfRange
+        Error::TileOutOfRange
     );
     assert_eq!(
         f.tile(&att, 0, 0, 0, 4..9, &mut scratch, &mut st)
             .unwrap_err(),
-        SpecError::TileOutOfRange
+        Error::TileOutOfRange
     );
     assert_eq!(
         f.tile_selected(&att, 0, 0, 0, &[1], &mut scratch, &mut st)
             .unwrap_err(),
-        SpecError::TileOutOfRange
+        Error::TileOutOfRange
     );
     // A tile listed twice would be counted twice: refused.
     let spec16 = AttentionSpec::bhsd(1, 1, 1, 8, 32, 4, 4);
@@ -184,7 +182,7 @@ fn bad_outputs_and_scratch_are_refused() {
         assert_eq!(
             f.tile_selected(&att16, 0, 0, 0, list, &mut scratch, &mut st)
                 .unwrap_err(),
-            SpecError::TileOutOfRange
+            Error::TileOutOfRange
         );
     }
     assert!(f

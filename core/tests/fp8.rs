@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use tessera_core::fp8::{dequantize, quantize, Fp8, Scales, E4M3, E5M2};
-use tessera_core::{DsaError, Element};
+use tessera_core::{Element, Error, Size, Tensor};
 
 static VECTORS: &[u8] = include_bytes!("data/fp8_vectors.bin");
 static CODES: &[u8] = include_bytes!("data/fp8_codes.bin");
@@ -207,25 +207,27 @@ fn quantize_rejects_bad_input() {
     let mut sc = [0.0f32; 2];
     assert_eq!(
         quantize(&[1.0, f32::NAN, 0.0, 0.0], 2, 2, &mut q, &mut sc),
-        Err(DsaError::NonFinite {
-            buffer: "quantize source",
+        Err(Error::NonFinite {
+            tensor: Tensor::QuantizeSource,
             at: 1
         })
     );
     assert_eq!(
         quantize(&[1.0; 4], 0, 2, &mut q, &mut sc),
-        Err(DsaError::Zero { what: "row length" })
+        Err(Error::Zero {
+            what: Size::RowLength
+        })
     );
     assert!(matches!(
         quantize(&[1.0; 4], 2, 2, &mut q, &mut sc[..1]),
-        Err(DsaError::WrongLength {
-            buffer: "scales",
+        Err(Error::WrongLength {
+            tensor: Tensor::Scales,
             ..
         })
     ));
     assert!(matches!(
         quantize(&[1.0; 4], 2, 0, &mut q, &mut sc),
-        Err(DsaError::Zero { .. })
+        Err(Error::Zero { .. })
     ));
     // All-zero groups get scale 1 and zero codes.
     quantize(&[0.0; 4], 2, 2, &mut q, &mut sc).unwrap();

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use tessera_core::fp8::{quantize, Fp8, Scales, E4M3, E5M2};
 use tessera_core::kernel::{MicroKernel, Portable};
 use tessera_core::{
-    reference, top_k, AttentionSpec, DsaError, Element, Indexer, IndexerSpec, LightningIndexer,
-    MaskSpec,
+    reference, top_k, AttentionSpec, Element, Error, Indexer, IndexerSpec, LightningIndexer,
+    MaskSpec, Size, Tensor,
 };
 
 struct Rng(u64);
@@ -295,24 +295,24 @@ fn rejects_bad_input() {
     assert!(Indexer::new(s, &m, &q, None, &k, None, &w).is_ok());
     assert_eq!(
         Indexer::new(s, &m, &q[..15], None, &k, None, &w).unwrap_err(),
-        DsaError::WrongLength {
-            buffer: "index_q",
+        Error::WrongLength {
+            tensor: Tensor::IndexQ,
             expected: 16,
             got: 15
         }
     );
     assert_eq!(
         Indexer::new(s, &m, &q, None, &k[..11], None, &w).unwrap_err(),
-        DsaError::WrongLength {
-            buffer: "index_k",
+        Error::WrongLength {
+            tensor: Tensor::IndexK,
             expected: 12,
             got: 11
         }
     );
     assert_eq!(
         Indexer::new(s, &m, &q, None, &k, None, &w[..3]).unwrap_err(),
-        DsaError::WrongLength {
-            buffer: "index_w",
+        Error::WrongLength {
+            tensor: Tensor::IndexW,
             expected: 4,
             got: 3
         }
@@ -331,15 +331,15 @@ fn rejects_bad_input() {
             None,
             &w
         ),
-        Err(DsaError::WrongLength {
-            buffer: "index_q_scale",
+        Err(Error::WrongLength {
+            tensor: Tensor::IndexQScale,
             ..
         })
     ));
     assert_eq!(
         Indexer::new(IndexerSpec { heads: 0, ..s }, &m, &q, None, &k, None, &w).unwrap_err(),
-        DsaError::Zero {
-            what: "index heads"
+        Error::Zero {
+            what: Size::IndexHeads
         }
     );
     let ix = Indexer::new(s, &m, &q, None, &k, None, &w).unwrap();
@@ -350,19 +350,19 @@ fn rejects_bad_input() {
     let mut idx = vec![0i64; 2 * 2];
     assert_eq!(
         lx.run(&ix, 0, &mut idx, &mut scores, &mut scratch),
-        Err(DsaError::Zero { what: "top_k" })
+        Err(Error::Zero { what: Size::TopK })
     );
     assert!(matches!(
         lx.run(&ix, 2, &mut idx[..3], &mut scores, &mut scratch),
-        Err(DsaError::WrongLength {
-            buffer: "indices",
+        Err(Error::WrongLength {
+            tensor: Tensor::Indices,
             ..
         })
     ));
     assert!(matches!(
         lx.run(&ix, 2, &mut idx, &mut scores, &mut scratch[..5]),
-        Err(DsaError::TooShort {
-            buffer: "scratch",
+        Err(Error::TooShort {
+            tensor: Tensor::Scratch,
             ..
         })
     ));
@@ -372,8 +372,8 @@ fn rejects_bad_input() {
     let ix = Indexer::new(s, &m, &qn, None, &k, None, &w).unwrap();
     assert!(matches!(
         lx.run(&ix, 2, &mut idx, &mut scores, &mut scratch),
-        Err(DsaError::NonFinite {
-            buffer: "index scores",
+        Err(Error::NonFinite {
+            tensor: Tensor::IndexScores,
             ..
         })
     ));

@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 use tessera_core::kernel::{MicroKernel, Portable};
 use tessera_core::sparse::{GatherAttention, IndexList, SparseAttention};
-use tessera_core::{reference, AttentionSpec, DenseMask, DsaError, MaskSpec, MaskStrides};
+use tessera_core::{
+    reference, AttentionSpec, DenseMask, Error, MaskSpec, MaskStrides, Size, Tensor,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -209,14 +211,14 @@ fn rejects_bad_lists_and_leaves_seen_clean() {
     let mut scratch = vec![0.0; G::scratch_len(2, 4, 4)];
     let mut seen = vec![0u64; G::seen_len(10)];
     let mut y = vec![0.0f32; 16];
-    let bad: [(&[i64], DsaError); 4] = [
+    let bad: [(&[i64], Error); 4] = [
         (
             &[1, 2, 1, 3, 4, 5],
-            DsaError::DuplicateIndex { row: 0, index: 1 },
+            Error::DuplicateIndex { row: 0, index: 1 },
         ),
         (
             &[1, 2, 3, 4, 10, 5],
-            DsaError::IndexOutOfRange {
+            Error::IndexOutOfRange {
                 row: 1,
                 index: 10,
                 kv_len: 10,
@@ -224,7 +226,7 @@ fn rejects_bad_lists_and_leaves_seen_clean() {
         ),
         (
             &[1, 2, 3, 4, -2, 5],
-            DsaError::IndexOutOfRange {
+            Error::IndexOutOfRange {
                 row: 1,
                 index: -2,
                 kv_len: 10,
@@ -232,7 +234,7 @@ fn rejects_bad_lists_and_leaves_seen_clean() {
         ),
         (
             &[-1, -1, -1, 9, 9, -1],
-            DsaError::DuplicateIndex { row: 1, index: 9 },
+            Error::DuplicateIndex { row: 1, index: 9 },
         ),
     ];
     for (list, err) in bad {
@@ -243,8 +245,8 @@ fn rejects_bad_lists_and_leaves_seen_clean() {
     assert_eq!(
         SparseAttention::new(&spec, &m, &q, &k, &v, IndexList::shared(&[0i64; 5], 2, 3))
             .unwrap_err(),
-        DsaError::TooShort {
-            buffer: "indices",
+        Error::TooShort {
+            tensor: Tensor::Indices,
             need: 6,
             got: 5
         }
@@ -252,7 +254,7 @@ fn rejects_bad_lists_and_leaves_seen_clean() {
     assert_eq!(
         SparseAttention::new(&spec, &m, &q, &k, &v, IndexList::<i64>::shared(&[], 2, 0))
             .unwrap_err(),
-        DsaError::Zero { what: "top_k" }
+        Error::Zero { what: Size::TopK }
     );
     // All padding: Y = 0 and lse = -inf, never NaN.
     let pad = [-1i64; 6];

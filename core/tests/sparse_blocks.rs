@@ -5,12 +5,12 @@
 
 use proptest::prelude::*;
 use tessera_core::blocksel::{
-    summarize, summary_len, BlockSelector, BlockSummaries, BoundFormat, Keep,
+    summarize, summary_len, BlockSelector, BlockSummaries, BoundFormat, Keep, TileBudget,
 };
 use tessera_core::kernel::{MicroKernel, Portable};
 use tessera_core::{
-    f16, reference, Attention, AttentionSpec, DenseMask, DsaError, Flash, MaskSpec, MaskStrides,
-    E4M3, E5M2,
+    f16, reference, Attention, AttentionSpec, DenseMask, Error, Flash, MaskSpec, MaskStrides, Size,
+    Tensor, E4M3, E5M2,
 };
 
 struct Rng(u64);
@@ -160,6 +160,58 @@ fn mask_of(c: &Case) -> MaskSpec<'_> {
     m
 }
 
+type Sel<K> = BlockSelector<K, BQ, BK>;
+
+/// The caller's buffers of one case, NaN-poisoned.
+struct Bufs {
+    scratch: Vec<f32>,
+    fscratch: Vec<f32>,
+    scores: Vec<f32>,
+    tiles: Vec<usize>,
+    y: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+impl Bufs {
+    fn new<K: MicroKernel>(c: &Case, s: &AttentionSpec) -> Self {
+        let nb = Sel::<K>::blocks(s.kv_len);
+        let rows = s.batch * s.q_heads * s.q_len;
+        Self {
+            scratch: vec![f32::NAN; Sel::<K>::scratch_len(c.group, c.d)],
+            fscratch: vec![f32::NAN; Flash::<K, BQ, BK>::scratch_len(c.d, c.d)],
+            scores: vec![f32::NAN; nb],
+            tiles: vec![usize::MAX; nb],
+            y: vec![f32::NAN; rows * s.v_head_dim],
+            lse: vec![f32::NAN; rows],
+        }
+    }
+}
+
+/// `BlockSelector::run` with `top_k` into `bufs.y` and `bufs.lse`.
+fn run_selector<K: MicroKernel, S: BoundFormat>(
+    sel: &Sel<K>,
+    att: &Attention<'_, f32>,
+    view: &BlockSummaries<'_, S>,
+    top_k: usize,
+    keep: Keep,
+    bufs: &mut Bufs,
+) {
+    sel.run(
+        att,
+        att.q(),
+        view,
+        top_k,
+        keep,
+        &mut bufs.y,
+        Some(&mut bufs.lse),
+        &mut bufs.scratch,
+        &mut bufs.fscratch,
+        &mut bufs.scores,
+        &mut bufs.tiles,
+    )
+    .unwrap();
+}
+
 fn run_case<K: MicroKernel, S: BoundFormat>(c: &Case, kernel: K) -> Result<(), TestCaseError> {
     let p = problem(c);
     let s = p.spec;
@@ -168,98 +220,68 @@ fn run_case<K: MicroKernel, S: BoundFormat>(c: &Case, kernel: K) -> Result<(), T
     let mut sums = vec![S::default(); summary_len(&s, BK).unwrap()];
     summarize(&s, &p.k, BK, &mut sums).unwrap();
     let view = BlockSummaries::new(&s, BK, &sums).unwrap();
-    type Sel<K> = BlockSelector<K, BQ, BK>;
     let sel = Sel::<K>::new(kernel);
-    let nb = Sel::<K>::blocks(s.kv_len);
-    let mut scratch = vec![f32::NAN; Sel::<K>::scratch_len(c.group, c.d)];
-    let mut fscratch = vec![f32::NAN; Flash::<K, BQ, BK>::scratch_len(c.d, c.d)];
-    let mut scores = vec![f32::NAN; nb];
-    let mut tiles = vec![usize::MAX; nb];
-    let rows = s.batch * s.q_heads * s.q_len;
+    let mut bufs = Bufs::new::<K>(c, &s);
 
     // 1. top_k >= every visible count: bit-identical to the dense flash run.
-    let mut y = vec![f32::NAN; rows * s.v_head_dim];
-    let mut lse = vec![f32::NAN; rows];
-    sel.run(
-        &att,
-        &p.q,
-        &view,
-        s.kv_len.max(1),
-        c.keep,
-        &mut y,
-        Some(&mut lse),
-        &mut scratch,
-        &mut fscratch,
-        &mut scores,
-        &mut tiles,
-    )
-    .unwrap();
-    let mut yd = vec![f32::NAN; y.len()];
-    let mut ld = vec![f32::NAN; lse.len()];
+    run_selector(&sel, &att, &view, s.kv_len.max(1), c.keep, &mut bufs);
+    let mut yd = vec![f32::NAN; bufs.y.len()];
+    let mut ld = vec![f32::NAN; bufs.lse.len()];
     sel.flash()
-        .run(&att, &mut yd, Some(&mut ld), &mut fscratch)
+        .run(&att, &mut yd, Some(&mut ld), &mut bufs.fscratch)
         .unwrap();
     prop_assert!(
-        y.iter().zip(&yd).all(|(a, b)| a.to_bits() == b.to_bits()),
+        bufs.y
+            .iter()
+            .zip(&yd)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
         "dense-budget output differs from dense flash"
     );
-    prop_assert!(lse.iter().zip(&ld).all(|(a, b)| a.to_bits() == b.to_bits()));
+    prop_assert!(bufs
+        .lse
+        .iter()
+        .zip(&ld)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
 
     // 2. A small budget: check the bound, the rule, and the output against
     //    dense attention masked to the selected tiles.
-    let hq = s.q_heads;
-    let mut allowed = vec![false; rows * s.kv_len];
-    let mut qf = vec![0.0f64; c.d];
+    let allowed = check_selection(c, &sel, &att, &view, &mut bufs)?;
+    run_selector(&sel, &att, &view, c.top_k, c.keep, &mut bufs);
+    check_against_reference(&att, &allowed, &bufs)
+}
+
+/// Score and select every (batch, KV head, query tile) with `c.top_k`,
+/// check the selection rule and the bound, and return which (query row,
+/// key) pairs the chosen tiles allow.
+fn check_selection<K: MicroKernel, S: BoundFormat>(
+    c: &Case,
+    sel: &Sel<K>,
+    att: &Attention<'_, f32>,
+    view: &BlockSummaries<'_, S>,
+    bufs: &mut Bufs,
+) -> Result<Vec<bool>, TestCaseError> {
+    let s = *att.spec();
+    let mut allowed = vec![false; s.batch * s.q_heads * s.q_len * s.kv_len];
     for b in 0..s.batch {
         for hk in 0..s.kv_heads {
             for t in 0..s.q_len.div_ceil(BQ) {
                 let budget = sel
                     .score_tile(
-                        &att,
-                        &p.q,
-                        &view,
+                        att,
+                        att.q(),
+                        view,
                         b,
                         hk,
                         t,
                         c.top_k,
                         c.keep,
-                        &mut scores,
-                        &mut scratch,
+                        &mut bufs.scores,
+                        &mut bufs.scratch,
                     )
                     .unwrap();
-                let n = Sel::<K>::select_tiles(&scores, budget, &mut tiles).unwrap();
-                prop_assert_eq!(
-                    n,
-                    budget
-                        .blocks
-                        .min(scores.iter().filter(|x| **x != f32::NEG_INFINITY).count())
-                );
-                let chosen = &tiles[..n];
-                prop_assert!(
-                    chosen.windows(2).all(|w| w[0] < w[1]),
-                    "ascending, distinct"
-                );
-                prop_assert!(
-                    chosen.iter().all(|&j| scores[j] != f32::NEG_INFINITY),
-                    "only non-Empty blocks"
-                );
-                // Every kept (+inf) block is chosen, and nothing left out beats what was chosen.
-                let min_chosen = chosen
-                    .iter()
-                    .map(|&j| scores[j])
-                    .fold(f32::INFINITY, f32::min);
-                for (j, &sj) in scores.iter().enumerate() {
-                    if !chosen.contains(&j) {
-                        prop_assert!(sj != f32::INFINITY, "kept block {} not chosen", j);
-                        prop_assert!(
-                            sj <= min_chosen,
-                            "block {} ({}) beats a chosen one ({})",
-                            j,
-                            sj,
-                            min_chosen
-                        );
-                    }
-                }
+                let n = Sel::<K>::select_tiles(&bufs.scores, budget, &mut bufs.tiles).unwrap();
+                let (scores, chosen) = (&bufs.scores, &bufs.tiles[..n]);
+                check_rule(scores, budget, chosen)?;
                 if !budget.dense {
                     prop_assert_eq!(
                         budget.blocks,
@@ -268,73 +290,137 @@ fn run_case<K: MicroKernel, S: BoundFormat>(c: &Case, kernel: K) -> Result<(), T
                             .max(scores.iter().filter(|x| **x == f32::INFINITY).count())
                             .min(budget.non_empty)
                     );
-                    // The bound holds for every key of every scored block.
-                    for (j, &sc) in scores.iter().enumerate().filter(|(_, x)| x.is_finite()) {
-                        for r in 0..BQ.min(s.q_len - t * BQ) {
-                            for h in hk * c.group..(hk + 1) * c.group {
-                                let qo = s.q.offset(b, h, t * BQ + r);
-                                qf.iter_mut()
-                                    .zip(&p.q[qo..qo + c.d])
-                                    .for_each(|(a, &x)| *a = x as f64);
-                                for key in j * BK..((j + 1) * BK).min(s.kv_len) {
-                                    let ko = s.k.offset(b, hk, key);
-                                    let dot: f64 = qf
-                                        .iter()
-                                        .zip(&p.k[ko..ko + c.d])
-                                        .map(|(a, &x)| a * x as f64)
-                                        .sum();
-                                    let mag: f64 = qf
-                                        .iter()
-                                        .zip(&p.k[ko..ko + c.d])
-                                        .map(|(a, &x)| (a * x as f64).abs())
-                                        .sum();
-                                    prop_assert!(
-                                        sc as f64 >= dot - 1e-5 * (mag + 1.0),
-                                        "bound {} < q·k {} (block {}, key {})",
-                                        sc,
-                                        dot,
-                                        j,
-                                        key
-                                    );
-                                }
-                            }
-                        }
-                    }
+                    check_bound(c, att, b, hk, t, scores)?;
                 }
-                for h in hk * c.group..(hk + 1) * c.group {
-                    for i in t * BQ..((t + 1) * BQ).min(s.q_len) {
-                        for &j in chosen {
-                            for key in j * BK..((j + 1) * BK).min(s.kv_len) {
-                                allowed[((b * hq + h) * s.q_len + i) * s.kv_len + key] = true;
-                            }
-                        }
-                    }
+                allow(&s, c.group, b, hk, t, chosen, &mut allowed);
+            }
+        }
+    }
+    Ok(allowed)
+}
+
+/// The selection rule: ascending distinct non-Empty blocks, every kept
+/// (`+inf`) block chosen, and nothing left out beats what was chosen.
+fn check_rule(scores: &[f32], budget: TileBudget, chosen: &[usize]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        chosen.len(),
+        budget
+            .blocks
+            .min(scores.iter().filter(|x| **x != f32::NEG_INFINITY).count())
+    );
+    prop_assert!(
+        chosen.windows(2).all(|w| w[0] < w[1]),
+        "ascending, distinct"
+    );
+    prop_assert!(
+        chosen.iter().all(|&j| scores[j] != f32::NEG_INFINITY),
+        "only non-Empty blocks"
+    );
+    let min_chosen = chosen
+        .iter()
+        .map(|&j| scores[j])
+        .fold(f32::INFINITY, f32::min);
+    for (j, &sj) in scores.iter().enumerate() {
+        if !chosen.contains(&j) {
+            prop_assert!(sj != f32::INFINITY, "kept block {} not chosen", j);
+            prop_assert!(
+                sj <= min_chosen,
+                "block {} ({}) beats a chosen one ({})",
+                j,
+                sj,
+                min_chosen
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The bound holds for every key of every scored block of query tile `t`
+/// of (batch `b`, KV head `hk`), for every query and head of the group.
+fn check_bound(
+    c: &Case,
+    att: &Attention<'_, f32>,
+    b: usize,
+    hk: usize,
+    t: usize,
+    scores: &[f32],
+) -> Result<(), TestCaseError> {
+    let s = att.spec();
+    let (q, k) = (att.q(), att.k());
+    let mut qf = vec![0.0f64; c.d];
+    for (j, &sc) in scores.iter().enumerate().filter(|(_, x)| x.is_finite()) {
+        for r in 0..BQ.min(s.q_len - t * BQ) {
+            for h in hk * c.group..(hk + 1) * c.group {
+                let qo = s.q.offset(b, h, t * BQ + r);
+                qf.iter_mut()
+                    .zip(&q[qo..qo + c.d])
+                    .for_each(|(a, &x)| *a = x as f64);
+                for key in j * BK..((j + 1) * BK).min(s.kv_len) {
+                    let ko = s.k.offset(b, hk, key);
+                    let dot: f64 = qf
+                        .iter()
+                        .zip(&k[ko..ko + c.d])
+                        .map(|(a, &x)| a * x as f64)
+                        .sum();
+                    let mag: f64 = qf
+                        .iter()
+                        .zip(&k[ko..ko + c.d])
+                        .map(|(a, &x)| (a * x as f64).abs())
+                        .sum();
+                    prop_assert!(
+                        sc as f64 >= dot - 1e-5 * (mag + 1.0),
+                        "bound {} < q·k {} (block {}, key {})",
+                        sc,
+                        dot,
+                        j,
+                        key
+                    );
                 }
             }
         }
     }
-    sel.run(
-        &att,
-        &p.q,
-        &view,
-        c.top_k,
-        c.keep,
-        &mut y,
-        Some(&mut lse),
-        &mut scratch,
-        &mut fscratch,
-        &mut scores,
-        &mut tiles,
-    )
-    .unwrap();
-    let full = mask.dense(DenseMask::Bool(
-        &allowed,
-        MaskStrides::broadcast(s.batch, hq, s.q_len, s.kv_len),
+    Ok(())
+}
+
+/// Mark the keys of the `chosen` tiles as allowed for every query row of
+/// tile `t` and head of KV head `hk`'s group.
+fn allow(
+    s: &AttentionSpec,
+    group: usize,
+    b: usize,
+    hk: usize,
+    t: usize,
+    chosen: &[usize],
+    allowed: &mut [bool],
+) {
+    for h in hk * group..(hk + 1) * group {
+        for i in t * BQ..((t + 1) * BQ).min(s.q_len) {
+            for &j in chosen {
+                for key in j * BK..((j + 1) * BK).min(s.kv_len) {
+                    allowed[((b * s.q_heads + h) * s.q_len + i) * s.kv_len + key] = true;
+                }
+            }
+        }
+    }
+}
+
+/// `bufs.y` and `bufs.lse` against the f64 reference under the case's mask
+/// and "key is `allowed`".
+fn check_against_reference(
+    att: &Attention<'_, f32>,
+    allowed: &[bool],
+    bufs: &Bufs,
+) -> Result<(), TestCaseError> {
+    let s = *att.spec();
+    let (y, lse) = (&bufs.y, &bufs.lse);
+    let full = att.mask().dense(DenseMask::Bool(
+        allowed,
+        MaskStrides::broadcast(s.batch, s.q_heads, s.q_len, s.kv_len),
     ));
     let mut yr = vec![f64::NAN; y.len()];
     let mut lr = vec![f64::NAN; lse.len()];
-    reference::attention(&s, &full, &p.q, &p.k, &p.v, &mut yr, &mut lr);
-    for r in 0..rows {
+    reference::attention(&s, &full, att.q(), att.k(), att.v(), &mut yr, &mut lr);
+    for r in 0..lse.len() {
         if lr[r] == f64::NEG_INFINITY {
             prop_assert_eq!(lse[r], f32::NEG_INFINITY);
         } else {
@@ -432,12 +518,15 @@ fn rejects_bad_input() {
     big[5] = 1000.0;
     assert_eq!(
         summarize(&spec, &big, BK, &mut sums),
-        Err(DsaError::SummaryOverflow { at: 1 })
+        Err(Error::SummaryOverflow { at: 1 })
     );
     big[5] = f32::NAN;
     assert_eq!(
         summarize(&spec, &big, BK, &mut sums),
-        Err(DsaError::NonFinite { buffer: "K", at: 5 })
+        Err(Error::NonFinite {
+            tensor: Tensor::K,
+            at: 5
+        })
     );
     summarize(
         &spec,
@@ -468,7 +557,7 @@ fn rejects_bad_input() {
             &mut scores,
             &mut scratch
         ),
-        Err(DsaError::BlockMismatch {
+        Err(Error::BlockMismatch {
             summary: 8,
             tile: BK
         })
@@ -488,7 +577,7 @@ fn rejects_bad_input() {
             &mut scores,
             &mut scratch
         ),
-        Err(DsaError::Zero { what: "top_k" })
+        Err(Error::Zero { what: Size::TopK })
     );
     assert!(matches!(
         sel.score_tile(
@@ -503,7 +592,7 @@ fn rejects_bad_input() {
             &mut scores[..2],
             &mut scratch
         ),
-        Err(DsaError::TooShort { .. })
+        Err(Error::TooShort { .. })
     ));
     assert!(matches!(
         sel.score_tile(
@@ -518,6 +607,6 @@ fn rejects_bad_input() {
             &mut scores,
             &mut scratch
         ),
-        Err(DsaError::Spec(_))
+        Err(Error::TileOutOfRange)
     ));
 }

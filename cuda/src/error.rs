@@ -3,7 +3,7 @@
 
 use core::fmt;
 
-use tessera_core::spec::SpecError;
+use tessera_core::Error;
 
 /// Why a CUDA call or a launch was refused.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,7 +54,7 @@ pub enum CudaError {
         device: usize,
     },
     /// The shapes, mask or buffers break a rule of the spec.
-    Spec(SpecError),
+    Spec(Error),
     /// A combination the CUDA kernels do not implement (the CPU path does).
     Unsupported(String),
     /// A device buffer or size breaks a rule of the CUDA path.
@@ -103,8 +103,8 @@ impl fmt::Display for CudaError {
 
 impl std::error::Error for CudaError {}
 
-impl From<SpecError> for CudaError {
-    fn from(e: SpecError) -> Self {
+impl From<Error> for CudaError {
+    fn from(e: Error) -> Self {
         CudaError::Spec(e)
     }
 }

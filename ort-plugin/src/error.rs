@@ -68,14 +68,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<tessera_core::SpecError> for Error {
-    fn from(e: tessera_core::SpecError) -> Self {
-        Error::invalid(e.to_string())
-    }
-}
-
-impl From<tessera_core::DsaError> for Error {
-    fn from(e: tessera_core::DsaError) -> Self {
+impl From<tessera_core::Error> for Error {
+    fn from(e: tessera_core::Error) -> Self {
         Error::invalid(e.to_string())
     }
 }

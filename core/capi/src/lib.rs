@@ -21,7 +21,7 @@ use core::slice;
 use tessera_core::kernel::Portable as Kernel;
 #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
 use tessera_core::kernel::Scalar as Kernel;
-use tessera_core::{merge, Attention, AttentionSpec, Flash, MaskSpec, SpecError};
+use tessera_core::{merge, Attention, AttentionSpec, Error, Flash, MaskSpec};
 
 /// Query rows per tile (`TESSERA_BQ` in the header).
 pub const BQ: usize = 32;
@@ -96,16 +96,16 @@ pub const TESSERA_ERR_LENGTH: i32 = -12;
 /// Anything else (a bug: please report it).
 pub const TESSERA_ERR_INTERNAL: i32 = -13;
 
-fn status(e: SpecError) -> i32 {
+fn status(e: Error) -> i32 {
     match e {
-        SpecError::ZeroHeadDim => TESSERA_ERR_HEAD_DIM,
-        SpecError::HeadsNotDivisible { .. } => TESSERA_ERR_HEADS,
-        SpecError::BadScale(_) => TESSERA_ERR_SCALE,
-        SpecError::BadSoftcap(_) => TESSERA_ERR_SOFTCAP,
-        SpecError::WindowBelowMinusOne(_) => TESSERA_ERR_WINDOW,
-        SpecError::Overflow(_) => TESSERA_ERR_OVERFLOW,
-        SpecError::TooShort { .. } => TESSERA_ERR_TOO_SHORT,
-        SpecError::WrongLength { .. } => TESSERA_ERR_LENGTH,
+        Error::ZeroHeadDim => TESSERA_ERR_HEAD_DIM,
+        Error::HeadsNotDivisible { .. } => TESSERA_ERR_HEADS,
+        Error::BadScale(_) => TESSERA_ERR_SCALE,
+        Error::BadSoftcap(_) => TESSERA_ERR_SOFTCAP,
+        Error::WindowBelowMinusOne(_) => TESSERA_ERR_WINDOW,
+        Error::Overflow(_) => TESSERA_ERR_OVERFLOW,
+        Error::TooShort { .. } => TESSERA_ERR_TOO_SHORT,
+        Error::WrongLength { .. } => TESSERA_ERR_LENGTH,
         _ => TESSERA_ERR_INTERNAL,
     }
 }

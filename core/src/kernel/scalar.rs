@@ -31,7 +31,7 @@ const NR: usize = 4;
 /// of the head sizes, so it can be a static:
 /// ```
 /// use core::ptr::addr_of_mut;
-/// use tessera_core::{kernel::Scalar, Attention, AttentionSpec, Flash, MaskSpec, SpecError};
+/// use tessera_core::{kernel::Scalar, Attention, AttentionSpec, Flash, MaskSpec, Error};
 ///
 /// const S: usize = 64; // tokens
 /// const D: usize = 32; // head size (Q/K and V)
@@ -42,7 +42,7 @@ const NR: usize = 4;
 /// static mut SCRATCH_BUF: [f32; SCRATCH] = [0.0; SCRATCH];
 /// static mut Y: [f32; S * D] = [0.0; S * D];
 ///
-/// fn attend(q: &[f32], k: &[f32], v: &[f32]) -> Result<(), SpecError> {
+/// fn attend(q: &[f32], k: &[f32], v: &[f32]) -> Result<(), Error> {
 ///     let spec = AttentionSpec::bhsd(1, 1, 1, S, S, D, D); // B, Hq, Hkv, Sq, Skv, D, Dv
 ///     let mask = MaskSpec::NONE.causal(0).window(16, 0).globals(2);
 ///     let att = Attention::new(&spec, &mask, q, k, v)?; // every size checked here

@@ -3,7 +3,7 @@
 //! name its entry like the CPU op.
 
 use tessera_core::spec::AttentionSpec;
-use tessera_core::DsaError;
+use tessera_core::Error;
 
 use super::{Device, ALIGN, FLAG_BYTE, FLAG_CLEAR};
 use crate::error::CudaError;
@@ -146,12 +146,12 @@ fn list_error(entries: &[i64], row: usize, kv_len: usize) -> CudaError {
     let mut seen = std::collections::HashSet::new();
     let e = entries.iter().find_map(|&j| match j {
         -1 => None,
-        j if j < 0 || j >= kv_len as i64 => Some(DsaError::IndexOutOfRange {
+        j if j < 0 || j >= kv_len as i64 => Some(Error::IndexOutOfRange {
             row,
             index: j,
             kv_len,
         }),
-        j if !seen.insert(j) => Some(DsaError::DuplicateIndex { row, index: j }),
+        j if !seen.insert(j) => Some(Error::DuplicateIndex { row, index: j }),
         _ => None,
     });
     let message = e.map_or_else(

@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 use tessera_core::mask::{MaskSpec, MaskStrides};
-use tessera_core::spec::{AttentionSpec, SpecError};
+use tessera_core::spec::AttentionSpec;
+use tessera_core::Error;
 
 use super::{bufs, invalid_input, G128};
 use crate::error::CudaError;
@@ -159,7 +160,7 @@ fn spec_refusals() -> Vec<Refusal> {
         Refusal {
             spec: AttentionSpec::bhsd(1, 3, 2, 64, 64, 64, 64),
             ..refusal("heads not divisible", |e| {
-                *e == CudaError::Spec(SpecError::HeadsNotDivisible {
+                *e == CudaError::Spec(Error::HeadsNotDivisible {
                     q_heads: 3,
                     kv_heads: 2,
                 })
@@ -168,13 +169,13 @@ fn spec_refusals() -> Vec<Refusal> {
         Refusal {
             spec: spec.with_scale(f32::NAN),
             ..refusal("NaN scale", |e| {
-                matches!(e, CudaError::Spec(SpecError::BadScale(_)))
+                matches!(e, CudaError::Spec(Error::BadScale(_)))
             })
         },
         Refusal {
             mask: MaskSpec::NONE.window(-2, 0),
             ..refusal("window -2", |e| {
-                *e == CudaError::Spec(SpecError::WindowBelowMinusOne(-2))
+                *e == CudaError::Spec(Error::WindowBelowMinusOne(-2))
             })
         },
     ]

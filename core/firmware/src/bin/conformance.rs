@@ -8,7 +8,7 @@ use core::fmt::Write as _;
 use core::ptr::addr_of_mut;
 
 use tessera_core::kernel::{MicroKernel, Portable, Scalar};
-use tessera_core::{merge, Attention, Element, Flash, SpecError, Tensor};
+use tessera_core::{merge, Attention, Element, Error, Flash, Tensor};
 use tessera_firmware::cases::{Case, Input, CASES, MAX_HEAD_DIM, MAX_ROWS, MAX_V_HEAD_DIM, MAX_Y};
 use tessera_firmware::Out;
 
@@ -102,7 +102,7 @@ fn run_whole<K: MicroKernel, const BQ: usize, const BK: usize, T: Element>(
     k: &[T],
     v: &[T],
     buf: &mut Buffers,
-) -> Result<Errors, SpecError> {
+) -> Result<Errors, Error> {
     let att = Attention::new(&case.spec, &case.mask, q, k, v)?;
     let ny = case.spec.required_len(Tensor::Y)?;
     let rows = case.spec.required_len(Tensor::Lse)?;
@@ -123,7 +123,7 @@ fn run_split<K: MicroKernel, const BQ: usize, const BK: usize, T: Element>(
     k: &[T],
     v: &[T],
     buf: &mut Buffers,
-) -> Result<Errors, SpecError> {
+) -> Result<Errors, Error> {
     let s = case.spec;
     let att = Attention::new(&s, &case.mask, q, k, v)?;
     let f = Flash::<K, BQ, BK>::new(kernel);
@@ -180,7 +180,7 @@ fn run_split<K: MicroKernel, const BQ: usize, const BK: usize, T: Element>(
 fn report(
     name: &str,
     config: &str,
-    result: Result<Errors, SpecError>,
+    result: Result<Errors, Error>,
     passed: &mut u32,
     failed: &mut u32,
 ) {

@@ -25,13 +25,18 @@
 //! holds only scalars (row spans are recomputed per tile, `O(BQ)` integer
 //! work against `O(BQ·BK·D)` flops).
 
+mod ops;
+
 use core::ops::Range;
 
 use crate::element::Element;
+use crate::error::{Error, Tensor};
 use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, TileClass};
-use crate::spec::{AttentionSpec, SpecError, Tensor};
+use crate::spec::AttentionSpec;
 use crate::stats::Stats;
+pub(crate) use ops::{apply_softcap, normalise, online_softmax_row, TileBufs};
+use ops::{load_q, load_v, Spans, TilePos};
 
 /// `Dv` is padded to a multiple of this in scratch, so every kernel's `NR`
 /// divides it.
@@ -60,7 +65,7 @@ impl<'a, T: Element> Attention<'a, T> {
         q: &'a [T],
         k: &'a [T],
         v: &'a [T],
-    ) -> Result<Self, SpecError> {
+    ) -> Result<Self, Error> {
         spec.validate()?;
         spec.check_len(Tensor::Q, q.len())?;
         spec.check_len(Tensor::K, k.len())?;
@@ -188,19 +193,9 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         y: &mut [O],
         mut lse: Option<&mut [f32]>,
         scratch: &mut [f32],
-    ) -> Result<Stats, SpecError> {
+    ) -> Result<Stats, Error> {
         let s = att.spec;
-        s.check_len(Tensor::Y, y.len())?;
-        if let Some(l) = lse.as_deref() {
-            let need = s.required_len(Tensor::Lse)?;
-            if l.len() != need {
-                return Err(SpecError::WrongLength {
-                    tensor: Tensor::Lse,
-                    expected: need,
-                    got: l.len(),
-                });
-            }
-        }
+        s.check_outputs(y.len(), lse.as_deref().map(<[f32]>::len))?;
         let mut stats = Stats::default();
         for b in 0..s.batch {
             for h in 0..s.q_heads {
@@ -235,7 +230,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         kv: Range<usize>,
         scratch: &'s mut [f32],
         stats: &mut Stats,
-    ) -> Result<TileOut<'s>, SpecError> {
+    ) -> Result<TileOut<'s>, Error> {
         self.tile_impl(att, b, h, q_tile, kv, None, scratch, stats)
     }
 
@@ -254,15 +249,19 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         kv_tiles: &[usize],
         scratch: &'s mut [f32],
         stats: &mut Stats,
-    ) -> Result<TileOut<'s>, SpecError> {
+    ) -> Result<TileOut<'s>, Error> {
         let kv = 0..att.spec.kv_len;
         let ascending = kv_tiles.windows(2).all(|w| w[0] < w[1]);
         if !ascending || kv_tiles.last().is_some_and(|&t| t >= kv.end.div_ceil(BK)) {
-            return Err(SpecError::TileOutOfRange);
+            return Err(Error::TileOutOfRange);
         }
         self.tile_impl(att, b, h, q_tile, kv, Some(kv_tiles), scratch, stats)
     }
 
+    /// One query tile, as the algorithm reads: load the pre-scaled Q tile,
+    /// then for every visited key tile load Kᵀ and V, `S = Q·Kᵀ`, softcap
+    /// and mask `S`, the online-softmax update of `m`, `l` and `O`, and
+    /// `O += P·V`; at the end `Y = O / l` and `lse = m + ln l`.
     #[allow(clippy::too_many_arguments)]
     fn tile_impl<'s, T: Element>(
         &self,
@@ -274,205 +273,38 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         selected: Option<&[usize]>,
         scratch: &'s mut [f32],
         stats: &mut Stats,
-    ) -> Result<TileOut<'s>, SpecError> {
-        let spec = &att.spec;
-        let mask = &att.mask;
-        let (d, dv) = (spec.head_dim, spec.v_head_dim);
-        let dvp = round_up(dv, DV_ALIGN);
-        let need = Self::scratch_len(d, dv);
-        if scratch.len() < need {
-            return Err(SpecError::TooShort {
-                tensor: Tensor::Scratch,
-                need,
-                got: scratch.len(),
-            });
-        }
-        let i0 = q_tile.checked_mul(BQ).filter(|&i| i < spec.q_len);
-        let (Some(i0), true, true) = (
-            i0,
-            b < spec.batch && h < spec.q_heads,
-            kv.start <= kv.end && kv.end <= spec.kv_len,
-        ) else {
-            return Err(SpecError::TileOutOfRange);
-        };
-        let rows = BQ.min(spec.q_len - i0);
-        let hk = spec.kv_head(h);
+    ) -> Result<TileOut<'s>, Error> {
+        let i0 = Self::locate(&att.spec, b, h, q_tile, &kv, scratch.len())?;
+        let at = TilePos::new::<BQ>(&att.spec, b, h, i0);
+        let mut buf = TileBufs::cut(scratch, BQ, BK, at.d, at.dvp, false);
+        let spans = Spans::new(&att.mask, &att.spec, &at);
 
-        let (q_buf, rest) = scratch.split_at_mut(BQ * d);
-        let (kt, rest) = rest.split_at_mut(d * BK);
-        let (vt, rest) = rest.split_at_mut(BK * dvp);
-        let (sc, rest) = rest.split_at_mut(BQ * BK);
-        let (o, rest) = rest.split_at_mut(BQ * dvp);
-        let (m_run, rest) = rest.split_at_mut(BQ);
-        let l_run = &mut rest[..BQ];
-
-        // Row spans and the key range the tile can touch.
-        let offset = mask.batch_offset(b, spec.q_len);
-        let valid = mask.batch_kv_len(b, spec.kv_len);
-        // Spans are recomputed where needed (a few integer ops per row per
-        // tile) rather than stored: no BQ-sized array on the stack.
-        let span_of = |r: usize| mask.row_span((i0 + r) as isize + offset, valid);
-        let (mut g_hi, mut l_lo, mut l_hi) = (-1isize, isize::MAX, -1isize);
-        for span in (0..rows).map(span_of) {
-            g_hi = g_hi.max(span.global_hi);
-            if span.lo <= span.hi {
-                l_lo = l_lo.min(span.lo);
-                l_hi = l_hi.max(span.hi);
-            }
-        }
-        let tiles_in = |lo: isize, hi: isize| -> Range<usize> {
-            let lo = (lo.max(kv.start as isize)) as usize;
-            let hi = (hi + 1).min(kv.end as isize);
-            if hi <= lo as isize {
-                0..0
-            } else {
-                lo / BK..(hi as usize).div_ceil(BK)
-            }
-        };
-        let global = tiles_in(0, g_hi);
-        let local = tiles_in(l_lo, l_hi);
-
-        // Q, pre-scaled; padding rows are zero.
-        for (r, dst) in q_buf.chunks_exact_mut(d).enumerate() {
-            if r < rows {
-                let src = &att.q[spec.q.offset(b, h, i0 + r)..][..d];
-                for (x, &y) in dst.iter_mut().zip(src) {
-                    *x = y.to_f32() * spec.scale;
-                }
-            } else {
-                dst.fill(0.0);
-            }
-        }
-        o.fill(0.0);
-        m_run.fill(f32::NEG_INFINITY);
-        l_run.fill(0.0);
-
-        let kv_tiles = kv.end.div_ceil(BK) - kv.start / BK;
+        load_q(att, &at, buf.q);
         let mut visited = 0usize;
-        let local_rest = local.start.max(global.end)..local.end;
-        let local_head = local.start..local.end.min(global.start);
-        let bounded = global.clone().chain(local_rest).chain(local_head);
-        let (mut sel, mut all) = (None, None);
-        match selected {
-            Some(list) => sel = Some(list.iter().copied()),
-            None => all = Some(bounded),
-        }
-        for t in sel.into_iter().flatten().chain(all.into_iter().flatten()) {
-            let j0 = (t * BK).max(kv.start);
-            let j1 = ((t + 1) * BK).min(kv.end);
-            let class = mask.classify((0..rows).map(span_of), j0, j1);
+        for t in Self::kv_order(selected, &spans, &kv) {
+            let (j0, j1) = ((t * BK).max(kv.start), ((t + 1) * BK).min(kv.end));
+            let class = att.mask.classify(spans.iter(), j0, j1);
             if class == TileClass::Empty {
                 continue;
             }
             visited += 1;
             stats.count(class == TileClass::Full);
-            let cols = j1 - j0;
-
-            // Kᵀ and V tiles in f32; padding keys are zero.
-            let k_base = spec.k.offset(b, hk, j0);
-            match T::as_f32(att.k) {
-                Some(k32) if cols > 0 => {
-                    self.kernel
-                        .transpose(&k32[k_base..], cols, d, spec.k.seq, kt, BK);
-                }
-                _ => {
-                    for c in 0..cols {
-                        let src = &att.k[k_base + c * spec.k.seq..][..d];
-                        for (dd, &x) in src.iter().enumerate() {
-                            kt[dd * BK + c] = x.to_f32();
-                        }
-                    }
-                }
-            }
-            if cols < BK {
-                for row in kt.chunks_exact_mut(BK) {
-                    row[cols..].fill(0.0);
-                }
-            }
-            for c in 0..BK {
-                let dst = &mut vt[c * dvp..][..dvp];
-                if c < cols {
-                    let src = &att.v[spec.v.offset(b, hk, j0 + c)..][..dv];
-                    for (x, &y) in dst.iter_mut().zip(src) {
-                        *x = y.to_f32();
-                    }
-                    dst[dv..].fill(0.0);
-                } else {
-                    dst.fill(0.0);
-                }
-            }
-
-            // SAFETY: BQ % MR == 0 and BK % NR == 0 (checked at compile time);
-            // q_buf is BQ×d, kt is d×BK and sc is BQ×BK, all sized above.
-            unsafe { self.kernel.gemm(BQ, BK, d, q_buf, d, kt, BK, sc, BK, false) };
-
-            for (r, row) in sc.chunks_exact_mut(BK).enumerate() {
-                if r >= rows {
-                    row.fill(0.0);
-                    continue;
-                }
-                let (live, pad) = row.split_at_mut(cols);
-                if spec.softcap > 0.0 {
-                    let c = spec.softcap;
-                    live.iter_mut().for_each(|x| *x = c * libm::tanhf(*x / c));
-                }
-                if class == TileClass::Partial {
-                    // Structural rules first (branch-free, vectorises), then
-                    // segments and dense masks only where they exist.
-                    let span = span_of(r);
-                    for (cc, x) in live.iter_mut().enumerate() {
-                        if !span.contains((j0 + cc) as isize) {
-                            *x = f32::NEG_INFINITY;
-                        }
-                    }
-                    if !mask.is_structural() {
-                        let i = i0 + r;
-                        for (cc, x) in live.iter_mut().enumerate() {
-                            let j = j0 + cc;
-                            if *x == f32::NEG_INFINITY {
-                                continue;
-                            }
-                            if mask.extra_visible(b, h, i, j, spec.q_len, spec.kv_len) {
-                                *x += mask.bias(b, h, i, j);
-                            } else {
-                                *x = f32::NEG_INFINITY;
-                            }
-                        }
-                    }
-                }
-                pad.fill(f32::NEG_INFINITY);
-                let upd = self.kernel.softmax_row(row, m_run[r]);
-                if upd.alpha != 1.0 {
-                    self.kernel.scale_row(&mut o[r * dvp..][..dvp], upd.alpha);
-                }
-                l_run[r] = l_run[r] * upd.alpha + upd.sum;
-                m_run[r] = upd.max;
-            }
-
-            // SAFETY: BQ % MR == 0 and dvp % NR == 0 (DV_ALIGN % NR == 0);
-            // sc is BQ×BK, vt is BK×dvp and o is BQ×dvp.
-            unsafe { self.kernel.gemm(BQ, dvp, BK, sc, BK, vt, dvp, o, dvp, true) };
+            self.load_kt(att, &at, j0, j1 - j0, buf.kt);
+            load_v::<T, BK>(att, &at, j0, j1 - j0, buf.vt);
+            self.scores(at.d, buf.q, buf.kt, buf.s);
+            self.softmax_tile(att, &at, &spans, class, j0..j1, &mut buf);
+            self.accumulate_pv(at.dvp, buf.s, buf.vt, buf.o);
         }
+        let kv_tiles = kv.end.div_ceil(BK) - kv.start / BK;
         stats.skip(kv_tiles.saturating_sub(visited));
-
-        // Normalise; m_run becomes the lse.
-        for r in 0..rows {
-            let row = &mut o[r * dvp..][..dvp];
-            if l_run[r] > 0.0 {
-                self.kernel.scale_row(row, 1.0 / l_run[r]);
-                m_run[r] += libm::logf(l_run[r]);
-            } else {
-                row.fill(0.0);
-                m_run[r] = f32::NEG_INFINITY;
-            }
-        }
+        normalise(self.kernel, at.rows, at.dvp, buf.o, buf.m, buf.l);
         Ok(TileOut {
-            q_start: i0,
-            rows,
-            o,
-            o_stride: dvp,
-            dv,
-            lse: m_run,
+            q_start: at.i0,
+            rows: at.rows,
+            o: buf.o,
+            o_stride: at.dvp,
+            dv: at.dv,
+            lse: buf.m,
         })
     }
 }
