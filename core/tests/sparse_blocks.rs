@@ -1,4 +1,4 @@
-//! The training-free block selector: directed-rounding summaries, the upper
+//! The training-free block selector: the upper
 //! bound, the selection rule, exact equality with dense attention when
 //! `top_k` covers the visible keys, and equality with dense attention masked
 //! to the selected tiles otherwise.
@@ -24,43 +24,6 @@ impl Rng {
     fn f32(&mut self) -> f32 {
         ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
-}
-
-fn check_directed<S: BoundFormat>(x: f32) -> Result<(), TestCaseError> {
-    if let Some(d) = S::round_down(x) {
-        prop_assert!(d.value() <= x, "down({x}) = {}", d.value());
-        // Tight: the rounded-to-nearest value is within one step.
-        if let Some(u) = S::round_up(x) {
-            prop_assert!(u.value() >= x);
-            prop_assert!(
-                d.value() == u.value()
-                    || S::round_up(d.value()).map(|z| z.value()) == Some(d.value())
-            );
-        }
-    }
-    Ok(())
-}
-
-proptest! {
-    #[test]
-    fn directed_rounding_brackets(x in -70000.0f32..70000.0, tiny in -1e-3f32..1e-3) {
-        for v in [x, tiny, x * 1e-4] {
-            check_directed::<f16>(v)?;
-            check_directed::<E4M3>(v)?;
-            check_directed::<E5M2>(v)?;
-        }
-    }
-}
-
-#[test]
-fn directed_rounding_edges() {
-    assert!(E4M3::round_up(449.0).is_none() && E4M3::round_down(-449.0).is_none());
-    assert_eq!(E4M3::round_up(448.0).unwrap().value(), 448.0);
-    assert!(f16::round_up(65505.0).is_none());
-    assert!(E4M3::round_down(1e-9).unwrap().value() == 0.0);
-    assert!(E4M3::round_up(1e-9).unwrap().value() > 0.0);
-    assert!(E4M3::round_down(-1e-9).unwrap().value() < 0.0);
-    assert_eq!(<f32 as BoundFormat>::round_up(f32::NAN), None);
 }
 
 #[derive(Clone, Debug)]
