@@ -447,3 +447,42 @@ def test_masks_are_recognised_by_what_they_compute_and_otherwise_kept_dense(case
         assert len(node.input) == 4 and node.input[3] == "bias", "an unrecognised mask stays the dense bias"
     rep = json.loads(tessera("verify", src, out, "--seq", "40,150", "--batch", "3", "--json").stdout)
     assert rep["pass"], rep
+
+
+def _qk_cases():
+    from onnx.backend.test.case.node import collect_testcases
+    return [c for c in collect_testcases("Attention")
+            if not c.name.endswith("_expanded") and len(c.model.graph.node[0].output) > 3]
+
+
+def test_rewrite_of_onnx_attention_changes_only_the_domain_and_qk_matmul_output_stays_exact(tmp_path):
+    """ONNX's Attention cases that ask for qk_matmul_output (output 3): the
+    rewrite swaps only the domain (outputs stay in ONNX's slots) and every
+    output then matches the case's expected data in ONNX Runtime."""
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import conformance
+
+    cases = _qk_cases()
+    assert len(cases) == 18
+    for case in cases:
+        src, out = tmp_path / f"{case.name}.onnx", tmp_path / f"{case.name}.tessera.onnx"
+        onnx.save(case.model, str(src))
+        tessera("rewrite", str(src), "-o", str(out))
+        m = onnx.load(str(out))
+        (before,), (after,) = case.model.graph.node, m.graph.node
+        assert after.domain == "ai.tessera", case.name
+        b, a = onnx.NodeProto(), onnx.NodeProto()
+        b.CopyFrom(before)
+        a.CopyFrom(after)
+        b.ClearField("domain")
+        a.ClearField("domain")
+        assert a == b, f"{case.name}: more than the domain changed"
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.register_custom_ops_library(PLUGIN)
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        inputs, outputs = case.data_sets[0]
+        got = conformance.run_bound(sess, m, inputs, outputs)
+        for o, g, w in zip(m.graph.output, got, outputs):
+            msg = conformance.compare(o.name, g, np.asarray(w))
+            assert msg is None, f"{case.name}: {msg}"
