@@ -3,6 +3,7 @@ inspect counts, rewrite + onnx.checker + verify in ONNX Runtime (with the
 plugin), external data, and bad input. Run by scripts/test.d/50-cli.sh."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,21 @@ def test_verify_fails_over_tolerance(tmp_path):
     r = tessera("verify", model("bert_sdpa_opset20"), out, "--seq", "128", check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "OVER TOLERANCE" in r.stdout and "FAIL" in r.stdout
+    # The closing lines: one per output, then the verdict.
+    *_, mark, verdict = r.stdout.strip().splitlines()
+    assert re.fullmatch(r"\[x\] last_hidden_state: max abs \d\.\de[+-]\d\d \(tol 1e-04\)", mark), mark
+    assert verdict.startswith("verify: FAIL"), verdict
+
+
+def test_verify_ends_with_a_line_per_output_then_the_verdict(tmp_path):
+    out = str(tmp_path / "exact.onnx")
+    tessera("rewrite", model("bert_sdpa_opset20"), "-o", out)
+    r = tessera("verify", model("bert_sdpa_opset20"), out, "--seq", "64,128", "--tol", "1e-4")
+    *_, blank, mark, verdict = r.stdout.strip("\n").splitlines()
+    assert blank == ""
+    m = re.fullmatch(r"\[\u2713\] last_hidden_state: max abs (\d\.\de[+-]\d\d) \(tol 1e-04\)", mark)
+    assert m and float(m.group(1)) <= 1e-4, mark
+    assert verdict == "verify: PASS (tolerance 0.0001 max abs)", verdict
 
 
 def test_window_policy_keeps_global_layers(tmp_path):
@@ -486,3 +502,112 @@ def test_rewrite_of_onnx_attention_changes_only_the_domain_and_qk_matmul_output_
         for o, g, w in zip(m.graph.output, got, outputs):
             msg = conformance.compare(o.name, g, np.asarray(w))
             assert msg is None, f"{case.name}: {msg}"
+
+
+def test_version_flags_print_the_workspace_version():
+    want = re.search(r'^version = "([^"]+)"', open(os.path.join(ROOT, "Cargo.toml")).read(), re.M).group(1)
+    for flag in ("--version", "-V"):
+        r = tessera(flag)
+        assert r.stdout == f"tessera {want}\n" and r.stderr == "", (flag, r.stdout, r.stderr)
+
+
+def test_rewrite_refuses_to_overwrite_its_input_unless_forced(tmp_path):
+    src = tmp_path / "m.onnx"
+    shutil.copy(model("bert_eager_opset17"), src)
+    (tmp_path / "link.onnx").symlink_to(src)
+    (tmp_path / "sub").mkdir()
+    before = src.read_bytes()
+    # The same file as the same path, through a symlink, and as relative paths.
+    for args, cwd in (((str(src), "-o", str(src)), None),
+                      ((str(src), "-o", str(tmp_path / "link.onnx")), None),
+                      (("m.onnx", "-o", "sub/../m.onnx"), tmp_path),
+                      (("../m.onnx", "--output", str(src)), tmp_path / "sub")):
+        r = subprocess.run([TESSERA, "rewrite", *args], capture_output=True, text=True, env=ENV, cwd=cwd)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "refusing to overwrite" in r.stderr and "--force" in r.stderr, r.stderr
+        assert src.read_bytes() == before, args
+    r = tessera("rewrite", str(src), "-o", str(tmp_path / "link.onnx"), "--force")
+    assert "wrote" in r.stderr
+    assert sum(n.domain == "ai.tessera" for n in onnx.load(str(src)).graph.node) == 2
+    # A new path is never the input.
+    tessera("rewrite", str(src), "-o", str(tmp_path / "new.onnx"))
+
+
+def summary_of(stderr):
+    return stderr[stderr.index("summary (policy"):]
+
+
+def test_rewrite_summary_counts_by_kind_and_policy_and_says_why_sites_were_kept(tmp_path):
+    out = str(tmp_path / "one.onnx")
+    r = tessera("rewrite", model("bert_eager_opset17"), "-o", out, "--layers", "1")
+    lines = summary_of(r.stderr).splitlines()
+    assert lines[:6] == [
+        "summary (policy exact):",
+        "  replaced 1 site(s)",
+        "    1 x decomposed(eager) -> ai.tessera.Attention [exact] (layers 1)",
+        "  kept 1 site(s)",
+        "    1 x not in --layers (layers 0)",
+        "  pruned 1 node(s) that only fed replaced sites",
+    ], lines
+    out = str(tmp_path / "win.onnx")
+    r = tessera("rewrite", model("modernbert_attention_opset24"), "-o", out, "--policy", "window=16,16,global-every=3")
+    lines = summary_of(r.stderr).splitlines()
+    assert lines[:5] == [
+        "summary (policy window=16,16,global-every=3):",
+        "  replaced 6 site(s)",
+        "    4 x onnx.Attention -> ai.tessera.Attention [window=16,16,global-every=3] (layers 1-2,4-5)",
+        "    2 x onnx.Attention -> ai.tessera.Attention [window=16,16,global-every=3: global layer, full attention] (layers 0,3)",
+        "  kept 0 site(s)",
+    ], lines
+    r = tessera("rewrite", model("bert_eager_opset17"), "-o", str(tmp_path / "t.onnx"), "--policy", "topk=8")
+    assert "    2 x topk: TopKAttention has no padding input and this bidirectional site pads keys; kept (layers 0-1)" in r.stderr
+
+
+def test_rewrite_summary_quotes_ort_s_error_without_the_library_and_the_fix_works(tmp_path):
+    out = str(tmp_path / "m.tessera.onnx")
+    r = tessera("rewrite", model("llama_sdpa_opset20"), "-o", out)
+    tail = summary_of(r.stderr).splitlines()
+    i = tail.index("without it ONNX Runtime refuses the model with:")
+    quoted = tail[i + 1].strip()
+    with pytest.raises(Exception) as e:
+        ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    assert str(e.value).strip() == quoted
+    assert "ai.tessera:Attention(-1) is not a registered function/op" in quoted
+    assert "  sess_options.register_custom_ops_library(tessera_ort.get_library_path())" in tail
+    (fix,) = [l for l in tail if l.startswith("  or sess_options.register_custom_ops_library(")]
+    path = fix.split('"')[1]
+    assert os.path.samefile(path, PLUGIN)
+    sess_options = ort.SessionOptions()
+    sess_options.register_custom_ops_library(path)
+    ort.InferenceSession(out, sess_options, providers=["CPUExecutionProvider"])
+    assert tail[-1] == "(see docs/missing-registration.md)"
+    assert os.path.exists(os.path.join(ROOT, "docs", "missing-registration.md"))
+
+
+def test_bench_without_matplotlib_prints_no_plot_line(tmp_path):
+    fake = tmp_path / "nompl" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
+    png = tmp_path / "bench.png"
+    env = dict(ENV, PYTHONPATH=str(tmp_path / "nompl"))
+    r = subprocess.run([TESSERA, "bench", model("bert_eager_opset17"), "--seq", "32", "--plot", str(png)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no plot" in r.stderr and "matplotlib is not installed" in r.stderr
+    assert "plot:" not in r.stdout and not png.exists(), r.stdout
+
+
+def test_progress_lines_go_to_stderr_only_when_asked_or_on_a_terminal(tmp_path):
+    out = str(tmp_path / "p.onnx")
+    tessera("rewrite", model("bert_eager_opset17"), "-o", out)
+    step = re.compile(r"^\[\s*\d+\.\ds\] ", re.M)
+    quiet = tessera("verify", model("bert_eager_opset17"), out, "--seq", "32")
+    assert not step.search(quiet.stderr), quiet.stderr  # stderr is a pipe here
+    env = dict(ENV, TESSERA_PROGRESS="1")
+    r = subprocess.run([TESSERA, "verify", model("bert_eager_opset17"), out, "--seq", "32,64"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = step.findall(r.stderr)
+    assert len(lines) == 5, r.stderr  # loading, then original and rewritten per length
+    assert "verify: S=64 B=2: running the rewritten model" in r.stderr
+    assert not step.search(r.stdout)

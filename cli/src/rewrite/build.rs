@@ -101,20 +101,17 @@ fn mask_plan(site: &Site, policy: &Policy) -> MaskPlan {
         Policy::Window {
             left,
             right,
-            global_every,
             globals,
-        } => {
-            let global = *global_every > 0 && site.layer % global_every == 0;
-            MaskPlan {
-                window: if global {
-                    recognised_window
-                } else {
-                    Some((*left, *right))
-                },
-                input,
-                globals: *globals,
-            }
-        }
+            ..
+        } => MaskPlan {
+            window: if policy.is_global_layer(site.layer) {
+                recognised_window
+            } else {
+                Some((*left, *right))
+            },
+            input,
+            globals: *globals,
+        },
         Policy::TopK { .. } => MaskPlan {
             window: None,
             input: None,
