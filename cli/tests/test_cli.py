@@ -537,30 +537,37 @@ def summary_of(stderr):
     return stderr[stderr.index("summary (policy"):]
 
 
-def test_rewrite_summary_counts_by_kind_and_policy_and_says_why_sites_were_kept(tmp_path):
-    out = str(tmp_path / "one.onnx")
-    r = tessera("rewrite", model("bert_eager_opset17"), "-o", out, "--layers", "1")
-    lines = summary_of(r.stderr).splitlines()
-    assert lines[:6] == [
+SUMMARIES = {
+    "exact, one layer": ("bert_eager_opset17", ["--layers", "1"], [
         "summary (policy exact):",
         "  replaced 1 site(s)",
         "    1 x decomposed(eager) -> ai.tessera.Attention [exact] (layers 1)",
         "  kept 1 site(s)",
         "    1 x not in --layers (layers 0)",
         "  pruned 1 node(s) that only fed replaced sites",
-    ], lines
-    out = str(tmp_path / "win.onnx")
-    r = tessera("rewrite", model("modernbert_attention_opset24"), "-o", out, "--policy", "window=16,16,global-every=3")
-    lines = summary_of(r.stderr).splitlines()
-    assert lines[:5] == [
+    ]),
+    "window with global layers": ("modernbert_attention_opset24", ["--policy", "window=16,16,global-every=3"], [
         "summary (policy window=16,16,global-every=3):",
         "  replaced 6 site(s)",
         "    4 x onnx.Attention -> ai.tessera.Attention [window=16,16,global-every=3] (layers 1-2,4-5)",
         "    2 x onnx.Attention -> ai.tessera.Attention [window=16,16,global-every=3: global layer, full attention] (layers 0,3)",
         "  kept 0 site(s)",
-    ], lines
-    r = tessera("rewrite", model("bert_eager_opset17"), "-o", str(tmp_path / "t.onnx"), "--policy", "topk=8")
-    assert "    2 x topk: TopKAttention has no padding input and this bidirectional site pads keys; kept (layers 0-1)" in r.stderr
+    ]),
+    "topk, all kept": ("bert_eager_opset17", ["--policy", "topk=8"], [
+        "summary (policy topk=8):",
+        "  replaced 0 site(s)",
+        "  kept 2 site(s)",
+        "    2 x topk: TopKAttention has no padding input and this bidirectional site pads keys; kept (layers 0-1)",
+    ]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUMMARIES))
+def test_rewrite_summary_counts_by_kind_and_policy_and_says_why_sites_were_kept(case, tmp_path):
+    name, args, want = SUMMARIES[case]
+    r = tessera("rewrite", model(name), "-o", str(tmp_path / "out.onnx"), *args)
+    lines = summary_of(r.stderr).splitlines()
+    assert lines[:len(want)] == want, lines
 
 
 def test_rewrite_summary_quotes_ort_s_error_without_the_library_and_the_fix_works(tmp_path):
