@@ -35,24 +35,20 @@ pub fn fix_with_path(library: &str) -> String {
 pub fn summary(report: &Report, output: &str, library: Option<&Path>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "summary (policy {}):", report.policy);
-    let mut replaced: BTreeMap<(&str, &str, String), Vec<usize>> = BTreeMap::new();
-    for r in &report.rewritten {
-        let key = (r.kind.name(), r.op, report.policy.as_applied(r.site.layer));
-        replaced.entry(key).or_default().push(r.site.layer);
-    }
+    let replaced = by_group(report.rewritten.iter().map(|r| {
+        let applied = report.policy.as_applied(r.site.layer);
+        ((r.kind.name(), r.op, applied), r.site.layer)
+    }));
     let _ = writeln!(s, "  replaced {} site(s)", report.rewritten.len());
     for ((kind, op, applied), layers) in &replaced {
+        let n = layers.len();
         let _ = writeln!(
             s,
-            "    {} x {kind} -> {DOMAIN}.{op} [{applied}] (layers {})",
-            layers.len(),
+            "    {n} x {kind} -> {DOMAIN}.{op} [{applied}] (layers {})",
             ranges(layers)
         );
     }
-    let mut kept: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for k in &report.kept {
-        kept.entry(k.why.as_str()).or_default().push(k.site.layer);
-    }
+    let kept = by_group(report.kept.iter().map(|k| (k.why.as_str(), k.site.layer)));
     let _ = writeln!(s, "  kept {} site(s)", report.kept.len());
     for (why, layers) in &kept {
         let _ = writeln!(
@@ -68,20 +64,34 @@ pub fn summary(report: &Report, output: &str, library: Option<&Path>) -> String 
         report.pruned
     );
     if let Some(first) = report.rewritten.first() {
-        let path = library.map_or_else(
-            || "/path/to/libtessera_ort.so".to_string(),
-            |p| p.display().to_string(),
-        );
-        let _ = writeln!(
-            s,
-            "{output} needs the Tessera library registered in every session that loads it:\n  \
-             {FIX_PACKAGE}\n  or {}\nwithout it ONNX Runtime refuses the model with:\n  \
-             [ONNXRuntimeError] : 1 : FAIL : Load model from {output} failed:{}\n(see {DOC})",
-            fix_with_path(&path),
-            missing_registration(first.op)
-        );
+        s.push_str(&how_to_load(output, library, first.op));
     }
     s
+}
+
+/// The layers of each group, groups in key order.
+fn by_group<K: Ord>(items: impl Iterator<Item = (K, usize)>) -> BTreeMap<K, Vec<usize>> {
+    let mut groups: BTreeMap<K, Vec<usize>> = BTreeMap::new();
+    for (key, layer) in items {
+        groups.entry(key).or_default().push(layer);
+    }
+    groups
+}
+
+/// The fix (package and path forms) and the error ORT gives without it
+/// for a model of `op` nodes written to `output`.
+fn how_to_load(output: &str, library: Option<&Path>, op: &str) -> String {
+    let path = library.map_or_else(
+        || "/path/to/libtessera_ort.so".to_string(),
+        |p| p.display().to_string(),
+    );
+    format!(
+        "{output} needs the Tessera library registered in every session that loads it:\n  \
+         {FIX_PACKAGE}\n  or {}\nwithout it ONNX Runtime refuses the model with:\n  \
+         [ONNXRuntimeError] : 1 : FAIL : Load model from {output} failed:{}\n(see {DOC})\n",
+        fix_with_path(&path),
+        missing_registration(op)
+    )
 }
 
 /// `0-3,5,7-8` for sorted layer numbers.
