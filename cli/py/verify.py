@@ -16,6 +16,15 @@ import time
 import numpy as np
 
 DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64}
+START = time.perf_counter()
+# `tessera` decides (stderr a terminal, or TESSERA_PROGRESS=1) and passes it on.
+PROGRESS = os.environ.get("TESSERA_PROGRESS") == "1"
+
+
+def progress(what):
+    """One line per step on stderr with the seconds since the driver started."""
+    if PROGRESS:
+        print(f"[{time.perf_counter() - START:7.1f}s] {what}", file=sys.stderr, flush=True)
 
 
 def rss_mb():
@@ -104,6 +113,7 @@ def compare(a, b, lengths, batch, seq):
 
 def main(spec_path):
     spec = json.load(open(spec_path))
+    sys.stdout.reconfigure(encoding="utf-8")  # the ✓ marks, whatever the locale
     rng = np.random.default_rng(spec.get("seed", 0))
     report, ok = [], True
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,6 +143,7 @@ def main(spec_path):
             runs = {}
             for tag in ("original", "rewritten"):
                 out = os.path.join(tmp, f"{tag}{seq}.npz")
+                progress(f"verify: S={seq} B={batch}: running the {tag} model")
                 r = subprocess.run([sys.executable, __file__, "--run", spec[tag], inp, out, spec["plugin"], str(spec.get("threads", 0))],
                                    capture_output=True, text=True)
                 if r.returncode != 0:
@@ -176,8 +187,38 @@ def main(spec_path):
         json.dump({"pass": bool(ok), "tol": spec["tol"], "runs": report}, sys.stdout, indent=1)
         print()
     else:
+        print()
+        for line in output_lines(report, spec["tol"]):
+            print(line)
         print("verify:", "PASS" if ok else "FAIL", f"(tolerance {spec['tol']} max abs)")
     return 0 if ok else 1
+
+
+def output_lines(report, tol):
+    """One line per output over every run: `[✓] name: max abs 3.1e-06 (tol 1e-04)`,
+    or `[x] …` with the worst error, the sequence length it came from, or the problem."""
+    worst = {}
+    for run in report:
+        for c in run["outputs"]:
+            w = worst.setdefault(c["output"], {"max_abs": 0.0, "seq": run["seq"], "errors": [], "pass": True, "nan": 0})
+            if "error" in c:
+                w["errors"].append(f"S={run['seq']}: {c['error']}")
+                w["pass"] = False
+                continue
+            w["pass"] &= c["pass"]
+            w["nan"] += c["nan_mismatch"]
+            if c["max_abs"] >= w["max_abs"]:
+                w["max_abs"], w["seq"] = c["max_abs"], run["seq"]
+    lines = []
+    for name, w in worst.items():
+        mark = "[\u2713]" if w["pass"] else "[x]"
+        if w["errors"]:
+            lines.append(f"{mark} {name}: {'; '.join(w['errors'])}")
+            continue
+        nan = f", {w['nan']} NaN mismatch(es)" if w["nan"] else ""
+        at = "" if w["pass"] or len(report) == 1 else f" at S={w['seq']}"
+        lines.append(f"{mark} {name}: max abs {w['max_abs']:.1e} (tol {tol:.0e}){at}{nan}")
+    return lines
 
 
 def bench(spec):
@@ -192,7 +233,7 @@ def bench(spec):
             ref = None
             for label, path in spec["models"]:
                 out = os.path.join(tmp, "out.npz")
-                print(f"bench: S={seq} {label} ...", file=sys.stderr, flush=True)
+                progress(f"bench: S={seq} {label}: load, one untimed run, then up to 5 timed runs")
                 r = subprocess.run([sys.executable, __file__, "--run", path, inp, out, spec["plugin"], str(spec.get("threads", 0)),
                                     str(spec.get("budget_s", 10.0))],
                                    capture_output=True, text=True)
@@ -206,8 +247,8 @@ def bench(spec):
                 err = compare(ref, y, lengths, spec["batch"], seq)["max_abs"] if ref.shape == y.shape else float("nan")
                 rows.append({"seq": seq, "model": label, "run_s": m["run_s"], "timed_runs": m["timed_runs"],
                              "peak_rss_mb": m["peak_rss_mb"], "max_abs_vs_original": err})
-    if spec.get("plot"):
-        plot(rows, spec["plot"], spec.get("title", "tessera bench"))
+    plotted = bool(spec.get("plot")) and plot(rows, spec["plot"], spec.get("title", "tessera bench"),
+                                              spec["batch"], spec.get("threads", 0))
     if spec["json"]:
         json.dump(rows, sys.stdout, indent=1)
         print()
@@ -222,24 +263,34 @@ def bench(spec):
         print(f"{r['seq']:>6}  {r['model']:<40} {r['run_s']*1e3:>10.1f} {r['run_s']/b['run_s']:>7.2f} {r['peak_rss_mb']:>14.1f} "
               f"{r['peak_rss_mb']/b['peak_rss_mb']:>7.2f} {r['max_abs_vs_original']:>16.2e}")
     print("run = median of the timed runs after one untimed run; peak RSS of the whole process (VmHWM)")
-    if spec.get("plot"):
+    if plotted:
         print(f"plot: {spec['plot']}")
     return 0
 
 
-def plot(rows, path, title):
-    """Time and peak RSS against S, one line per model, log-log, side by side."""
+def seq_label(n):
+    """512, 2K, 8K, 1M: powers of two as people say them."""
+    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def plot(rows, path, title, batch, threads):
+    """Time and peak RSS against S, one line per model, log-log, side by side,
+    with one legend under both panels. Returns whether a file was written."""
     try:
         import matplotlib
     except ImportError:
         print(f"bench: no plot ({path}): matplotlib is not installed in {sys.executable}'s environment; "
               "`source scripts/lib.sh; need_venv` installs it", file=sys.stderr)
-        return
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.8))
     labels = list(dict.fromkeys(r["model"] for r in rows))
     for label in labels:
         ok = [r for r in rows if r["model"] == label and "error" not in r]
@@ -251,18 +302,25 @@ def plot(rows, path, title):
         for r in rows:
             if r["model"] == label and "error" in r:
                 ax_t.axvline(r["seq"], color="red", alpha=0.3)
+    ticks = sorted({r["seq"] for r in rows})
     for ax, what in ((ax_t, "run time (s)"), (ax_m, "peak RSS (GiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: seq_label(int(round(x)))))
         ax.set_xlabel("sequence length S")
         ax.set_ylabel(what)
         ax.grid(True, which="both", alpha=0.3)
-    ax_t.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
+    handles, names = ax_t.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4) or 1, fontsize=8, frameon=False)
+    threads_text = f"{threads} threads" if threads else f"ORT default threads ({os.cpu_count()} cores)"
+    fig.suptitle(f"{title}\nbatch {batch}, {threads_text}")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

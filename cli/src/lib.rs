@@ -8,7 +8,7 @@
 //! (mask recognition), [`sites`] (one matcher per exporter form),
 //! [`rewrite`] (the swap, step by step), [`inspect`] (the report),
 //! [`verify`] (running both models in ONNX Runtime), [`demo`] (the whole
-//! path on the bundled model).
+//! path on the bundled model), [`progress`] (a line per long step).
 
 pub mod demo;
 pub mod error;
@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod mask;
 pub mod model;
 pub mod names;
+pub mod progress;
 pub mod proto;
 pub mod rewrite;
 pub mod sites;

@@ -1,11 +1,12 @@
 //! `tessera`: inspect, rewrite and verify attention in ONNX models.
 //! See the README section "The tessera graph tool".
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tessera_cli::error::{Error, Result};
-use tessera_cli::rewrite::{parse_layers, rewrite, Policy, EXACT};
+use tessera_cli::progress::Progress;
+use tessera_cli::rewrite::{parse_layers, rewrite, summary, Policy, EXACT};
 use tessera_cli::{bail, inspect, model, verify};
 
 /// Command-line words: positional arguments and `--flag [value]` pairs.
@@ -15,7 +16,7 @@ struct Args {
 }
 
 impl Args {
-    fn parse(words: &[String], with_value: &[&str]) -> Result<Self> {
+    fn parse(words: &[String], with_value: &[&str], switches: &[&str]) -> Result<Self> {
         let (mut positional, mut flags) = (Vec::new(), Vec::new());
         let mut it = words.iter();
         while let Some(w) = it.next() {
@@ -33,7 +34,7 @@ impl Args {
                             .ok_or_else(|| Error(format!("{k} needs a value\n{}", usage())))?,
                     };
                     flags.push((k, Some(v)));
-                } else if v.is_none() && matches!(k.as_str(), "--json" | "-h" | "--help") {
+                } else if v.is_none() && switches.contains(&k.as_str()) {
                     flags.push((k, None));
                 } else {
                     bail!("unknown option '{w}'\n{}", usage());
@@ -87,13 +88,18 @@ impl Args {
 }
 
 /// One subcommand: its name, its one-line usage (the help), the flags
-/// that take a value, and its handler.
+/// that take a value, the switches it accepts besides `--json`, `-h` and
+/// `--help`, and its handler.
 struct Command {
     name: &'static str,
     usage: &'static str,
     flags: &'static [&'static str],
+    switches: &'static [&'static str],
     run: fn(&Args) -> Result<i32>,
 }
+
+/// Switches every command accepts.
+const COMMON_SWITCHES: &[&str] = &["--json", "-h", "--help"];
 
 /// The subcommands, in the order the usage lists them.
 const COMMANDS: &[Command] = &[
@@ -101,30 +107,35 @@ const COMMANDS: &[Command] = &[
         name: "inspect",
         usage: "MODEL.onnx [--json]",
         flags: &[],
+        switches: &[],
         run: inspect_cmd,
     },
     Command {
         name: "rewrite",
-        usage: "IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST]",
+        usage: "IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST] [--force]",
         flags: &["-o", "--output", "--policy", "--layers"],
+        switches: &["--force"],
         run: rewrite_cmd,
     },
     Command {
         name: "verify",
         usage: "ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]",
         flags: &["--seq", "--batch", "--tol", "--input", "--threads"],
+        switches: &[],
         run: verify_cmd,
     },
     Command {
         name: "demo",
         usage: "[--seq 512,2048,8192] [--threads T]",
         flags: &["--seq", "--threads"],
+        switches: &[],
         run: demo_cmd,
     },
     Command {
         name: "bench",
         usage: "MODEL.onnx [--seq N,...] [--policy P]... [--batch B] [--threads T] [--plot FILE.png] [--json]",
         flags: &["--seq", "--batch", "--policy", "--threads", "--plot"],
+        switches: &[],
         run: bench_cmd,
     },
 ];
@@ -132,16 +143,25 @@ const COMMANDS: &[Command] = &[
 /// The words that print the usage.
 const HELP: &[&str] = &["-h", "--help", "help"];
 
+/// The words that print the version.
+const VERSION: &[&str] = &["-V", "--version"];
+
+/// `tessera X.Y.Z`, as `--version` prints it.
+fn version() -> String {
+    format!("tessera {}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Why a command found no attention (inspect's warning, rewrite's error).
 const NO_ATTENTION: &str =
     "no attention found (no Attention node and no MatMul→Softmax→MatMul chain)";
 
-/// `usage:` and one line per command.
+/// `usage:`, one line per command, then the version flag.
 fn usage() -> String {
     let mut s = String::from("usage:");
     for c in COMMANDS {
         s.push_str(&format!("\n  tessera {} {}", c.name, c.usage));
     }
+    s.push_str(&format!("\n  tessera {}", VERSION.join(" | ")));
     s
 }
 
@@ -154,10 +174,15 @@ fn run(words: &[String]) -> Result<i32> {
         println!("{}", usage());
         return Ok(0);
     }
+    if VERSION.contains(&cmd.as_str()) {
+        println!("{}", version());
+        return Ok(0);
+    }
     let Some(c) = COMMANDS.iter().find(|c| c.name == cmd) else {
         bail!("unknown command '{cmd}'\n{}", usage())
     };
-    (c.run)(&Args::parse(&words[1..], c.flags)?)
+    let switches: Vec<&str> = COMMON_SWITCHES.iter().chain(c.switches).copied().collect();
+    (c.run)(&Args::parse(&words[1..], c.flags, &switches)?)
 }
 
 /// `tessera inspect`: the site table (or JSON); exit 3 when there is none.
@@ -181,16 +206,26 @@ fn inspect_cmd(a: &Args) -> Result<i32> {
     Ok(0)
 }
 
-/// `tessera rewrite`: rewrite, report each site, save.
+/// `tessera rewrite`: rewrite, report each site, save, summarise.
 fn rewrite_cmd(a: &Args) -> Result<i32> {
     let input = a.one(1, "one input model and -o OUT.onnx")?;
     let out = a
         .get("-o")
         .or(a.get("--output"))
         .ok_or_else(|| Error(format!("rewrite needs -o OUT.onnx\n{}", usage())))?;
+    if !a.has("--force") && same_file(&input, Path::new(out)) {
+        bail!(
+            "rewrite: -o {out} is the input model {} (the same file); refusing to overwrite it. \
+             Write to another path, or pass --force to replace the input",
+            input.display()
+        );
+    }
     let policy = Policy::parse(a.get("--policy").unwrap_or(EXACT))?;
     let layers = a.get("--layers").map(parse_layers).transpose()?;
+    let progress = Progress::start();
+    progress.step(format!("loading {}", input.display()));
     let mut m = model::load(&input)?;
+    progress.step(format!("rewriting (policy {policy})"));
     let report = rewrite(&mut m, &policy, layers.as_ref())?;
     for r in &report.rewritten {
         eprintln!(
@@ -207,14 +242,30 @@ fn rewrite_cmd(a: &Args) -> Result<i32> {
     if report.rewritten.is_empty() && report.kept.is_empty() && inspect::sites(&m).is_empty() {
         bail!("{}: {NO_ATTENTION}", input.display());
     }
-    model::save(&m, std::path::Path::new(out))?;
+    progress.step(format!("writing {out}"));
+    model::save(&m, Path::new(out))?;
     eprintln!(
         "wrote {out}: {} site(s) rewritten, {} kept, {} node(s) pruned",
         report.rewritten.len(),
         report.kept.len(),
         report.pruned
     );
+    eprint!(
+        "{}",
+        summary(&report, out, verify::plugin().ok().as_deref())
+    );
     Ok(0)
+}
+
+/// Whether `out` names the file `input` is (through a symlink, a relative
+/// path or a hard link): same device and inode. A path that does not exist
+/// yet is never the input.
+fn same_file(input: &Path, out: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(input), std::fs::metadata(out)) {
+        (Ok(i), Ok(o)) => i.dev() == o.dev() && i.ino() == o.ino(),
+        _ => false,
+    }
 }
 
 /// `tessera verify`: both models in ONNX Runtime, compared.
@@ -226,6 +277,8 @@ fn verify_cmd(a: &Args) -> Result<i32> {
         PathBuf::from(&a.positional[0]),
         PathBuf::from(&a.positional[1]),
     );
+    let progress = Progress::start();
+    progress.step(format!("loading {} and {}", orig.display(), new.display()));
     let m = model::load(&orig)?;
     model::load(&new)?;
     let seqs = a.seqs("128")?;
@@ -256,12 +309,14 @@ fn verify_cmd(a: &Args) -> Result<i32> {
 /// `tessera bench`: the exact rewrite and each `--policy`, timed against the original.
 fn bench_cmd(a: &Args) -> Result<i32> {
     let path = a.one(1, "one model file")?;
+    let progress = Progress::start();
+    progress.step(format!("loading {}", path.display()));
     let m = model::load(&path)?;
     let seqs = a.seqs("512,2048")?;
     let mut policies: Vec<&str> = vec![EXACT];
     policies.extend(a.all("--policy").filter(|p| *p != EXACT));
     let dir = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
-    let rewrites = bench_rewrites(&path, &m, &policies, &dir)?;
+    let rewrites = bench_rewrites(&path, &m, &policies, &dir, &progress)?;
     let opts = verify::Options {
         seqs,
         batch: a.count("--batch", "1")?,
@@ -284,10 +339,12 @@ fn bench_rewrites(
     m: &model::Model,
     policies: &[&str],
     dir: &std::path::Path,
+    progress: &Progress,
 ) -> Result<Vec<(String, PathBuf)>> {
     let mut rewrites = Vec::new();
     for (i, p) in policies.iter().enumerate() {
         let policy = Policy::parse(p)?;
+        progress.step(format!("rewriting with policy {policy}"));
         let mut r = m.clone();
         let report = rewrite(&mut r, &policy, None)?;
         if report.rewritten.is_empty() {
@@ -332,7 +389,7 @@ mod tests {
         let u = usage();
         let lines: Vec<&str> = u.lines().collect();
         assert_eq!(lines[0], "usage:");
-        assert_eq!(lines.len(), COMMANDS.len() + 1);
+        assert_eq!(lines.len(), COMMANDS.len() + 2);
         for (c, line) in COMMANDS.iter().zip(&lines[1..]) {
             assert!(
                 line.starts_with(&format!("  tessera {} ", c.name)),
@@ -340,6 +397,24 @@ mod tests {
             );
         }
         assert!(COMMANDS.iter().all(|c| !HELP.contains(&c.name)));
+    }
+
+    #[test]
+    fn version_flags_print_the_crate_version() {
+        for w in VERSION {
+            assert_eq!(run(&[w.to_string()]).unwrap(), 0);
+        }
+        assert_eq!(version(), format!("tessera {}", env!("CARGO_PKG_VERSION")));
+        assert!(usage().ends_with("tessera -V | --version"), "{}", usage());
+    }
+
+    #[test]
+    fn force_is_a_rewrite_switch_only() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let e = run(&words("inspect --force m.onnx"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("unknown option '--force'"), "{e}");
     }
 
     #[test]

@@ -167,9 +167,11 @@ fn run_driver(spec: &Value) -> Result<i32> {
     std::fs::write(&spec_path, spec.to_string())
         .map_err(|e| Error(format!("{}: {e}", spec_path.display())))?;
     let py = python()?;
+    let progress = crate::progress::Progress::start().on();
     let status = Command::new(&py)
         .arg(&driver)
         .arg(&spec_path)
+        .env(crate::progress::ENV, if progress { "1" } else { "0" })
         .status()
         .map_err(|e| Error(format!("cannot run {}: {e}", py.display())));
     let _ = std::fs::remove_dir_all(&tmp);

@@ -258,6 +258,19 @@ fn layers_and_policies_parse_and_select() {
             globals: 2
         }
     );
+    for p in [
+        "exact",
+        "window=64,64",
+        "window=64,0,global-every=3,globals=2",
+        "topk=8",
+        "topk=8,window=16,globals=4",
+    ] {
+        assert_eq!(
+            Policy::parse(p).unwrap().to_string(),
+            p,
+            "Display spells --policy"
+        );
+    }
     assert!(
         Policy::parse("window=64").is_err()
             && Policy::parse("window=-5,0").is_err()

@@ -3,6 +3,7 @@ inspect counts, rewrite + onnx.checker + verify in ONNX Runtime (with the
 plugin), external data, and bad input. Run by scripts/test.d/50-cli.sh."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,21 @@ def test_verify_fails_over_tolerance(tmp_path):
     r = tessera("verify", model("bert_sdpa_opset20"), out, "--seq", "128", check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "OVER TOLERANCE" in r.stdout and "FAIL" in r.stdout
+    # The closing lines: one per output, then the verdict.
+    *_, mark, verdict = r.stdout.strip().splitlines()
+    assert re.fullmatch(r"\[x\] last_hidden_state: max abs \d\.\de[+-]\d\d \(tol 1e-04\)", mark), mark
+    assert verdict.startswith("verify: FAIL"), verdict
+
+
+def test_verify_ends_with_a_line_per_output_then_the_verdict(tmp_path):
+    out = str(tmp_path / "exact.onnx")
+    tessera("rewrite", model("bert_sdpa_opset20"), "-o", out)
+    r = tessera("verify", model("bert_sdpa_opset20"), out, "--seq", "64,128", "--tol", "1e-4")
+    *_, blank, mark, verdict = r.stdout.strip("\n").splitlines()
+    assert blank == ""
+    m = re.fullmatch(r"\[\u2713\] last_hidden_state: max abs (\d\.\de[+-]\d\d) \(tol 1e-04\)", mark)
+    assert m and float(m.group(1)) <= 1e-4, mark
+    assert verdict == "verify: PASS (tolerance 0.0001 max abs)", verdict
 
 
 def test_window_policy_keeps_global_layers(tmp_path):
@@ -447,3 +463,158 @@ def test_masks_are_recognised_by_what_they_compute_and_otherwise_kept_dense(case
         assert len(node.input) == 4 and node.input[3] == "bias", "an unrecognised mask stays the dense bias"
     rep = json.loads(tessera("verify", src, out, "--seq", "40,150", "--batch", "3", "--json").stdout)
     assert rep["pass"], rep
+
+
+def _qk_cases():
+    from onnx.backend.test.case.node import collect_testcases
+    return [c for c in collect_testcases("Attention")
+            if not c.name.endswith("_expanded") and len(c.model.graph.node[0].output) > 3]
+
+
+def test_rewrite_of_onnx_attention_changes_only_the_domain_and_qk_matmul_output_stays_exact(tmp_path):
+    """ONNX's Attention cases that ask for qk_matmul_output (output 3): the
+    rewrite swaps only the domain (outputs stay in ONNX's slots) and every
+    output then matches the case's expected data in ONNX Runtime."""
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import conformance
+
+    cases = _qk_cases()
+    assert len(cases) == 18
+    for case in cases:
+        src, out = tmp_path / f"{case.name}.onnx", tmp_path / f"{case.name}.tessera.onnx"
+        onnx.save(case.model, str(src))
+        tessera("rewrite", str(src), "-o", str(out))
+        m = onnx.load(str(out))
+        (before,), (after,) = case.model.graph.node, m.graph.node
+        assert after.domain == "ai.tessera", case.name
+        b, a = onnx.NodeProto(), onnx.NodeProto()
+        b.CopyFrom(before)
+        a.CopyFrom(after)
+        b.ClearField("domain")
+        a.ClearField("domain")
+        assert a == b, f"{case.name}: more than the domain changed"
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.register_custom_ops_library(PLUGIN)
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        inputs, outputs = case.data_sets[0]
+        got = conformance.run_bound(sess, m, inputs, outputs)
+        for o, g, w in zip(m.graph.output, got, outputs):
+            msg = conformance.compare(o.name, g, np.asarray(w))
+            assert msg is None, f"{case.name}: {msg}"
+
+
+def test_version_flags_print_the_workspace_version():
+    want = re.search(r'^version = "([^"]+)"', open(os.path.join(ROOT, "Cargo.toml")).read(), re.M).group(1)
+    for flag in ("--version", "-V"):
+        r = tessera(flag)
+        assert r.stdout == f"tessera {want}\n" and r.stderr == "", (flag, r.stdout, r.stderr)
+
+
+def test_rewrite_refuses_to_overwrite_its_input_unless_forced(tmp_path):
+    src = tmp_path / "m.onnx"
+    shutil.copy(model("bert_eager_opset17"), src)
+    (tmp_path / "link.onnx").symlink_to(src)
+    (tmp_path / "sub").mkdir()
+    before = src.read_bytes()
+    # The same file as the same path, through a symlink, and as relative paths.
+    for args, cwd in (((str(src), "-o", str(src)), None),
+                      ((str(src), "-o", str(tmp_path / "link.onnx")), None),
+                      (("m.onnx", "-o", "sub/../m.onnx"), tmp_path),
+                      (("../m.onnx", "--output", str(src)), tmp_path / "sub")):
+        r = subprocess.run([TESSERA, "rewrite", *args], capture_output=True, text=True, env=ENV, cwd=cwd)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "refusing to overwrite" in r.stderr and "--force" in r.stderr, r.stderr
+        assert src.read_bytes() == before, args
+    r = tessera("rewrite", str(src), "-o", str(tmp_path / "link.onnx"), "--force")
+    assert "wrote" in r.stderr
+    assert sum(n.domain == "ai.tessera" for n in onnx.load(str(src)).graph.node) == 2
+    # A new path is never the input.
+    tessera("rewrite", str(src), "-o", str(tmp_path / "new.onnx"))
+
+
+def summary_of(stderr):
+    return stderr[stderr.index("summary (policy"):]
+
+
+SUMMARIES = {
+    "exact, one layer": ("bert_eager_opset17", ["--layers", "1"], [
+        "summary (policy exact):",
+        "  replaced 1 site(s)",
+        "    1 x decomposed(eager) -> ai.tessera.Attention [exact] (layers 1)",
+        "  kept 1 site(s)",
+        "    1 x not in --layers (layers 0)",
+        "  pruned 1 node(s) that only fed replaced sites",
+    ]),
+    "window with global layers": ("modernbert_attention_opset24", ["--policy", "window=16,16,global-every=3"], [
+        "summary (policy window=16,16,global-every=3):",
+        "  replaced 6 site(s)",
+        "    4 x onnx.Attention -> ai.tessera.Attention [window=16,16,global-every=3] (layers 1-2,4-5)",
+        "    2 x onnx.Attention -> ai.tessera.Attention [window=16,16,global-every=3: global layer, full attention] (layers 0,3)",
+        "  kept 0 site(s)",
+    ]),
+    "topk, all kept": ("bert_eager_opset17", ["--policy", "topk=8"], [
+        "summary (policy topk=8):",
+        "  replaced 0 site(s)",
+        "  kept 2 site(s)",
+        "    2 x topk: TopKAttention has no padding input and this bidirectional site pads keys; kept (layers 0-1)",
+    ]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUMMARIES))
+def test_rewrite_summary_counts_by_kind_and_policy_and_says_why_sites_were_kept(case, tmp_path):
+    name, args, want = SUMMARIES[case]
+    r = tessera("rewrite", model(name), "-o", str(tmp_path / "out.onnx"), *args)
+    lines = summary_of(r.stderr).splitlines()
+    assert lines[:len(want)] == want, lines
+
+
+def test_rewrite_summary_quotes_ort_s_error_without_the_library_and_the_fix_works(tmp_path):
+    out = str(tmp_path / "m.tessera.onnx")
+    r = tessera("rewrite", model("llama_sdpa_opset20"), "-o", out)
+    tail = summary_of(r.stderr).splitlines()
+    i = tail.index("without it ONNX Runtime refuses the model with:")
+    quoted = tail[i + 1].strip()
+    with pytest.raises(Exception) as e:
+        ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    assert str(e.value).strip() == quoted
+    assert "ai.tessera:Attention(-1) is not a registered function/op" in quoted
+    assert "  sess_options.register_custom_ops_library(tessera_ort.get_library_path())" in tail
+    (fix,) = [l for l in tail if l.startswith("  or sess_options.register_custom_ops_library(")]
+    path = fix.split('"')[1]
+    assert os.path.samefile(path, PLUGIN)
+    sess_options = ort.SessionOptions()
+    sess_options.register_custom_ops_library(path)
+    ort.InferenceSession(out, sess_options, providers=["CPUExecutionProvider"])
+    assert tail[-1] == "(see docs/missing-registration.md)"
+    assert os.path.exists(os.path.join(ROOT, "docs", "missing-registration.md"))
+
+
+def test_bench_without_matplotlib_prints_no_plot_line(tmp_path):
+    fake = tmp_path / "nompl" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
+    png = tmp_path / "bench.png"
+    env = dict(ENV, PYTHONPATH=str(tmp_path / "nompl"))
+    r = subprocess.run([TESSERA, "bench", model("bert_eager_opset17"), "--seq", "32", "--plot", str(png)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no plot" in r.stderr and "matplotlib is not installed" in r.stderr
+    assert "plot:" not in r.stdout and not png.exists(), r.stdout
+
+
+def test_progress_lines_go_to_stderr_only_when_asked_or_on_a_terminal(tmp_path):
+    out = str(tmp_path / "p.onnx")
+    tessera("rewrite", model("bert_eager_opset17"), "-o", out)
+    step = re.compile(r"^\[\s*\d+\.\ds\] ", re.M)
+    quiet = tessera("verify", model("bert_eager_opset17"), out, "--seq", "32")
+    assert not step.search(quiet.stderr), quiet.stderr  # stderr is a pipe here
+    env = dict(ENV, TESSERA_PROGRESS="1")
+    r = subprocess.run([TESSERA, "verify", model("bert_eager_opset17"), out, "--seq", "32,64"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = step.findall(r.stderr)
+    assert len(lines) == 5, r.stderr  # loading, then original and rewritten per length
+    assert "verify: S=64 B=2: running the rewritten model" in r.stderr
+    assert not step.search(r.stdout)

@@ -3,7 +3,10 @@
 //! ONNX Runtime custom-op library for Tessera (domain `ai.tessera`). Load it
 //! with `SessionOptions.register_custom_ops_library(path)` (Python),
 //! `RegisterCustomOpsLibrary_V2` (C/C++) or `with_operator_library` (Rust
-//! `ort`); the library exports one symbol, [`RegisterCustomOps`].
+//! `ort`), which call [`RegisterCustomOps`]. Linked into the host instead,
+//! pass [`TesseraRegisterCustomOps`] (the same function under a name no
+//! other library uses) to `RegisterCustomOpsUsingFunction`. These two are
+//! the library's only exports.
 //!
 //! - Built against C API 17 and never linked to `libonnxruntime`, so one
 //!   binary loads into ONNX Runtime 1.17 through 1.32.
@@ -78,12 +81,43 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
     ))
 }
 
-/// Register the `ai.tessera` domain with a session's options.
+/// Register the `ai.tessera` domain with a session's options: the entry
+/// point ORT looks up when it loads the library
+/// (`register_custom_ops_library`, `RegisterCustomOpsLibrary_V2`).
 ///
 /// # Safety
 /// Called by ONNX Runtime with valid `options` and `api_base` pointers.
 #[no_mangle]
 pub unsafe extern "C" fn RegisterCustomOps(
+    options: *mut OrtSessionOptions,
+    api_base: *const OrtApiBase,
+) -> *mut OrtStatus {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe { register_custom_ops(options, api_base) }
+}
+
+/// [`RegisterCustomOps`] under a name of its own, for
+/// `RegisterCustomOpsUsingFunction` (C API) or
+/// `SessionOptions.register_custom_ops_using_function` (Python) when the
+/// library is linked into the process: every custom-op library exports a
+/// `RegisterCustomOps`, so that name can clash; this one cannot.
+///
+/// # Safety
+/// Called by ONNX Runtime with valid `options` and `api_base` pointers.
+#[no_mangle]
+pub unsafe extern "C" fn TesseraRegisterCustomOps(
+    options: *mut OrtSessionOptions,
+    api_base: *const OrtApiBase,
+) -> *mut OrtStatus {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe { register_custom_ops(options, api_base) }
+}
+
+/// The body of both entry points.
+///
+/// # Safety
+/// `options` and `api_base` are valid or null (ORT's contract).
+unsafe fn register_custom_ops(
     options: *mut OrtSessionOptions,
     api_base: *const OrtApiBase,
 ) -> *mut OrtStatus {

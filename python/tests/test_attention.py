@@ -43,7 +43,7 @@ def test_bool_mask_and_lse(lib):
     mask[2] = False  # a fully masked row must give 0 and lse -inf
     model = attention_model(
         [("Q", F), ("K", F), ("V", F), ("attn_mask", TP.BOOL)],
-        outputs=(("Y", None), ("", None), ("", None), ("lse", F)),
+        outputs=(("Y", None), ("", None), ("", None), ("", None), ("lse", F)),
     )
     y, lse = session(lib, model).run(None, {"Q": q, "K": k, "V": v, "attn_mask": mask})
     np.testing.assert_allclose(y, reference(q, k, v, bool_mask=mask), rtol=1e-4, atol=2e-5)

@@ -277,7 +277,7 @@ def attention_op(lib, q, k, v, causal):
     (nonpad_kv_seqlen = Skv) and its lse."""
     feeds = {"Q": q, "K": k, "V": v, "nonpad_kv_seqlen": np.full(q.shape[0], k.shape[2], np.int64)}
     slots = ["Q", "K", "V", "attn_mask", "past_key", "past_value", "nonpad_kv_seqlen"]
-    return run(lib, "Attention", feeds, [("Y", TYPES[q.dtype]), ("", None), ("", None), ("lse", F)],
+    return run(lib, "Attention", feeds, [("Y", TYPES[q.dtype]), ("", None), ("", None), ("", None), ("lse", F)],
                {"is_causal": causal}, slots=slots)
 
 

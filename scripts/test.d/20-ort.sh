@@ -9,6 +9,7 @@ cargo build --release -p tessera-ort
 cargo test -p tessera-ort
 cargo test -p tessera-tests --test ort_attention
 cargo test -p tessera-tests --test dsa_ops
+cargo test -p tessera-tests --test entry_points
 "$VENV/bin/python" -m pytest -q python/tests
 "$VENV/bin/python" python/conformance.py
 # The same binary in the oldest runtime it supports (C API 17 = ORT 1.17).

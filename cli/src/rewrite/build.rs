@@ -101,20 +101,17 @@ fn mask_plan(site: &Site, policy: &Policy) -> MaskPlan {
         Policy::Window {
             left,
             right,
-            global_every,
             globals,
-        } => {
-            let global = *global_every > 0 && site.layer % global_every == 0;
-            MaskPlan {
-                window: if global {
-                    recognised_window
-                } else {
-                    Some((*left, *right))
-                },
-                input,
-                globals: *globals,
-            }
-        }
+            ..
+        } => MaskPlan {
+            window: if policy.is_global_layer(site.layer) {
+                recognised_window
+            } else {
+                Some((*left, *right))
+            },
+            input,
+            globals: *globals,
+        },
         Policy::TopK { .. } => MaskPlan {
             window: None,
             input: None,
@@ -187,18 +184,14 @@ fn build_topk(
     out
 }
 
-/// ONNX `Attention` → `ai.tessera.Attention`: same inputs and attributes;
-/// ONNX output 3 (`qk_matmul_output`) moves to slot 4.
+/// ONNX `Attention` → `ai.tessera.Attention`: same inputs, attributes and
+/// outputs (outputs 0-3 are ONNX's, in ONNX's order; `softmax_lse` is
+/// output 4, which an ONNX node never asks for).
 fn swap_onnx_attention(n: &NodeProto, site: &Site, policy: &Policy) -> Vec<NodeProto> {
     let mut t = n.clone();
     t.domain = Some(DOMAIN.as_str().into());
     t.input[1].clone_from(&site.k.0);
     t.input[2].clone_from(&site.v);
-    if t.output.len() > 3 {
-        let qk = t.output.remove(3);
-        t.output.push(String::new());
-        t.output.push(qk);
-    }
     let plan = mask_plan(site, policy);
     set_window(&mut t, &plan);
     set_causal(&mut t, site);

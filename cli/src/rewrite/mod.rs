@@ -9,11 +9,13 @@
 //! [`rewrite`] runs four steps: choose the sites (`plan`), splice the new
 //! nodes in (`splice`), prune what only fed the old ones (`prune`), and
 //! commit the nodes and the `ai.tessera` opset import to the model.
-//! `policy` parses the policies, `build` makes the new nodes.
+//! `policy` parses the policies, `build` makes the new nodes, `summary`
+//! writes the closing summary.
 
 mod build;
 mod policy;
 mod prune;
+mod summary;
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,6 +28,7 @@ use crate::proto::{GraphProto, NodeProto, OperatorSetIdProto};
 use crate::sites::{find_sites, Site, SiteKind};
 
 pub use policy::{parse_layers, Policy, EXACT};
+pub use summary::{fix_with_path, missing_registration, summary, DOC, FIX_PACKAGE};
 
 /// A site named in a report: its ordinal (the `--layers` number) and the
 /// node it is anchored on.

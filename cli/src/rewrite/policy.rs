@@ -41,7 +41,57 @@ pub enum Policy {
     },
 }
 
+impl std::fmt::Display for Policy {
+    /// The policy as `--policy` spells it (parses back to the same value).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact => f.write_str(EXACT),
+            Self::Window {
+                left,
+                right,
+                global_every,
+                globals,
+            } => {
+                write!(f, "window={left},{right}")?;
+                if *global_every > 0 {
+                    write!(f, ",global-every={global_every}")?;
+                }
+                if *globals > 0 {
+                    write!(f, ",globals={globals}")?;
+                }
+                Ok(())
+            }
+            Self::TopK { k, window, globals } => {
+                write!(f, "topk={k}")?;
+                if let Some(w) = window {
+                    write!(f, ",window={w}")?;
+                }
+                if *globals > 0 {
+                    write!(f, ",globals={globals}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Policy {
+    /// Under a window policy, whether layer `layer` keeps full attention
+    /// (every `global_every`-th layer, counting from 0).
+    pub fn is_global_layer(&self, layer: usize) -> bool {
+        matches!(self, Self::Window { global_every, .. } if *global_every > 0 && layer % global_every == 0)
+    }
+
+    /// What the policy did to the site on layer `layer`, for the summary:
+    /// the policy itself, or that a window policy left the layer global.
+    pub fn as_applied(&self, layer: usize) -> String {
+        if self.is_global_layer(layer) {
+            format!("{self}: global layer, full attention")
+        } else {
+            self.to_string()
+        }
+    }
+
     /// Parse `exact`, `window=L,R[,global-every=N][,globals=G]` or
     /// `topk=K[,window=L][,globals=G]`.
     pub fn parse(s: &str) -> Result<Self> {

@@ -340,8 +340,9 @@ fn feed_optional(graph: &mut Graph, c: &Case, data: &Data) {
     }
 }
 
-/// The node's outputs (empty names for presents asked only to reach
-/// softmax_lse's slot) and the graph's outputs.
+/// The node's outputs (empty names for the presents and
+/// `qk_matmul_output` when asked only to reach softmax_lse's slot 4) and
+/// the graph's outputs.
 fn outputs(c: &Case) -> (Vec<String>, Vec<(&'static str, i32)>) {
     let code = c.dt.code();
     let mut node_out: Vec<String> = vec!["Y".into()];
@@ -356,7 +357,8 @@ fn outputs(c: &Case) -> (Vec<String>, Vec<(&'static str, i32)>) {
         }
     }
     if c.lse {
-        node_out.push("softmax_lse".into());
+        // Slot 3 is ONNX's qk_matmul_output, not asked for here.
+        node_out.extend([String::new(), "softmax_lse".into()]);
         outputs.push(("softmax_lse", elem::FLOAT));
     }
     (node_out, outputs)

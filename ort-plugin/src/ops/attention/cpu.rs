@@ -25,8 +25,8 @@ impl<T: Dtype> CpuKernel for AttentionOp<T> {
         let masks = KeyMasks::read(&self.attrs, &plan, inputs[3].as_ref(), inputs[6].as_ref())?;
         let mut outs = Outputs::alloc(ctx, &plan)?;
         let mut qk = ctx.output(slot::QK_MATMUL_OUTPUT, &plan.qk_dims())?;
-        // SAFETY: outputs 0, 1, 2 and 4 are declared with element type T and
-        // output 3 as float (see `AttentionOp::OUTPUTS`).
+        // SAFETY: outputs 0-3 are declared with element type T and output 4
+        // (softmax_lse) as float (see `AttentionOp::OUTPUTS`).
         let (y, present_k, present_v, lse, qk) = unsafe { slices::<T>(&mut outs, &mut qk) };
 
         // Keys and values: read in place, or gathered into present (BHSD)

@@ -16,12 +16,13 @@
 //! | 0 | `Y` | T | like Q with `Dv` |
 //! | 1 | `present_key` (opt.) | T | `(B, Hkv, P+Skv, D)` |
 //! | 2 | `present_value` (opt.) | T | `(B, Hkv, P+Skv, Dv)` |
-//! | 3 | `softmax_lse` (opt.) | float | `(B, Hq, Sq)`, natural log, `-inf` for a fully masked row |
-//! | 4 | `qk_matmul_output` (opt.) | T | `(B, Hq, Sq, P+Skv)`, see [`scores`] |
+//! | 3 | `qk_matmul_output` (opt.) | T | `(B, Hq, Sq, P+Skv)`, see [`scores`] |
+//! | 4 | `softmax_lse` (opt.) | float | `(B, Hq, Sq)`, natural log, `-inf` for a fully masked row |
 //!
 //! T is float, float16 or bfloat16 (one kernel each); arithmetic is f32.
-//! Output 4 is ONNX's output 3: a rewrite moves it one slot to make room
-//! for `softmax_lse`.
+//! Outputs 0-3 are ONNX's, in ONNX's order (`output::ALL`), so changing
+//! only an ONNX `Attention` node's domain to `ai.tessera` is exact;
+//! `softmax_lse` comes after them.
 //!
 //! This module is the op's schema, shared by its kernels: the ports,
 //! the attributes (read once, at attach), the planning of one call and
@@ -47,9 +48,9 @@ use crate::ffi::{elem, AllocOutput, Described, Dim, KernelInfo, ShapeInference};
 use crate::op::{Port, PortType, Schema};
 use crate::plan::{Attrs, Plan, RawAttrs, Shapes};
 
-/// Output slots, in the order the op registers them: ONNX's `Y`,
-/// `present_key`, `present_value`, then `softmax_lse`, then ONNX's
-/// `qk_matmul_output`.
+/// Output slots, in the order the op registers them (the schema's
+/// `output::ALL`): ONNX's `Y`, `present_key`, `present_value`,
+/// `qk_matmul_output`, then `softmax_lse`.
 pub(crate) mod slot {
     /// `Y`
     pub const Y: usize = 0;
@@ -57,10 +58,10 @@ pub(crate) mod slot {
     pub const PRESENT_KEY: usize = 1;
     /// `present_value`
     pub const PRESENT_VALUE: usize = 2;
-    /// `softmax_lse`
-    pub const SOFTMAX_LSE: usize = 3;
     /// `qk_matmul_output`
-    pub const QK_MATMUL_OUTPUT: usize = 4;
+    pub const QK_MATMUL_OUTPUT: usize = 3;
+    /// `softmax_lse`
+    pub const SOFTMAX_LSE: usize = 4;
 }
 
 /// Y, present_key, present_value and softmax_lse of one call, allocated
@@ -111,11 +112,14 @@ impl<T: Dtype> Schema for AttentionOp<T> {
     ];
 
     const OUTPUTS: &'static [Port] = &[
-        Port::required(output::Y, PortType::Fixed(T::ONNX)),
-        Port::optional(output::PRESENT_KEY, PortType::Fixed(T::ONNX)),
-        Port::optional(output::PRESENT_VALUE, PortType::Fixed(T::ONNX)),
-        Port::optional(output::SOFTMAX_LSE, PortType::Fixed(elem::FLOAT)),
-        Port::optional(output::QK_MATMUL_OUTPUT, PortType::Fixed(T::ONNX)),
+        Port::required(output::ALL[slot::Y], PortType::Fixed(T::ONNX)),
+        Port::optional(output::ALL[slot::PRESENT_KEY], PortType::Fixed(T::ONNX)),
+        Port::optional(output::ALL[slot::PRESENT_VALUE], PortType::Fixed(T::ONNX)),
+        Port::optional(
+            output::ALL[slot::QK_MATMUL_OUTPUT],
+            PortType::Fixed(T::ONNX),
+        ),
+        Port::optional(output::ALL[slot::SOFTMAX_LSE], PortType::Fixed(elem::FLOAT)),
     ];
 
     fn attach(info: &KernelInfo) -> Result<Self> {
@@ -247,4 +251,22 @@ pub(crate) fn infer_y(ctx: &ShapeInference) -> Result<()> {
     // ORT builds one schema per op name from the first table (the f32
     // one), so this function serves every T: Y takes Q's element type.
     ctx.set_output(slot::Y, q.elem, &y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registered outputs are the schema's, in its order: ONNX's four
+    /// then `softmax_lse`, so a domain swap of an ONNX node is exact.
+    #[test]
+    fn outputs_follow_the_schema_order() {
+        let ports: Vec<Name> = AttentionOp::<f32>::OUTPUTS.iter().map(|p| p.name).collect();
+        assert_eq!(ports, output::ALL);
+        assert_eq!(
+            output::ALL[slot::QK_MATMUL_OUTPUT],
+            output::QK_MATMUL_OUTPUT
+        );
+        assert_eq!(output::ALL[slot::SOFTMAX_LSE], output::SOFTMAX_LSE);
+    }
 }
