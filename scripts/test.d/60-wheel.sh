@@ -1,0 +1,33 @@
+# The tessera-ort wheel as a user gets it: build it (scripts/build-wheel.sh),
+# check its tag (py3-none-manylinux_*) with auditwheel, pip-install it with
+# onnxruntime from PyPI into a fresh venv outside the source tree, and from
+# there run the installed `tessera rewrite` and models through the installed
+# package alone (python/wheel/check_installed.py). ~1 min after the first build.
+source "$(dirname "$0")/../lib.sh"
+cd "$TESSERA_ROOT"
+need_venv
+wheel=$(scripts/build-wheel.sh --check 2> >(tee "$TESSERA_ROOT/target/wheel-build.log" >&2) | tail -n1)
+name=$(basename "$wheel")
+[[ $name == tessera_ort-*-py3-none-manylinux_*_x86_64.whl ]] || { echo "FAIL wheel tag: $name" >&2; exit 1; }
+grep -q "is consistent" "$TESSERA_ROOT/target/wheel-build.log" || { echo "FAIL auditwheel show: $name" >&2; exit 1; }
+files=$("$VENV/bin/python" -m zipfile -l "$wheel")
+grep -q "^tessera_ort/libtessera_ort.so " <<<"$files" && grep -q "data/scripts/tessera " <<<"$files" ||
+    { echo "FAIL $name lacks libtessera_ort.so or the tessera command" >&2; exit 1; }
+echo "ok   $name"
+
+work=$(mktemp -d /tmp/tessera-wheel.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+"$VENV/bin/python" python/wheel/make_inputs.py "$work"
+cp python/wheel/check_installed.py "$work/"
+ort_pin=$(grep -E '^onnxruntime==' python/requirements.txt)
+log "fresh venv $work/venv: $name + $ort_pin (PyPI)"
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "$wheel" "$ort_pin"
+cd "$work"
+# Nothing from the source tree or the test venv: no PYTHONPATH, no
+# ORT_DYLIB_PATH, PATH = the fresh venv's scripts and the system's.
+env -i HOME="$HOME" PATH="$work/venv/bin:/usr/bin:/bin" bash -euo pipefail -c '
+    command -v tessera | grep -qx "$PWD/venv/bin/tessera"
+    tessera rewrite modernbert.onnx -o modernbert.tessera.onnx
+    python -I check_installed.py "$1"
+' _ "$TESSERA_ROOT"
