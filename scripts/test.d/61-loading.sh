@@ -47,3 +47,11 @@ set -e
 grep -q "RegisterCustomOpsLibrary_V2: Failed to load library $work/missing.so" err.txt && [ $status = 1 ] ||
     { echo "FAIL a missing library: status $status, $(cat err.txt)"; exit 1; }
 echo "ok   C host with a missing library: $(cat err.txt)"
+
+# Triton's model repository (examples/triton, not run: no Triton here): its
+# checked-in model is what make_model.py writes, and it runs with the library.
+cd "$TESSERA_ROOT"
+"$VENV/bin/python" examples/triton/make_model.py "$lib" "$work/triton.onnx"
+cmp "$work/triton.onnx" examples/triton/tessera_attention/1/model.onnx
+grep -q 'op_library_filename: "/' examples/triton/tessera_attention/config.pbtxt
+echo "ok   examples/triton: model.onnx current and runs; config.pbtxt names an absolute op_library_filename"
