@@ -4,25 +4,45 @@
 # libtessera_ort.so and the `tessera` binary, both built here in release mode.
 #   scripts/build-wheel.sh            build it
 #   scripts/build-wheel.sh --check    also print `auditwheel show` for it
-# maturin and auditwheel (pinned) go into target/wheel-tools, not into your venv.
+# setuptools, wheel and auditwheel (pinned) go into target/wheel-tools, not into
+# your venv. The manylinux tag is the glibc the binaries need: built on this
+# machine (glibc 2.36) it is manylinux_2_34; build in a manylinux2014 container
+# for manylinux_2_17.
 source "$(dirname "$0")/lib.sh"
 cd "$TESSERA_ROOT"
 tools=$TESSERA_ROOT/target/wheel-tools
-if [ ! -x "$tools/bin/maturin" ] || [ ! -x "$tools/bin/auditwheel" ]; then
-    log "installing maturin and auditwheel into $tools"
+pins=("setuptools==80.9.0" "wheel==0.45.1" "auditwheel==6.8.2")
+stamp="$tools/.req-$(echo "${pins[*]}" | sha1sum | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+    log "installing ${pins[*]} into $tools"
     python3 -m venv "$tools"
-    "$tools/bin/pip" install --quiet "maturin==1.16.0" "auditwheel==6.8.2"
+    "$tools/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
+    touch "$stamp"
 fi
-log "cargo build --release -p tessera-ort"
-cargo build --release -p tessera-ort
+log "cargo build --release -p tessera-ort -p tessera-cli"
+cargo build --release -p tessera-ort -p tessera-cli
 # The release profile keeps debug info (for profiling); the wheel does not need it.
-strip --strip-debug -o packaging/python/tessera_ort/libtessera_ort.so target/release/libtessera_ort.so
-rm -f target/wheels/tessera_ort-*.whl
-log "maturin build (bin: tessera, plus libtessera_ort.so)"
-# maturin reads the platform tag off the binaries' glibc symbols (auto policy).
-(cd packaging && "$tools/bin/maturin" build --release --out "$TESSERA_ROOT/target/wheels") >&2
-wheel=$(ls target/wheels/tessera_ort-*.whl)
+pkg=packaging/python/tessera_ort
+mkdir -p "$pkg/bin"
+strip --strip-debug -o "$pkg/libtessera_ort.so" target/release/libtessera_ort.so
+strip -o "$pkg/bin/tessera" target/release/tessera
+out=$TESSERA_ROOT/target/wheels
+raw=$TESSERA_ROOT/target/wheels-raw
+rm -rf "$out" "$raw" packaging/build
+log "setuptools: py3-none-linux_x86_64 wheel"
+"$tools/bin/pip" wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w "$raw" ./packaging >&2
+rm -rf packaging/build packaging/python/*.egg-info
+# auditwheel reads the policy off the binaries' glibc symbols; the wheel then
+# gets that tag. Nothing needs grafting (libc, libm, libgcc_s only), so no repair.
+raw_wheel=$(ls "$raw"/tessera_ort-*.whl)
+plat=$("$tools/bin/auditwheel" show "$raw_wheel" | tr '\n' ' ' | grep -o 'consistent with the following platform tag: *"[^"]*"' | cut -d'"' -f2)
+[[ $plat == manylinux_* ]] || { echo "auditwheel found no manylinux tag for $raw_wheel" >&2; "$tools/bin/auditwheel" show "$raw_wheel" >&2; exit 1; }
+log "wheel tags: linux_x86_64 -> $plat"
+mkdir -p "$out"
+cp "$raw_wheel" "$out/"
+"$tools/bin/python" -m wheel tags --remove --platform-tag "$plat" "$out/$(basename "$raw_wheel")" >/dev/null
+wheel=$(ls "$out"/tessera_ort-*.whl)
 if [ "${1:-}" = --check ]; then
     "$tools/bin/auditwheel" show "$wheel" >&2
 fi
-echo "$TESSERA_ROOT/$wheel"
+echo "$wheel"

@@ -1,7 +1,8 @@
 # The tessera-ort wheel as a user gets it: build it (scripts/build-wheel.sh),
 # check its tag (py3-none-manylinux_*) with auditwheel, pip-install it with
 # onnxruntime from PyPI into a fresh venv outside the source tree, and from
-# there run the installed `tessera rewrite` and models through the installed
+# there run the installed `tessera rewrite` and `verify` (which must find the
+# package's library and Python by themselves) and models through the installed
 # package alone (python/wheel/check_installed.py). ~1 min after the first build.
 source "$(dirname "$0")/../lib.sh"
 cd "$TESSERA_ROOT"
@@ -11,7 +12,7 @@ name=$(basename "$wheel")
 [[ $name == tessera_ort-*-py3-none-manylinux_*_x86_64.whl ]] || { echo "FAIL wheel tag: $name" >&2; exit 1; }
 grep -q "is consistent" "$TESSERA_ROOT/target/wheel-build.log" || { echo "FAIL auditwheel show: $name" >&2; exit 1; }
 files=$("$VENV/bin/python" -m zipfile -l "$wheel")
-grep -q "^tessera_ort/libtessera_ort.so " <<<"$files" && grep -q "data/scripts/tessera " <<<"$files" ||
+grep -q "^tessera_ort/libtessera_ort.so " <<<"$files" && grep -q "^tessera_ort/bin/tessera " <<<"$files" ||
     { echo "FAIL $name lacks libtessera_ort.so or the tessera command" >&2; exit 1; }
 echo "ok   $name"
 
@@ -29,5 +30,6 @@ cd "$work"
 env -i HOME="$HOME" PATH="$work/venv/bin:/usr/bin:/bin" bash -euo pipefail -c '
     command -v tessera | grep -qx "$PWD/venv/bin/tessera"
     tessera rewrite modernbert.onnx -o modernbert.tessera.onnx
+    tessera verify modernbert.onnx modernbert.tessera.onnx --seq 64,200 --batch 2
     python -I check_installed.py "$1"
 ' _ "$TESSERA_ROOT"
