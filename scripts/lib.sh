@@ -1,7 +1,13 @@
 # Shared helpers for Tessera's scripts. Source it; every helper installs what
 # is missing and is a no-op when it is already there, so the scripts work on a
 # fresh machine with or without CI set.
-set -euo pipefail
+# Scripts run in strict mode. An interactive shell that sources this file
+# (e.g. `source scripts/lib.sh; need_venv`) keeps its own options: strict
+# mode there would close the terminal on the next failing command.
+# scripts/venv.sh is the way to get the venv without sourcing anything.
+if [[ $- != *i* ]]; then
+    set -euo pipefail
+fi
 
 TESSERA_ROOT=${TESSERA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 VENV=${TESSERA_VENV:-$TESSERA_ROOT/.venv}
