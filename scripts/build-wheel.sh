@@ -19,6 +19,7 @@ if [ ! -e "$stamp" ]; then
     "$tools/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
     touch "$stamp"
 fi
+command -v strip >/dev/null || need_apt binutils
 log "cargo build --release -p tessera-ort -p tessera-cli"
 cargo build --release -p tessera-ort -p tessera-cli
 # The release profile keeps debug info (for profiling); the wheel does not need it.
