@@ -2,31 +2,53 @@
 # Builds the tessera-ort wheel (packaging/) into target/wheels/ and prints its
 # path on the last line. One wheel per platform (py3-none-manylinux_*): it holds
 # libtessera_ort.so and the `tessera` binary, both built here in release mode.
-#   scripts/build-wheel.sh            build it
-#   scripts/build-wheel.sh --check    also print `auditwheel show` for it
-# setuptools, wheel and auditwheel (pinned) go into target/wheel-tools, not into
-# your venv. The manylinux tag is the glibc the binaries need: built on this
-# machine (glibc 2.36) it is manylinux_2_34; build in a manylinux2014 container
-# for manylinux_2_17.
+#   scripts/build-wheel.sh            manylinux_2_17 (glibc 2.17+: RHEL 7/8, Ubuntu 18.04+):
+#                                     cargo-zigbuild links against glibc 2.17 (target/zig)
+#   scripts/build-wheel.sh --native   this machine's glibc (manylinux_2_34 on Debian 12):
+#                                     plain cargo, reuses target/release
+#   --check                           also print `auditwheel show` for the wheel
+# The build tools (setuptools, wheel, auditwheel, ziglang, cargo-zigbuild; pinned)
+# go into target/wheel-tools, not into your venv.
 source "$(dirname "$0")/lib.sh"
 cd "$TESSERA_ROOT"
+check=0
+native=0
+for arg in "$@"; do
+    case $arg in
+    --check) check=1 ;;
+    --native) native=1 ;;
+    *)
+        echo "usage: scripts/build-wheel.sh [--native] [--check]" >&2
+        exit 2
+        ;;
+    esac
+done
 tools=$TESSERA_ROOT/target/wheel-tools
-pins=("setuptools==80.9.0" "wheel==0.45.1" "auditwheel==6.8.2")
+pins=("setuptools==80.9.0" "wheel==0.45.1" "auditwheel==6.8.2" "ziglang==0.15.1" "cargo-zigbuild==0.20.1")
 stamp="$tools/.req-$(echo "${pins[*]}" | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
     log "installing ${pins[*]} into $tools"
+    rm -rf "$tools"
     python3 -m venv "$tools"
     "$tools/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
     touch "$stamp"
 fi
 command -v strip >/dev/null || need_apt binutils
-log "cargo build --release -p tessera-ort -p tessera-cli"
-cargo build --release -p tessera-ort -p tessera-cli
+if [ $native = 1 ]; then
+    log "cargo build --release -p tessera-ort -p tessera-cli"
+    cargo build --release -p tessera-ort -p tessera-cli
+    built=target/release
+else
+    log "cargo zigbuild --release --target x86_64-unknown-linux-gnu.2.17 (glibc 2.17 symbols; target/zig)"
+    PATH="$tools/bin:$PATH" cargo zigbuild --release --target x86_64-unknown-linux-gnu.2.17 \
+        -p tessera-ort -p tessera-cli --target-dir target/zig
+    built=target/zig/x86_64-unknown-linux-gnu/release
+fi
 # The release profile keeps debug info (for profiling); the wheel does not need it.
 pkg=packaging/python/tessera_ort
 mkdir -p "$pkg/bin"
-strip --strip-debug -o "$pkg/libtessera_ort.so" target/release/libtessera_ort.so
-strip -o "$pkg/bin/tessera" target/release/tessera
+strip --strip-debug -o "$pkg/libtessera_ort.so" "$built/libtessera_ort.so"
+strip -o "$pkg/bin/tessera" "$built/tessera"
 out=$TESSERA_ROOT/target/wheels
 raw=$TESSERA_ROOT/target/wheels-raw
 rm -rf "$out" "$raw" packaging/build
@@ -43,7 +65,7 @@ mkdir -p "$out"
 cp "$raw_wheel" "$out/"
 "$tools/bin/python" -m wheel tags --remove --platform-tag "$plat" "$out/$(basename "$raw_wheel")" >/dev/null
 wheel=$(ls "$out"/tessera_ort-*.whl)
-if [ "${1:-}" = --check ]; then
+if [ $check = 1 ]; then
     "$tools/bin/auditwheel" show "$wheel" >&2
 fi
 echo "$wheel"
