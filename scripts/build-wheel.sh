@@ -24,15 +24,7 @@ for arg in "$@"; do
     esac
 done
 tools=$TESSERA_ROOT/target/wheel-tools
-pins=("setuptools==80.9.0" "wheel==0.45.1" "auditwheel==6.8.2" "ziglang==0.15.1" "cargo-zigbuild==0.20.1")
-stamp="$tools/.req-$(echo "${pins[*]}" | sha1sum | cut -c1-12)"
-if [ ! -e "$stamp" ]; then
-    log "installing ${pins[*]} into $tools"
-    rm -rf "$tools"
-    python3 -m venv "$tools"
-    "$tools/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
-    touch "$stamp"
-fi
+need_pinned_venv "$tools" setuptools==80.9.0 wheel==0.45.1 auditwheel==6.8.2 ziglang==0.15.1 cargo-zigbuild==0.20.1
 command -v strip >/dev/null || need_apt binutils
 if [ $native = 1 ]; then
     log "cargo build --release -p tessera-ort -p tessera-cli"

@@ -33,6 +33,21 @@ need_venv() {
     ORT_DYLIB_PATH=$(ort_dylib)
 }
 
+# A venv of its own holding exactly the pinned packages given, for tools that
+# must not share the test venv (build tools, onnxruntime-genai): made anew
+# whenever the pins change. need_pinned_venv DIR PIN...
+need_pinned_venv() {
+    local dir=$1
+    shift
+    local stamp="$dir/.req-$(echo "$*" | sha1sum | cut -c1-12)"
+    [ -e "$stamp" ] && return 0
+    log "venv $dir: $*"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
+    touch "$stamp"
+}
+
 # Full path of the onnxruntime shared library inside the venv.
 ort_dylib() {
     ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1

@@ -8,15 +8,8 @@ cd "$TESSERA_ROOT"
 need_venv
 cargo build --release -p tessera-ort
 genai=$TESSERA_ROOT/target/venv-genai
-pins=("onnxruntime-genai==0.18.0" "$(grep -E '^onnxruntime==' python/requirements.txt)" "$(grep -E '^numpy==' python/requirements.txt)")
-stamp="$genai/.req-$(echo "${pins[*]}" | sha1sum | cut -c1-12)"
-if [ ! -e "$stamp" ]; then
-    log "venv $genai: ${pins[*]}"
-    rm -rf "$genai"
-    python3 -m venv "$genai"
-    "$genai/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
-    touch "$stamp"
-fi
+need_pinned_venv "$genai" onnxruntime-genai==0.18.0 "$(grep -E '^onnxruntime==' python/requirements.txt)" \
+    "$(grep -E '^numpy==' python/requirements.txt)"
 work=$(mktemp -d /tmp/tessera-genai.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 "$VENV/bin/python" examples/genai/make_tiny_decoder.py "$work/model" target/release/libtessera_ort.so
