@@ -1,7 +1,13 @@
 # Shared helpers for Tessera's scripts. Source it; every helper installs what
 # is missing and is a no-op when it is already there, so the scripts work on a
 # fresh machine with or without CI set.
-set -euo pipefail
+# Scripts run in strict mode. An interactive shell that sources this file
+# (e.g. `source scripts/lib.sh; need_venv`) keeps its own options: strict
+# mode there would close the terminal on the next failing command.
+# scripts/venv.sh is the way to get the venv without sourcing anything.
+if [[ $- != *i* ]]; then
+    set -euo pipefail
+fi
 
 TESSERA_ROOT=${TESSERA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 VENV=${TESSERA_VENV:-$TESSERA_ROOT/.venv}
@@ -25,6 +31,21 @@ need_venv() {
     fi
     export ORT_DYLIB_PATH
     ORT_DYLIB_PATH=$(ort_dylib)
+}
+
+# A venv of its own holding exactly the pinned packages given, for tools that
+# must not share the test venv (build tools, onnxruntime-genai): made anew
+# whenever the pins change. need_pinned_venv DIR PIN...
+need_pinned_venv() {
+    local dir=$1
+    shift
+    local stamp="$dir/.req-$(echo "$*" | sha1sum | cut -c1-12)"
+    [ -e "$stamp" ] && return 0
+    log "venv $dir: $*"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
+    touch "$stamp"
 }
 
 # Full path of the onnxruntime shared library inside the venv.
