@@ -96,7 +96,7 @@ pub fn python() -> Result<PathBuf> {
     }
     tried.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
         Error(format!(
-            "no Python with onnxruntime found (tried $TESSERA_PYTHON, {}); run `source scripts/lib.sh; need_venv` or set TESSERA_PYTHON",
+            "no Python with onnxruntime found (tried $TESSERA_PYTHON, {}); run `eval \"$(scripts/venv.sh --env)\"` or set TESSERA_PYTHON",
             tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ))
     })
