@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use tessera_cli::error::{Error, Result};
 use tessera_cli::rewrite::{parse_layers, rewrite, Policy, EXACT};
-use tessera_cli::{bail, inspect, model, verify};
+use tessera_cli::{bail, generate, inspect, model, verify};
 
 /// Command-line words: positional arguments and `--flag [value]` pairs.
 struct Args {
@@ -114,6 +114,12 @@ const COMMANDS: &[Command] = &[
         usage: "ORIGINAL.onnx REWRITTEN.onnx [--seq N,...] [--batch B] [--tol X] [--threads T] [--input name=file.npy]... [--json]",
         flags: &["--seq", "--batch", "--tol", "--input", "--threads"],
         run: verify_cmd,
+    },
+    Command {
+        name: "generate",
+        usage: "ORIGINAL.onnx REWRITTEN.onnx [--prompt FILE.txt [--tokenizer tokenizer.json] [--max-prompt N] | --prompt-ids ID,...] [--tokens N] [--batch B] [--tol X] [--threads T] [--json]",
+        flags: &["--prompt", "--tokenizer", "--max-prompt", "--prompt-ids", "--tokens", "--batch", "--tol", "--threads"],
+        run: generate_cmd,
     },
     Command {
         name: "demo",
@@ -250,7 +256,68 @@ fn verify_cmd(a: &Args) -> Result<i32> {
         threads: a.count("--threads", "0")?,
         plot: None,
     };
+    if generate::has_cache(&m) {
+        return generate::verify_with_cache(&orig, &new, &m, &opts);
+    }
     verify::verify(&orig, &new, &m, &opts)
+}
+
+/// `tessera generate`: greedy decoding through the KV cache, both models.
+fn generate_cmd(a: &Args) -> Result<i32> {
+    if a.positional.len() != 2 {
+        bail!("generate needs ORIGINAL.onnx REWRITTEN.onnx\n{}", usage());
+    }
+    let (orig, new) = (
+        PathBuf::from(&a.positional[0]),
+        PathBuf::from(&a.positional[1]),
+    );
+    let m = model::load(&orig)?;
+    model::load(&new)?;
+    let prompt = match (a.get("--prompt"), a.get("--prompt-ids")) {
+        (Some(_), Some(_)) => bail!("generate: give --prompt or --prompt-ids, not both"),
+        (None, None) => bail!(
+            "generate needs --prompt FILE.txt or --prompt-ids ID,...\n{}",
+            usage()
+        ),
+        (None, Some(ids)) => generate::Prompt::Ids(
+            ids.split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .map_err(|_| Error(format!("--prompt-ids '{s}' is not a token id")))
+                })
+                .collect::<Result<_>>()?,
+        ),
+        (Some(file), None) => {
+            let tokenizer = match a.get("--tokenizer") {
+                Some(t) => PathBuf::from(t),
+                None => generate::tokenizer_next_to(&orig).ok_or_else(|| {
+                    Error(format!(
+                        "generate: no tokenizer.json next to {}; pass --tokenizer FILE",
+                        orig.display()
+                    ))
+                })?,
+            };
+            generate::Prompt::Text {
+                file: PathBuf::from(file),
+                tokenizer,
+                max: a.count("--max-prompt", "0")?,
+            }
+        }
+    };
+    let opts = generate::Options {
+        prompt,
+        tokens: a.count("--tokens", "16")?,
+        batch: a.count("--batch", "1")?,
+        tol: a
+            .get("--tol")
+            .unwrap_or("1e-3")
+            .parse()
+            .map_err(|_| Error("--tol must be a number".into()))?,
+        threads: a.count("--threads", "0")?,
+        json: a.has("--json"),
+    };
+    generate::generate(&orig, &new, &m, &opts)
 }
 
 /// `tessera bench`: the exact rewrite and each `--policy`, timed against the original.

@@ -314,6 +314,15 @@ fn build_decomposed(site: &Site, policy: &Policy) -> Vec<NodeProto> {
     if let Some(m) = plan.input.clone() {
         node.input.push(m);
     }
+    if let Some(c) = &site.cache {
+        // ONNX slots: attn_mask (3, empty when none), past_key (4), past_value (5);
+        // present_key and present_value are outputs 1 and 2.
+        node.input.resize(3 + 1, String::new());
+        node.input
+            .extend([c.past_key.clone(), c.past_value.clone()]);
+        node.output
+            .extend([c.present_key.clone(), c.present_value.clone()]);
+    }
     if let Some(s) = site.scale {
         node.attribute.push(float_attr(SCALE.as_str(), s as f32));
     }

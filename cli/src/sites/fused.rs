@@ -47,6 +47,7 @@ pub(super) fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> O
         mask,
         causal: attr_i(n, IS_CAUSAL.as_str()) == Some(1),
         exact,
+        cache: None,
     })
 }
 
@@ -132,6 +133,7 @@ pub(super) fn match_microsoft(ix: &GraphIndex, i: usize, layer: usize) -> Option
             Some(b) => analyse_additive(ix, b),
             None => MaskInfo::default(),
         },
+        cache: None,
         q,
     })
 }
@@ -186,5 +188,6 @@ pub(super) fn match_tessera(ix: &GraphIndex, i: usize, layer: usize) -> Option<S
         mask: MaskInfo::default(),
         causal: attr_i(n, IS_CAUSAL.as_str()) == Some(1),
         exact: Err("already ai.tessera.Attention".into()),
+        cache: None,
     })
 }

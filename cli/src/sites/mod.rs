@@ -12,6 +12,7 @@
 
 mod decomposed;
 mod fused;
+pub mod kv_cache;
 
 use tessera_schema::{attention, DOMAIN};
 
@@ -98,6 +99,8 @@ pub struct Site {
     pub causal: bool,
     /// `Ok(note)` when an exact rewrite is possible, `Err(reason)` when not.
     pub exact: Result<String, String>,
+    /// The KV cache the site's K and V were concatenated from, if any.
+    pub cache: Option<kv_cache::Cache>,
 }
 
 type Matcher = fn(&GraphIndex, usize, usize) -> Option<Site>;
