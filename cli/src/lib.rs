@@ -17,6 +17,7 @@ pub mod eval;
 pub mod generate;
 pub mod graph;
 pub mod inspect;
+pub mod logits;
 pub mod mask;
 pub mod model;
 pub mod names;

@@ -105,8 +105,8 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "rewrite",
-        usage: "IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST]",
-        flags: &["-o", "--output", "--policy", "--layers"],
+        usage: "IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST] [--logits all|last]",
+        flags: &["-o", "--output", "--policy", "--layers", "--logits"],
         run: rewrite_cmd,
     },
     Command {
@@ -197,6 +197,14 @@ fn rewrite_cmd(a: &Args) -> Result<i32> {
     let policy = Policy::parse(a.get("--policy").unwrap_or(EXACT))?;
     let layers = a.get("--layers").map(parse_layers).transpose()?;
     let mut m = model::load(&input)?;
+    // Before the attention rewrite: the head's input shape is probed through the original graph.
+    let logits_note = match a.get("--logits").unwrap_or("all") {
+        "all" => None,
+        tessera_cli::logits::LAST => Some(tessera_cli::logits::last_position_logits(&mut m)?),
+        other => {
+            bail!("--logits '{other}': expected 'all' (every position, the default) or 'last'")
+        }
+    };
     let report = rewrite(&mut m, &policy, layers.as_ref())?;
     for r in &report.rewritten {
         eprintln!(
@@ -212,6 +220,9 @@ fn rewrite_cmd(a: &Args) -> Result<i32> {
     }
     if report.rewritten.is_empty() && report.kept.is_empty() && inspect::sites(&m).is_empty() {
         bail!("{}: {NO_ATTENTION}", input.display());
+    }
+    if let Some(note) = logits_note {
+        eprintln!("logits: {note}");
     }
     model::save(&m, std::path::Path::new(out))?;
     eprintln!(

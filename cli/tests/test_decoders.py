@@ -103,3 +103,39 @@ def test_generate_refuses_a_model_without_cache_and_a_missing_prompt(tmp_path):
     r = tessera("generate", model("smollm2_kv_eager_opset17"), model("smollm2_kv_eager_opset17"),
                 "--prompt", str(tmp_path / "none.txt"), "--tokenizer", str(tmp_path / "none.json"), check=False)
     assert r.returncode == 2 and "none.txt: no such file" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["smollm2_kv_eager_opset17", "gemma3_kv_eager_opset20"])
+def test_logits_last_computes_the_head_at_the_last_position_only(name, tmp_path):
+    out = str(tmp_path / "last.onnx")
+    r = tessera("rewrite", model(name), "-o", out, "--logits", "last")
+    assert "computed at the last position only" in r.stderr
+    m = onnx.load(out)
+    onnx.checker.check_model(m, full_check=True)
+    dims = m.graph.output[0].type.tensor_type.shape.dim
+    assert m.graph.output[0].name == "logits" and dims[1].dim_value == 1 and dims[2].dim_value == 512
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(PLUGIN)
+    sess = ort.InferenceSession(out, so, providers=["CPUExecutionProvider"])
+    ref = np.load(os.path.join(MODELS, f"{name}.ref.npz"))
+    ids, mask = ref["prompt_ids"], ref["prompt_mask"]
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": np.maximum(np.cumsum(mask, 1) - 1, 0)}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values"):
+            feeds[i.name] = np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32)
+    logits = sess.run(["logits"], feeds)[0]
+    assert logits.shape == (2, 1, 512)
+    assert np.abs(logits[:, 0] - ref["step_logits"][:, 0]).max() <= 1e-4, "PyTorch's first step"
+    rep = json.loads(tessera("verify", model(name), out, "--seq", "64", "--batch", "2", "--tol", "1e-4", "--json").stdout)
+    assert rep["pass"] and rep["logits_max_abs"]["prefill_compared"] == "last position"
+    again = str(tmp_path / "again.onnx")
+    r = tessera("rewrite", out, "-o", again, "--logits", "last")
+    assert "already computed at the last position only" in r.stderr
+    assert open(again, "rb").read() == open(out, "rb").read()
+
+
+def test_logits_last_refuses_a_model_without_logits(tmp_path):
+    r = tessera("rewrite", model("llama_eager_opset17"), "-o", str(tmp_path / "x.onnx"), "--logits", "last", check=False)
+    assert r.returncode == 2 and "no graph output named like 'logits'" in r.stderr
+    r = tessera("rewrite", model("llama_eager_opset17"), "-o", str(tmp_path / "x.onnx"), "--logits", "first", check=False)
+    assert r.returncode == 2 and "--logits 'first'" in r.stderr
