@@ -21,6 +21,8 @@ and next to each a `.ref.npz` with PyTorch's own output for a padded batch
 
     {family}_kv_eager_opset17.onnx    legacy exporter
     {family}_kv_eager_opset20.onnx    dynamo exporter
+    {family}_kv_sdpa_opset20.onnx     dynamo exporter, sdpa (decomposed at opset 20)
+    {family}_kv_attention_opset24.onnx  dynamo exporter, sdpa -> ONNX Attention, Concat(past, new) outside it
 
 with inputs `input_ids`, `attention_mask` (past + new), `position_ids`,
 `past_key_values.N.key/value` and outputs `logits`, `present.N.key/value`,
@@ -86,23 +88,28 @@ def export(model, ids, mask, path, opset, dynamo):
 
 # Decoders with a KV cache, scaled down from the real models of issue 13; a larger
 # initializer_range than the default so random weights give varied greedy tokens.
-DECODER_FORMS = (("kv_eager_opset17", 17, False), ("kv_eager_opset20", 20, True))
+DECODER_FORMS = (  # (file suffix, attn_implementation, opset, dynamo)
+    ("kv_eager_opset17", "eager", 17, False),
+    ("kv_eager_opset20", "eager", 20, True),
+    ("kv_sdpa_opset20", "sdpa", 20, True),
+    ("kv_attention_opset24", "sdpa", 24, True),
+)
 VOCAB = 512
 
 
 def decoders():
     # SmolLM2-135M (llama): GQA 9 query heads over 3 KV heads, tied embeddings (real: head dim 64, 30 layers).
-    yield "smollm2", lambda: LlamaForCausalLM(LlamaConfig(
+    yield "smollm2", lambda impl: LlamaForCausalLM(LlamaConfig(
         hidden_size=144, num_attention_heads=9, num_key_value_heads=3, head_dim=16, intermediate_size=256,
         vocab_size=VOCAB, num_hidden_layers=2, max_position_embeddings=8192, tie_word_embeddings=True,
-        rope_theta=100000.0, initializer_range=0.1, attn_implementation="eager"))
+        rope_theta=100000.0, initializer_range=0.1, attn_implementation=impl))
     # Gemma 3 270M: 4 query heads over 1 KV head; sliding layers then a full one (real: 5:1, window 512,
     # head dim 256, query_pre_attn_scalar 256); here window 64 so the tests' prompts cross it.
-    yield "gemma3", lambda: Gemma3ForCausalLM(Gemma3TextConfig(
+    yield "gemma3", lambda impl: Gemma3ForCausalLM(Gemma3TextConfig(
         hidden_size=128, num_attention_heads=4, num_key_value_heads=1, head_dim=32, intermediate_size=256,
         vocab_size=VOCAB, num_hidden_layers=3, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
         sliding_window=64, query_pre_attn_scalar=32, max_position_embeddings=32768, initializer_range=0.1,
-        attn_implementation="eager"))
+        attn_implementation=impl))
 
 
 class WithPast(torch.nn.Module):
@@ -187,12 +194,12 @@ def main_decoders(out):
     prompt = torch.randint(3, VOCAB, (96,), generator=torch.Generator().manual_seed(1))
     ids, mask = left_padded(prompt, 2)
     for family, make in decoders():
-        torch.manual_seed(0)
-        inner = make().eval()
-        model = WithPast(inner).eval()
-        with torch.no_grad():
-            tokens, logits = greedy(model, inner.config, ids, mask, 12)
-        for suffix, opset, dynamo in DECODER_FORMS:
+        for suffix, impl, opset, dynamo in DECODER_FORMS:
+            torch.manual_seed(0)  # the same weights for every form of a family
+            inner = make(impl).eval()
+            model = WithPast(inner).eval()
+            with torch.no_grad():
+                tokens, logits = greedy(model, inner.config, ids, mask, 12)
             path = os.path.join(out, f"{family}_{suffix}.onnx")
             t0 = time.time()
             with torch.no_grad():

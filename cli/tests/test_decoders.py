@@ -14,7 +14,7 @@ from test_cli import MODELS, PLUGIN, model, tessera
 
 # name: (sites, q heads, kv heads, head dim, windowed sites)
 DECODERS = {}
-for form in ("kv_eager_opset17", "kv_eager_opset20"):
+for form in ("kv_eager_opset17", "kv_eager_opset20", "kv_sdpa_opset20", "kv_attention_opset24"):
     DECODERS[f"smollm2_{form}"] = (2, 9, 3, 16, 0)
     DECODERS[f"gemma3_{form}"] = (3, 4, 1, 32, 2)
 

@@ -10,7 +10,8 @@
 //! is what the mask analysis checks ([`crate::mask`] runs the mask with
 //! cached positions).
 
-use super::Site;
+use super::{Site, PROBE_S};
+use crate::eval::probe_shape;
 use crate::graph::{attr_i, is_onnx, GraphIndex};
 use crate::names::{AXIS, CONCAT, IDENTITY};
 
@@ -94,4 +95,39 @@ pub fn describe(site: &Site) -> Option<String> {
     site.cache
         .as_ref()
         .map(|c| format!("KV cache {} -> {}", c.past_key, c.present_key))
+}
+
+/// A site whose keys still include the cached past (no cache folded into
+/// it) keeps its mask dense: the mask was recognised relative to `q + past`,
+/// but the op's causal offset without a cache input is 0. Sequence lengths
+/// are probed with the past (see [`crate::eval::probe_shape`]).
+pub(super) fn guard_offset(ix: &GraphIndex, site: &mut Site) {
+    let m = &site.mask;
+    let banded = m.causal || m.window.is_some();
+    if site.cache.is_some() || !m.fully_recognised() || !banded || !has_past_inputs(ix) {
+        return;
+    }
+    let seq = |t: &str, perm: Option<&[i64]>| {
+        let s = probe_shape(ix, t, PROBE_S)?;
+        let s: Vec<usize> = match perm {
+            Some(p) if p.len() == s.len() => p.iter().map(|&i| s[i as usize]).collect(),
+            _ => s,
+        };
+        match s.len() {
+            4 => Some(s[2]),
+            3 => Some(s[1]),
+            _ => None,
+        }
+    };
+    let (sq, sk) = (seq(&site.q, None), seq(&site.k.0, site.k.1.as_deref()));
+    if sq.is_none() || sq != sk {
+        site.mask.opaque.push(format!(
+            "the keys ({sk:?} at S = {PROBE_S}) include the cached past, which is not folded into the op"
+        ));
+    }
+}
+
+/// Whether the graph has a rank-4 `*past*` input (a KV cache).
+fn has_past_inputs(ix: &GraphIndex) -> bool {
+    !crate::eval::Roles::of(ix).past.is_empty()
 }

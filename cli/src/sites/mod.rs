@@ -122,7 +122,8 @@ pub fn find_sites(ix: &GraphIndex) -> Vec<Site> {
         let domain = if is_onnx(n) { ONNX_DOMAIN } else { n.domain() };
         for (d, op, m) in MATCHERS {
             if *d == domain && *op == n.op_type() {
-                if let Some(s) = m(ix, i, sites.len()) {
+                if let Some(mut s) = m(ix, i, sites.len()) {
+                    kv_cache::guard_offset(ix, &mut s);
                     sites.push(s);
                 }
             }
