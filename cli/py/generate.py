@@ -17,7 +17,6 @@ every step, and the prefill logits at every unpadded position.
 """
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,15 +24,7 @@ import time
 
 import numpy as np
 
-DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64}
-
-
-def rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from verify import DTYPES, rss_mb  # written next to this script by `tessera`
 
 
 def log(spec, msg):

@@ -78,6 +78,16 @@ impl Args {
             })
             .collect()
     }
+    /// `ORIGINAL.onnx REWRITTEN.onnx`: both paths (both must load) and the original.
+    fn two_models(&self, cmd: &str) -> Result<(PathBuf, PathBuf, model::Model)> {
+        let [orig, new] = self.positional.as_slice() else {
+            bail!("{cmd} needs ORIGINAL.onnx REWRITTEN.onnx\n{}", usage());
+        };
+        let (orig, new) = (PathBuf::from(orig), PathBuf::from(new));
+        let m = model::load(&orig)?;
+        model::load(&new)?;
+        Ok((orig, new, m))
+    }
     fn one(&self, n: usize, what: &str) -> Result<PathBuf> {
         if self.positional.len() != n {
             bail!("expected {what}\n{}", usage());
@@ -236,15 +246,7 @@ fn rewrite_cmd(a: &Args) -> Result<i32> {
 
 /// `tessera verify`: both models in ONNX Runtime, compared.
 fn verify_cmd(a: &Args) -> Result<i32> {
-    if a.positional.len() != 2 {
-        bail!("verify needs ORIGINAL.onnx REWRITTEN.onnx\n{}", usage());
-    }
-    let (orig, new) = (
-        PathBuf::from(&a.positional[0]),
-        PathBuf::from(&a.positional[1]),
-    );
-    let m = model::load(&orig)?;
-    model::load(&new)?;
+    let (orig, new, m) = a.two_models("verify")?;
     let seqs = a.seqs("128")?;
     let given = a
         .all("--input")
@@ -275,15 +277,7 @@ fn verify_cmd(a: &Args) -> Result<i32> {
 
 /// `tessera generate`: greedy decoding through the KV cache, both models.
 fn generate_cmd(a: &Args) -> Result<i32> {
-    if a.positional.len() != 2 {
-        bail!("generate needs ORIGINAL.onnx REWRITTEN.onnx\n{}", usage());
-    }
-    let (orig, new) = (
-        PathBuf::from(&a.positional[0]),
-        PathBuf::from(&a.positional[1]),
-    );
-    let m = model::load(&orig)?;
-    model::load(&new)?;
+    let (orig, new, m) = a.two_models("generate")?;
     let prompt = match (a.get("--prompt"), a.get("--prompt-ids")) {
         (Some(_), Some(_)) => bail!("generate: give --prompt or --prompt-ids, not both"),
         (None, None) => bail!(

@@ -170,6 +170,9 @@ pub fn run_python(file_name: &str, source: &str, spec: &Value) -> Result<i32> {
     let driver = tmp.join(file_name);
     let spec_path = tmp.join("spec.json");
     std::fs::write(&driver, source).map_err(|e| Error(format!("{}: {e}", driver.display())))?;
+    // Other drivers import their shared helpers (element types, peak RSS) from verify.py.
+    let shared = tmp.join("verify.py");
+    std::fs::write(&shared, DRIVER).map_err(|e| Error(format!("{}: {e}", shared.display())))?;
     std::fs::write(&spec_path, spec.to_string())
         .map_err(|e| Error(format!("{}: {e}", spec_path.display())))?;
     let py = python()?;
