@@ -78,6 +78,13 @@ impl Args {
             })
             .collect()
     }
+    /// `--tol X` (max abs), `default` when absent.
+    fn tol(&self, default: &str) -> Result<f64> {
+        self.get("--tol")
+            .unwrap_or(default)
+            .parse()
+            .map_err(|_| Error("--tol must be a number".into()))
+    }
     /// `ORIGINAL.onnx REWRITTEN.onnx`: both paths (both must load) and the original.
     fn two_models(&self, cmd: &str) -> Result<(PathBuf, PathBuf, model::Model)> {
         let [orig, new] = self.positional.as_slice() else {
@@ -259,11 +266,7 @@ fn verify_cmd(a: &Args) -> Result<i32> {
     let opts = verify::Options {
         seqs,
         batch: a.count("--batch", "2")?,
-        tol: a
-            .get("--tol")
-            .unwrap_or("1e-4")
-            .parse()
-            .map_err(|_| Error("--tol must be a number".into()))?,
+        tol: a.tol("1e-4")?,
         json: a.has("--json"),
         given,
         threads: a.count("--threads", "0")?,
@@ -314,11 +317,7 @@ fn generate_cmd(a: &Args) -> Result<i32> {
         prompt,
         tokens: a.count("--tokens", "16")?,
         batch: a.count("--batch", "1")?,
-        tol: a
-            .get("--tol")
-            .unwrap_or("1e-3")
-            .parse()
-            .map_err(|_| Error("--tol must be a number".into()))?,
+        tol: a.tol("1e-3")?,
         threads: a.count("--threads", "0")?,
         json: a.has("--json"),
     };
