@@ -359,3 +359,30 @@ fn key_padding(
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[q][k]` for `sq` queries after `past` cached keys: `k` allowed iff `f(q + past, k)`.
+    fn grid(sq: usize, past: usize, f: impl Fn(i64, i64) -> bool) -> Vec<Vec<bool>> {
+        (0..sq)
+            .map(|q| {
+                (0..sq + past)
+                    .map(|k| f((q + past) as i64, k as i64))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_band_is_measured_from_the_query_position_after_the_past() {
+        let causal = grid(4, 3, |p, k| k <= p);
+        assert_eq!(band(&causal, 3), Some((-1, 0)));
+        // Read without the past, the same mask looks like a window of 3 keys on each side.
+        assert_eq!(band(&causal, 0), Some((3, 3)));
+        let window = grid(4, 3, |p, k| p - 2 <= k && k <= p);
+        assert_eq!(band(&window, 3), Some((2, 0)));
+        assert!(in_band(0, 1, 3, (2, 0)) && !in_band(0, 0, 3, (2, 0)) && !in_band(0, 4, 3, (2, 0)));
+    }
+}
