@@ -24,8 +24,10 @@ def test_inspect_finds_each_cached_site_with_its_offset_mask(name):
     sites, hq, hkv, d, windowed = DECODERS[name]
     report = json.loads(tessera("inspect", model(name), "--json").stdout)["sites"]
     assert len(report) == sites
-    for s in report:
+    for i, s in enumerate(report):
         assert s["exact_rewrite"], s
+        assert s["kv_cache"] == {"past_key": f"past_key_values.{i}.key", "past_value": f"past_key_values.{i}.value",
+                                 "present_key": f"present.{i}.key", "present_value": f"present.{i}.value"}
         assert (s["q_heads"], s["kv_heads"], s["head_dim"]) == (hq, hkv, d)
         assert s["mask"]["padding"] and (s["mask"]["causal"] or s["mask"]["window"] == [63, 0]), s["mask"]
     # Gemma 3's sliding layers (window 64: the query and the 63 keys before it), then one full layer.
