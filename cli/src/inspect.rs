@@ -57,9 +57,10 @@ pub fn table(model: &Model, sites: &[Site]) -> String {
                 if t.causal { "causal, " } else { "" },
                 t.mask.describe()
             ),
-            match &t.exact {
-                Ok(n) => format!("exact ({n})"),
-                Err(e) => format!("no: {e}"),
+            match (&t.exact, crate::sites::kv_cache::describe(t)) {
+                (Ok(n), Some(c)) => format!("exact ({n}; {c})"),
+                (Ok(n), None) => format!("exact ({n})"),
+                (Err(e), _) => format!("no: {e}"),
             }
         );
     }
@@ -90,6 +91,10 @@ pub fn json(model: &Model, sites: &[Site]) -> Value {
             },
             "exact_rewrite": t.exact.is_ok(),
             "note": match &t.exact { Ok(n) | Err(n) => n },
+            "kv_cache": t.cache.as_ref().map(|c| json!({
+                "past_key": c.past_key, "past_value": c.past_value,
+                "present_key": c.present_key, "present_value": c.present_value,
+            })),
         })).collect::<Vec<_>>(),
     })
 }

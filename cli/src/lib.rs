@@ -7,14 +7,17 @@
 //! small interpreter for mask subgraphs, op table by op table), [`mask`]
 //! (mask recognition), [`sites`] (one matcher per exporter form),
 //! [`rewrite`] (the swap, step by step), [`inspect`] (the report),
-//! [`verify`] (running both models in ONNX Runtime), [`demo`] (the whole
-//! path on the bundled model), [`progress`] (a line per long step).
+//! [`verify`] (running both models in ONNX Runtime), [`generate`] (greedy
+//! decoding with a KV cache, both models), [`demo`] (the whole path on the
+//! bundled model), [`progress`] (a line per long step).
 
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod graph;
 pub mod inspect;
+pub mod logits;
 pub mod mask;
 pub mod model;
 pub mod names;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use tessera_cli::error::{Error, Result};
 use tessera_cli::progress::Progress;
 use tessera_cli::rewrite::{parse_layers, rewrite, summary, Policy, EXACT};
-use tessera_cli::{bail, inspect, model, verify};
+use tessera_cli::{bail, generate, inspect, model, verify};
 
 /// Command-line words: positional arguments and `--flag [value]` pairs.
 struct Args {
@@ -79,6 +79,23 @@ impl Args {
             })
             .collect()
     }
+    /// `--tol X` (max abs), `default` when absent.
+    fn tol(&self, default: &str) -> Result<f64> {
+        self.get("--tol")
+            .unwrap_or(default)
+            .parse()
+            .map_err(|_| Error("--tol must be a number".into()))
+    }
+    /// `ORIGINAL.onnx REWRITTEN.onnx`: both paths (both must load) and the original.
+    fn two_models(&self, cmd: &str) -> Result<(PathBuf, PathBuf, model::Model)> {
+        let [orig, new] = self.positional.as_slice() else {
+            bail!("{cmd} needs ORIGINAL.onnx REWRITTEN.onnx\n{}", usage());
+        };
+        let (orig, new) = (PathBuf::from(orig), PathBuf::from(new));
+        let m = model::load(&orig)?;
+        model::load(&new)?;
+        Ok((orig, new, m))
+    }
     fn one(&self, n: usize, what: &str) -> Result<PathBuf> {
         if self.positional.len() != n {
             bail!("expected {what}\n{}", usage());
@@ -112,8 +129,8 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "rewrite",
-        usage: "IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST] [--force]",
-        flags: &["-o", "--output", "--policy", "--layers"],
+        usage: "IN.onnx -o OUT.onnx [--policy exact|window=L,R[,global-every=N][,globals=G]|topk=K[,window=L][,globals=G]] [--layers LIST] [--logits all|last] [--force]",
+        flags: &["-o", "--output", "--policy", "--layers", "--logits"],
         switches: &["--force"],
         run: rewrite_cmd,
     },
@@ -123,6 +140,13 @@ const COMMANDS: &[Command] = &[
         flags: &["--seq", "--batch", "--tol", "--input", "--threads"],
         switches: &[],
         run: verify_cmd,
+    },
+    Command {
+        name: "generate",
+        usage: "ORIGINAL.onnx REWRITTEN.onnx [--prompt FILE.txt [--tokenizer tokenizer.json] [--max-prompt N] | --prompt-ids ID,...] [--tokens N] [--batch B] [--tol X] [--threads T] [--json]",
+        flags: &["--prompt", "--tokenizer", "--max-prompt", "--prompt-ids", "--tokens", "--batch", "--tol", "--threads"],
+        switches: &[],
+        run: generate_cmd,
     },
     Command {
         name: "demo",
@@ -225,6 +249,14 @@ fn rewrite_cmd(a: &Args) -> Result<i32> {
     let progress = Progress::start();
     progress.step(format!("loading {}", input.display()));
     let mut m = model::load(&input)?;
+    // Before the attention rewrite: the head's input shape is probed through the original graph.
+    let logits_note = match a.get("--logits").unwrap_or("all") {
+        "all" => None,
+        tessera_cli::logits::LAST => Some(tessera_cli::logits::last_position_logits(&mut m)?),
+        other => {
+            bail!("--logits '{other}': expected 'all' (every position, the default) or 'last'")
+        }
+    };
     progress.step(format!("rewriting (policy {policy})"));
     let report = rewrite(&mut m, &policy, layers.as_ref())?;
     for r in &report.rewritten {
@@ -241,6 +273,9 @@ fn rewrite_cmd(a: &Args) -> Result<i32> {
     }
     if report.rewritten.is_empty() && report.kept.is_empty() && inspect::sites(&m).is_empty() {
         bail!("{}: {NO_ATTENTION}", input.display());
+    }
+    if let Some(note) = logits_note {
+        eprintln!("logits: {note}");
     }
     progress.step(format!("writing {out}"));
     model::save(&m, Path::new(out))?;
@@ -270,17 +305,9 @@ fn same_file(input: &Path, out: &Path) -> bool {
 
 /// `tessera verify`: both models in ONNX Runtime, compared.
 fn verify_cmd(a: &Args) -> Result<i32> {
-    if a.positional.len() != 2 {
-        bail!("verify needs ORIGINAL.onnx REWRITTEN.onnx\n{}", usage());
-    }
-    let (orig, new) = (
-        PathBuf::from(&a.positional[0]),
-        PathBuf::from(&a.positional[1]),
-    );
     let progress = Progress::start();
-    progress.step(format!("loading {} and {}", orig.display(), new.display()));
-    let m = model::load(&orig)?;
-    model::load(&new)?;
+    progress.step(format!("loading {}", a.positional.join(" and ")));
+    let (orig, new, m) = a.two_models("verify")?;
     let seqs = a.seqs("128")?;
     let given = a
         .all("--input")
@@ -293,17 +320,62 @@ fn verify_cmd(a: &Args) -> Result<i32> {
     let opts = verify::Options {
         seqs,
         batch: a.count("--batch", "2")?,
-        tol: a
-            .get("--tol")
-            .unwrap_or("1e-4")
-            .parse()
-            .map_err(|_| Error("--tol must be a number".into()))?,
+        tol: a.tol("1e-4")?,
         json: a.has("--json"),
         given,
         threads: a.count("--threads", "0")?,
         plot: None,
     };
+    if generate::has_cache(&m) {
+        return generate::verify_with_cache(&orig, &new, &m, &opts);
+    }
     verify::verify(&orig, &new, &m, &opts)
+}
+
+/// `tessera generate`: greedy decoding through the KV cache, both models.
+fn generate_cmd(a: &Args) -> Result<i32> {
+    let (orig, new, m) = a.two_models("generate")?;
+    let prompt = match (a.get("--prompt"), a.get("--prompt-ids")) {
+        (Some(_), Some(_)) => bail!("generate: give --prompt or --prompt-ids, not both"),
+        (None, None) => bail!(
+            "generate needs --prompt FILE.txt or --prompt-ids ID,...\n{}",
+            usage()
+        ),
+        (None, Some(ids)) => generate::Prompt::Ids(
+            ids.split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .map_err(|_| Error(format!("--prompt-ids '{s}' is not a token id")))
+                })
+                .collect::<Result<_>>()?,
+        ),
+        (Some(file), None) => {
+            let tokenizer = match a.get("--tokenizer") {
+                Some(t) => PathBuf::from(t),
+                None => generate::tokenizer_next_to(&orig).ok_or_else(|| {
+                    Error(format!(
+                        "generate: no tokenizer.json next to {}; pass --tokenizer FILE",
+                        orig.display()
+                    ))
+                })?,
+            };
+            generate::Prompt::Text {
+                file: PathBuf::from(file),
+                tokenizer,
+                max: a.count("--max-prompt", "0")?,
+            }
+        }
+    };
+    let opts = generate::Options {
+        prompt,
+        tokens: a.count("--tokens", "16")?,
+        batch: a.count("--batch", "1")?,
+        tol: a.tol("1e-3")?,
+        threads: a.count("--threads", "0")?,
+        json: a.has("--json"),
+    };
+    generate::generate(&orig, &new, &m, &opts)
 }
 
 /// `tessera bench`: the exact rewrite and each `--policy`, timed against the original.

@@ -17,6 +17,11 @@
 //!    biases other than 0 / −∞) is reported as opaque and stays a dense
 //!    `attn_mask`, which is always exact.
 //!
+//! In a decoder with a KV cache (graph inputs `past_key_values.*`) both runs
+//! have [`PAST`] cached positions: query `q` sits at position `q + PAST`, the
+//! band is measured from there (the op's causal offset is the past length)
+//! and the attention mask covers all `PAST + S` keys.
+//!
 //! A band wider than the band run's length on a side looks unbounded; so a
 //! side is only called unbounded when no constant of the subgraph could be
 //! such a width. A model whose position table is shorter than `S_BAND` is
@@ -39,6 +44,9 @@ use crate::proto::tensor_proto::DataType;
 pub const S_BAND: usize = 1031;
 /// Sequence length of the padding runs.
 pub const S_PAD: usize = 97;
+/// Cached positions in the runs of a decoder with a KV cache (odd, and
+/// neither run's length), so the mask's offset by the past length is seen.
+pub const PAST: usize = 13;
 /// Additive values at or below this are "blocked".
 const BLOCKED: f64 = -1e30;
 
@@ -142,9 +150,11 @@ fn allowed(
     tensor: &str,
     form: &str,
     rows: &[Vec<bool>],
+    past: usize,
 ) -> Result<Vec<Vec<Vec<bool>>>, String> {
     let (b, s) = (rows.len(), rows[0].len());
-    let feeds = roles.feeds(ix, rows);
+    let sq = s - past;
+    let feeds = roles.feeds_with_past(ix, rows, past);
     let mut ev = Evaluator::new(ix, feeds);
     let t = ev.eval(tensor).map_err(|e| match ev.missing.first() {
         Some(input) => format!("depends on graph input '{input}'"),
@@ -160,8 +170,16 @@ fn allowed(
     if th != 1 {
         return Err("per-head mask".into());
     }
-    if tk != s || !(tq == 1 || tq == s) || !(tb == 1 || tb == b) {
-        return Err(format!("mask shape {:?} at batch {b}, S {s}", t.shape));
+    if tk != s || !(tq == 1 || tq == sq) || !(tb == 1 || tb == b) {
+        let cached = if past > 0 {
+            format!(" with {past} cached")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "mask shape {:?} at batch {b}, S {s}{cached}",
+            t.shape
+        ));
     }
     let mut out = vec![vec![vec![false; s]; tq]; b];
     for (bi, rows) in out.iter_mut().enumerate() {
@@ -183,9 +201,11 @@ fn allowed(
     Ok(out)
 }
 
-/// The band `(left, right)` (−1 = unbounded) that `a[q][k]` is, if it is one.
-fn band(a: &[Vec<bool>]) -> Option<(i64, i64)> {
+/// The band `(left, right)` (−1 = unbounded) that `a[q][k]` is, if it is
+/// one; query `q` sits at position `q + past` among the keys.
+fn band(a: &[Vec<bool>], past: usize) -> Option<(i64, i64)> {
     let s = a.first()?.len() as i64;
+    let past = past as i64;
     if a.len() == 1 {
         // No query axis: only "every key" is a band.
         return a[0].iter().all(|&v| v).then_some((-1, -1));
@@ -194,8 +214,8 @@ fn band(a: &[Vec<bool>]) -> Option<(i64, i64)> {
     for (q, row) in a.iter().enumerate() {
         for (k, &v) in row.iter().enumerate() {
             if v {
-                left = left.max(q as i64 - k as i64);
-                right = right.max(k as i64 - q as i64);
+                left = left.max(q as i64 + past - k as i64);
+                right = right.max(k as i64 - q as i64 - past);
             }
         }
     }
@@ -204,7 +224,7 @@ fn band(a: &[Vec<bool>]) -> Option<(i64, i64)> {
     }
     let ok = a.iter().enumerate().all(|(q, row)| {
         row.iter().enumerate().all(|(k, &v)| {
-            let d = k as i64 - q as i64;
+            let d = k as i64 - q as i64 - past;
             v == (-left <= d && d <= right)
         })
     });
@@ -212,8 +232,8 @@ fn band(a: &[Vec<bool>]) -> Option<(i64, i64)> {
     ok.then(|| (unbounded(left), unbounded(right)))
 }
 
-fn in_band(q: usize, k: usize, (left, right): (i64, i64)) -> bool {
-    let d = k as i64 - q as i64;
+fn in_band(q: usize, k: usize, past: usize, (left, right): (i64, i64)) -> bool {
+    let d = k as i64 - (q + past) as i64;
     (left < 0 || -left <= d) && (right < 0 || d <= right)
 }
 
@@ -254,8 +274,9 @@ fn classify(ix: &GraphIndex, tensor: &str, form: &'static str) -> MaskInfo {
         ..Default::default()
     };
     let roles = Roles::of(ix);
-    let result = band_of_keys(ix, &roles, tensor, form)
-        .and_then(|bnd| Ok((bnd, key_padding(ix, &roles, tensor, form, bnd)?)));
+    let past = if roles.past.is_empty() { 0 } else { PAST };
+    let result = band_of_keys(ix, &roles, tensor, form, past)
+        .and_then(|bnd| Ok((bnd, key_padding(ix, &roles, tensor, form, bnd, past)?)));
     match result {
         Ok((bnd, padding)) => {
             info.causal = bnd == (-1, 0);
@@ -276,19 +297,20 @@ fn band_of_keys(
     roles: &Roles,
     tensor: &str,
     form: &'static str,
+    past: usize,
 ) -> Result<(i64, i64), String> {
     let mut tried = Err(String::new());
     let mut s_band = S_BAND;
     for s in [S_BAND, 509, 251, S_PAD] {
-        tried = allowed(ix, roles, tensor, form, &[vec![true; s]]);
+        tried = allowed(ix, roles, tensor, form, &[vec![true; s + past]], past);
         if tried.is_ok() {
             s_band = s;
             break;
         }
     }
     let ones = tried?;
-    let bnd =
-        band(&ones[0]).ok_or("not a band of keys around the query (e.g. chunked or arbitrary)")?;
+    let bnd = band(&ones[0], past)
+        .ok_or("not a band of keys around the query (e.g. chunked or arbitrary)")?;
     if bnd.0 < 0 || bnd.1 < 0 {
         if let Some(c) = wide_constant(ix, tensor, s_band) {
             return Err(format!(
@@ -307,14 +329,15 @@ fn key_padding(
     tensor: &str,
     form: &'static str,
     bnd: (i64, i64),
+    past: usize,
 ) -> Result<bool, String> {
-    let rows = padding_rows(S_PAD);
-    let got = allowed(ix, roles, tensor, form, &rows)?;
+    let rows = padding_rows(S_PAD + past);
+    let got = allowed(ix, roles, tensor, form, &rows, past)?;
     let (mut uses_padding, mut matches) = (false, true);
     for (b, row_mask) in rows.iter().enumerate() {
         for (q, row) in got[b].iter().enumerate() {
             for (k, &v) in row.iter().enumerate() {
-                let band_ok = got[b].len() == 1 || in_band(q, k, bnd);
+                let band_ok = got[b].len() == 1 || in_band(q, k, past, bnd);
                 let padded = band_ok && row_mask[k];
                 matches &= v == padded;
                 uses_padding |= band_ok && !row_mask[k];
@@ -328,11 +351,38 @@ fn key_padding(
         rows.iter().enumerate().all(|(q, row)| {
             row.iter()
                 .enumerate()
-                .all(|(k, &v)| v == (rows.len() == 1 || in_band(q, k, bnd)))
+                .all(|(k, &v)| v == (rows.len() == 1 || in_band(q, k, past, bnd)))
         })
     });
     if !unpadded {
         return Err("depends on the attention mask other than as key padding".into());
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[q][k]` for `sq` queries after `past` cached keys: `k` allowed iff `f(q + past, k)`.
+    fn grid(sq: usize, past: usize, f: impl Fn(i64, i64) -> bool) -> Vec<Vec<bool>> {
+        (0..sq)
+            .map(|q| {
+                (0..sq + past)
+                    .map(|k| f((q + past) as i64, k as i64))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_band_is_measured_from_the_query_position_after_the_past() {
+        let causal = grid(4, 3, |p, k| k <= p);
+        assert_eq!(band(&causal, 3), Some((-1, 0)));
+        // Read without the past, the same mask looks like a window of 3 keys on each side.
+        assert_eq!(band(&causal, 0), Some((3, 3)));
+        let window = grid(4, 3, |p, k| p - 2 <= k && k <= p);
+        assert_eq!(band(&window, 3), Some((2, 0)));
+        assert!(in_band(0, 1, 3, (2, 0)) && !in_band(0, 0, 3, (2, 0)) && !in_band(0, 4, 3, (2, 0)));
+    }
 }

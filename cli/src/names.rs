@@ -57,6 +57,7 @@ mod ops {
     pub const SQRT: &str = "Sqrt";
     pub const SQUEEZE: &str = "Squeeze";
     pub const SUB: &str = "Sub";
+    pub const TANH: &str = "Tanh";
     pub const TRANSPOSE: &str = "Transpose";
     pub const UNSQUEEZE: &str = "Unsqueeze";
     pub const WHERE: &str = "Where";

@@ -159,11 +159,20 @@ pub fn bench(model: &Model, rewrites: &[(String, PathBuf)], opts: &Options) -> R
 
 /// Write the driver and its spec to a temporary folder and run it.
 fn run_driver(spec: &Value) -> Result<i32> {
+    run_python("verify.py", DRIVER, spec)
+}
+
+/// Write the Python script `source` (as `file_name`) and `spec` to a
+/// temporary folder and run it with the venv's Python; its exit status.
+pub fn run_python(file_name: &str, source: &str, spec: &Value) -> Result<i32> {
     let tmp = std::env::temp_dir().join(format!("tessera-verify-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| Error(format!("{}: {e}", tmp.display())))?;
-    let driver = tmp.join("verify.py");
+    let driver = tmp.join(file_name);
     let spec_path = tmp.join("spec.json");
-    std::fs::write(&driver, DRIVER).map_err(|e| Error(format!("{}: {e}", driver.display())))?;
+    std::fs::write(&driver, source).map_err(|e| Error(format!("{}: {e}", driver.display())))?;
+    // Other drivers import their shared helpers (element types, peak RSS) from verify.py.
+    let shared = tmp.join("verify.py");
+    std::fs::write(&shared, DRIVER).map_err(|e| Error(format!("{}: {e}", shared.display())))?;
     std::fs::write(&spec_path, spec.to_string())
         .map_err(|e| Error(format!("{}: {e}", spec_path.display())))?;
     let py = python()?;

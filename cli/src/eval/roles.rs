@@ -6,17 +6,23 @@ use std::collections::HashMap;
 
 use super::tensor::{Tensor, INT64};
 use super::Evaluator;
-use crate::graph::GraphIndex;
+use crate::graph::{Dim, GraphIndex};
 use crate::names::GATHER;
 
 /// The graph inputs a mask or a shape may be computed from: token ids (with
-/// their vocabulary size) and the `(batch, sequence)` attention mask.
+/// their vocabulary size), the `(batch, sequence)` attention mask and, in a
+/// decoder exported with a KV cache, the position ids and the past keys and
+/// values (`past_key_values.N.key`, `(batch, heads, past, head_dim)`).
 #[derive(Debug, Default)]
 pub struct Roles {
     /// Token-id inputs and their vocabulary sizes.
     pub tokens: Vec<(String, usize)>,
-    /// The attention-mask input.
+    /// The attention-mask input (over past and new tokens when there is a cache).
     pub mask: Option<String>,
+    /// Rank-2 position-id inputs.
+    pub positions: Vec<String>,
+    /// Rank-4 past key/value inputs and their `(heads, head_dim)`.
+    pub past: Vec<(String, [usize; 2])>,
 }
 
 impl Roles {
@@ -44,6 +50,16 @@ impl Roles {
                 r.tokens.push((name.to_string(), v.max(1) as usize));
             } else if lower.contains("mask") && rank2 && r.mask.is_none() {
                 r.mask = Some(name.to_string());
+            } else if lower.contains("position") && rank2 {
+                r.positions.push(name.to_string());
+            } else if lower.contains("past") {
+                if let Some([_, h, _, d]) = ix.shape(name).as_deref() {
+                    let fixed = |x: &Dim| match x {
+                        Dim::Fixed(v) if *v > 0 => *v as usize,
+                        _ => 1,
+                    };
+                    r.past.push((name.to_string(), [fixed(h), fixed(d)]));
+                }
             }
         }
         r
@@ -52,7 +68,20 @@ impl Roles {
     /// Feeds for a batch of `rows.len()` sequences of `rows[0].len()` tokens:
     /// deterministic token ids in range, and `rows` as the attention mask.
     pub fn feeds(&self, ix: &GraphIndex, rows: &[Vec<bool>]) -> HashMap<String, Tensor> {
-        let (b, s) = (rows.len(), rows.first().map_or(0, Vec::len));
+        self.feeds_with_past(ix, rows, 0)
+    }
+
+    /// [`Self::feeds`] for a decoder with a KV cache: `past` of the
+    /// `rows[0].len()` positions are cached (zero past keys and values of that
+    /// length), the rest are new tokens at positions `past..`.
+    pub fn feeds_with_past(
+        &self,
+        ix: &GraphIndex,
+        rows: &[Vec<bool>],
+        past: usize,
+    ) -> HashMap<String, Tensor> {
+        let (b, total) = (rows.len(), rows.first().map_or(0, Vec::len));
+        let s = total.saturating_sub(past);
         let mut rng = Lcg(0x5eed);
         let mut feeds = HashMap::new();
         for (name, vocab) in &self.tokens {
@@ -69,7 +98,22 @@ impl Roles {
                 .map(|&v| f64::from(u8::from(v)))
                 .collect();
             let dt = ix.elem_type(m).unwrap_or(INT64);
-            feeds.insert(m.clone(), Tensor::new(vec![b, s], data, dt));
+            feeds.insert(m.clone(), Tensor::new(vec![b, total], data, dt));
+        }
+        for name in &self.positions {
+            let data = (0..b)
+                .flat_map(|_| (past..total).map(|p| p as f64))
+                .collect();
+            let dt = ix.elem_type(name).unwrap_or(INT64);
+            feeds.insert(name.clone(), Tensor::new(vec![b, s], data, dt));
+        }
+        for (name, [h, d]) in &self.past {
+            let dt = ix.elem_type(name).unwrap_or(super::tensor::FLOAT);
+            let shape = vec![b, *h, past, *d];
+            feeds.insert(
+                name.clone(),
+                Tensor::new(shape, vec![0.0; b * h * past * d], dt),
+            );
         }
         feeds
     }
@@ -77,9 +121,18 @@ impl Roles {
 
 /// The shape `tensor` has for one sequence of `s` tokens, from the graph
 /// alone (no ONNX shape inference needed); `None` when it cannot be told.
+///
+/// A decoder with a KV cache is probed with [`crate::mask::PAST`] cached
+/// positions, so a K or V that still includes the past is told from the new
+/// one by its length.
 pub fn probe_shape(ix: &GraphIndex, tensor: &str, s: usize) -> Option<Vec<usize>> {
     let roles = Roles::of(ix);
-    let mut ev = Evaluator::new(ix, roles.feeds(ix, &[vec![true; s]]));
+    let past = if roles.past.is_empty() {
+        0
+    } else {
+        crate::mask::PAST
+    };
+    let mut ev = Evaluator::new(ix, roles.feeds_with_past(ix, &[vec![true; s + past]], past));
     ev.shape_only(tensor).ok()
 }
 

@@ -198,6 +198,14 @@ fn swap_onnx_attention(n: &NodeProto, site: &Site, policy: &Policy) -> Vec<NodeP
     if t.input.len() > 3 {
         t.input[3] = plan.input.clone().unwrap_or_default();
     }
+    if let Some(c) = &site.cache {
+        // The Concats outside the node become the op's own cache (inputs 4, 5; outputs 1, 2).
+        t.input.resize(4, String::new());
+        t.input.extend([c.past_key.clone(), c.past_value.clone()]);
+        t.output.resize(3, String::new());
+        t.output[1].clone_from(&c.present_key);
+        t.output[2].clone_from(&c.present_value);
+    }
     set_globals(&mut t, &plan);
     while t.input.last().is_some_and(String::is_empty) {
         t.input.pop();
@@ -306,6 +314,15 @@ fn build_decomposed(site: &Site, policy: &Policy) -> Vec<NodeProto> {
     };
     if let Some(m) = plan.input.clone() {
         node.input.push(m);
+    }
+    if let Some(c) = &site.cache {
+        // ONNX slots: attn_mask (3, empty when none), past_key (4), past_value (5);
+        // present_key and present_value are outputs 1 and 2.
+        node.input.resize(3 + 1, String::new());
+        node.input
+            .extend([c.past_key.clone(), c.past_value.clone()]);
+        node.output
+            .extend([c.present_key.clone(), c.present_value.clone()]);
     }
     if let Some(s) = site.scale {
         node.attribute.push(float_attr(SCALE.as_str(), s as f32));

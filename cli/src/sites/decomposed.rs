@@ -16,6 +16,7 @@
 //! Then the operands are checked and their heads read ([`operand_dims`]),
 //! and [`verdict`] says whether the swap is exact.
 
+use super::kv_cache::fold_cache;
 use super::{fold_repeat_kv, heads_from_reshape, heads_from_shape, rank4, Site, SiteKind, PROBE_S};
 use crate::eval::probe_shape;
 use crate::graph::{attr_i, attr_ints, is_onnx, GraphIndex};
@@ -43,6 +44,10 @@ pub(super) fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) ->
     let (q, kt, split) = scale_split(ix, qkn, &mut scale, &mut nodes);
     let k = key_source(ix, &kt, &mut nodes)?;
     let (k, v, n_rep) = fold_gqa(ix, k, pvn.input[1].clone());
+    let (k, v, cache) = match fold_cache(ix, &k, &v, &mut nodes) {
+        Some((k_new, v_new, c)) => ((k_new, None), v_new, Some(c)),
+        None => (k, v, None),
+    };
     let dims = operand_dims(ix, &q, &k, &v, n_rep);
     let exact = verdict(ix, sm, qkn, &dims, &q, &v, &mask);
     Some(Site {
@@ -65,6 +70,7 @@ pub(super) fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) ->
         mask,
         causal: false,
         exact,
+        cache,
     })
 }
 

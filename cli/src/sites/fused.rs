@@ -4,6 +4,7 @@
 
 use tessera_schema::attention::attr::{IS_CAUSAL, KV_NUM_HEADS, Q_NUM_HEADS, SCALE};
 
+use super::kv_cache::fold_cache;
 use super::{fold_repeat_kv, heads_from_reshape, heads_from_shape, Site, SiteKind};
 use crate::graph::{attr_f, attr_i, GraphIndex};
 use crate::mask::{analyse_additive, analyse_bool, is_bool, MaskInfo};
@@ -26,6 +27,16 @@ pub(super) fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> O
         None => MaskInfo::default(),
     };
     let (k, v, hkv) = unrepeat_kv(ix, &q, input(1)?, input(2)?, hq, hkv);
+    // K = Concat(past, new) outside the node (dynamo's sdpa with a cache): the op takes the cache.
+    let mut nodes = vec![i];
+    let presents_free = n.output.iter().skip(1).all(String::is_empty);
+    let folded = (input(4).is_none() && presents_free)
+        .then(|| fold_cache(ix, &(k.clone(), None), &v, &mut nodes))
+        .flatten();
+    let (k, v, cache) = match folded {
+        Some((k, v, c)) => (k, v, Some(c)),
+        None => (k, v, None),
+    };
     let exact = if input(4).is_some() != input(5).is_some() {
         Err("past_key without past_value".into())
     } else {
@@ -35,7 +46,7 @@ pub(super) fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> O
         kind: SiteKind::OnnxAttention,
         layer,
         anchor: n.name().to_string(),
-        nodes: vec![i],
+        nodes,
         q,
         k: (k, None),
         v,
@@ -47,6 +58,7 @@ pub(super) fn match_onnx_attention(ix: &GraphIndex, i: usize, layer: usize) -> O
         mask,
         causal: attr_i(n, IS_CAUSAL.as_str()) == Some(1),
         exact,
+        cache,
     })
 }
 
@@ -132,6 +144,7 @@ pub(super) fn match_microsoft(ix: &GraphIndex, i: usize, layer: usize) -> Option
             Some(b) => analyse_additive(ix, b),
             None => MaskInfo::default(),
         },
+        cache: None,
         q,
     })
 }
@@ -186,5 +199,6 @@ pub(super) fn match_tessera(ix: &GraphIndex, i: usize, layer: usize) -> Option<S
         mask: MaskInfo::default(),
         causal: attr_i(n, IS_CAUSAL.as_str()) == Some(1),
         exact: Err("already ai.tessera.Attention".into()),
+        cache: None,
     })
 }

@@ -12,6 +12,7 @@
 
 mod decomposed;
 mod fused;
+pub mod kv_cache;
 
 use tessera_schema::{attention, DOMAIN};
 
@@ -98,6 +99,8 @@ pub struct Site {
     pub causal: bool,
     /// `Ok(note)` when an exact rewrite is possible, `Err(reason)` when not.
     pub exact: Result<String, String>,
+    /// The KV cache the site's K and V were concatenated from, if any.
+    pub cache: Option<kv_cache::Cache>,
 }
 
 type Matcher = fn(&GraphIndex, usize, usize) -> Option<Site>;
@@ -119,7 +122,8 @@ pub fn find_sites(ix: &GraphIndex) -> Vec<Site> {
         let domain = if is_onnx(n) { ONNX_DOMAIN } else { n.domain() };
         for (d, op, m) in MATCHERS {
             if *d == domain && *op == n.op_type() {
-                if let Some(s) = m(ix, i, sites.len()) {
+                if let Some(mut s) = m(ix, i, sites.len()) {
+                    kv_cache::guard_offset(ix, &mut s);
                     sites.push(s);
                 }
             }
