@@ -1,6 +1,9 @@
 //! Property tests: every kernel and tile size against the f64 reference, on
 //! random shapes, random data and random compositions of every mask rule.
 
+#[macro_use]
+mod kernels;
+
 mod common;
 
 use common::{assert_close, expected, Rng};
@@ -203,14 +206,11 @@ fn check_all<T: Element>(c: &Case, tol: f64) {
         |(y, lse, _): (Vec<f32>, Vec<f32>, Stats)| assert_close(&p.spec, &exp, &y, &lse, 1.0, tol);
     check(run::<_, 4, 8, T, f32>(kernel::Portable, &att));
     check(run::<_, 16, 32, T, f32>(kernel::Portable, &att));
-    #[cfg(target_arch = "x86_64")]
-    if let Some(k) = kernel::Avx2Fma::detect() {
+    each_kernel!(k => {
         check(run::<_, 8, 16, T, f32>(k, &att));
         check(run::<_, 64, 64, T, f32>(k, &att));
         check(run::<_, 48, 32, T, f32>(k, &att));
-    }
-    #[cfg(target_arch = "aarch64")]
-    check(run::<_, 8, 16, T, f32>(kernel::Neon::new(), &att));
+    });
 }
 
 proptest! {

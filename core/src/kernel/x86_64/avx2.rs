@@ -187,7 +187,14 @@ fn softmax_row_avx2(s: &mut [f32], m_old: f32) -> RowUpdate {
 
 /// 8×8 blocks through registers, the ragged rest element by element.
 #[target_feature(enable = "avx2,fma")]
-fn transpose_avx2(src: &[f32], rows: usize, cols: usize, lds: usize, dst: &mut [f32], ldd: usize) {
+pub(super) fn transpose_avx2(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+) {
     if rows == 0 || cols == 0 {
         return;
     }
