@@ -254,8 +254,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
     /// Like [`tile`](Self::tile), with the keys and values read from the
     /// `panels` that [`pack_kv`](Self::pack_kv) filled for this batch and
     /// query head's KV head; `scratch` is
-    /// [`packed_scratch_len`](Self::packed_scratch_len) long. `kv` must start
-    /// on a key tile (`kv.start % BK == 0`) and end on one or at `Skv`.
+    /// [`packed_scratch_len`](Self::packed_scratch_len) long. Both ends of
+    /// `kv` must be on a key tile boundary (a multiple of `BK`) or at `Skv`.
     #[allow(clippy::too_many_arguments)]
     pub fn tile_packed<'s, T: Element>(
         &self,
@@ -277,7 +277,8 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
                 got: panels.len(),
             });
         }
-        if kv.start % BK != 0 || (kv.end % BK != 0 && kv.end != s.kv_len) {
+        let on_tile = |j: usize| j % BK == 0 || j == s.kv_len;
+        if !on_tile(kv.start) || !on_tile(kv.end) {
             return Err(Error::TileOutOfRange);
         }
         let packed = Packed { panels };
