@@ -246,7 +246,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
             let (kt, vt) = blk.split_at_mut(at.d * BK);
             let (j0, j1) = (t * BK, ((t + 1) * BK).min(s.kv_len));
             self.load_kt(att, &at, j0, j1 - j0, kt);
-            load_v::<T, BK>(att, &at, j0, j1 - j0, vt);
+            load_v::<K, T, BK>(self.kernel, att, &at, j0, j1 - j0, vt);
         }
         Ok(())
     }
@@ -396,7 +396,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         let (kt_buf, vt_buf) = (core::mem::take(&mut buf.kt), core::mem::take(&mut buf.vt));
         let spans = Spans::new(&att.mask, &att.spec, &at);
 
-        load_q(att, &at, buf.q);
+        load_q(self.kernel, att, &at, buf.q);
         let mut visited = 0usize;
         for t in Self::kv_order(selected, &spans, &kv) {
             let (j0, j1) = ((t * BK).max(kv.start), ((t + 1) * BK).min(kv.end));
@@ -410,7 +410,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
                 Some(p) => p.tile::<BK>(t, at.d, at.dvp),
                 None => {
                     self.load_kt(att, &at, j0, j1 - j0, kt_buf);
-                    load_v::<T, BK>(att, &at, j0, j1 - j0, vt_buf);
+                    load_v::<K, T, BK>(self.kernel, att, &at, j0, j1 - j0, vt_buf);
                     (kt_buf, vt_buf)
                 }
             };

@@ -83,10 +83,16 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
                     .transpose(&k32[k_base..], cols, d, spec.k.seq, kt, BK);
             }
             _ => {
+                // Widen 16 values at a time with the kernel's conversions
+                // (F16C / AVX-512 on x86), then scatter them into Kᵀ.
+                let mut run = [0.0f32; 16];
                 for c in 0..cols {
                     let src = &att.k[k_base + c * spec.k.seq..][..d];
-                    for (dd, &x) in src.iter().enumerate() {
-                        kt[dd * BK + c] = x.to_f32();
+                    for (i, part) in src.chunks(16).enumerate() {
+                        T::widen(self.kernel, part, &mut run);
+                        for (dd, &x) in run[..part.len()].iter().enumerate() {
+                            kt[(i * 16 + dd) * BK + c] = x;
+                        }
                     }
                 }
             }
@@ -346,14 +352,18 @@ impl<'m, 'a> Spans<'m, 'a> {
 
 /// The Q tile in f32, pre-scaled by `scale`; padding rows are zero.
 #[inline(always)]
-pub(super) fn load_q<T: Element>(att: &Attention<'_, T>, at: &TilePos, q: &mut [f32]) {
+pub(super) fn load_q<K: MicroKernel, T: Element>(
+    kernel: K,
+    att: &Attention<'_, T>,
+    at: &TilePos,
+    q: &mut [f32],
+) {
     let spec = &att.spec;
     for (r, dst) in q.chunks_exact_mut(at.d).enumerate() {
         if r < at.rows {
             let src = &att.q[spec.q.offset(at.b, at.h, at.i0 + r)..][..at.d];
-            for (x, &y) in dst.iter_mut().zip(src) {
-                *x = y.to_f32() * spec.scale;
-            }
+            T::widen(kernel, src, dst);
+            kernel.scale_row(dst, spec.scale);
         } else {
             dst.fill(0.0);
         }
@@ -363,7 +373,8 @@ pub(super) fn load_q<T: Element>(att: &Attention<'_, T>, at: &TilePos, q: &mut [
 /// The V tile of keys `j0..j0 + cols` in f32 (`BK×Dvp`); padding keys and
 /// columns are zero.
 #[inline(always)]
-pub(super) fn load_v<T: Element, const BK: usize>(
+pub(super) fn load_v<K: MicroKernel, T: Element, const BK: usize>(
+    kernel: K,
     att: &Attention<'_, T>,
     at: &TilePos,
     j0: usize,
@@ -375,9 +386,7 @@ pub(super) fn load_v<T: Element, const BK: usize>(
         let dst = &mut vt[c * dvp..][..dvp];
         if c < cols {
             let src = &att.v[spec.v.offset(at.b, at.hk, j0 + c)..][..dv];
-            for (x, &y) in dst.iter_mut().zip(src) {
-                *x = y.to_f32();
-            }
+            T::widen(kernel, src, &mut dst[..dv]);
             dst[dv..].fill(0.0);
         } else {
             dst.fill(0.0);

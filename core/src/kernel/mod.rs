@@ -108,6 +108,18 @@ pub trait MicroKernel: Copy + Send + Sync + core::fmt::Debug {
     ) {
         body::transpose(src, rows, cols, lds, dst, ldd)
     }
+
+    /// `dst[i] = f32(src[i])` for IEEE binary16 bits, over `min(len)`
+    /// elements. x86 kernels convert with F16C or AVX-512.
+    fn widen_f16(self, src: &[u16], dst: &mut [f32]) {
+        body::widen_f16(src, dst)
+    }
+
+    /// `dst[i] = f32(src[i])` for bfloat16 bits (a 16-bit shift), over
+    /// `min(len)` elements.
+    fn widen_bf16(self, src: &[u16], dst: &mut [f32]) {
+        body::widen_bf16(src, dst)
+    }
 }
 
 /// The kernel names [`by_name`] and `TESSERA_KERNEL` accept on this
@@ -332,6 +344,20 @@ pub(crate) mod body {
     }
 
     #[inline(always)]
+    pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = half::f16::from_bits(s).to_f32();
+        }
+    }
+
+    #[inline(always)]
+    pub fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s) << 16);
+        }
+    }
+
+    #[inline(always)]
     pub fn scale_row(o: &mut [f32], alpha: f32) {
         o.iter_mut().for_each(|x| *x *= alpha);
     }
@@ -394,6 +420,42 @@ mod tests {
         assert_eq!(e, KernelError::Unknown("avx1024".into()));
         assert!(std::format!("{e}").contains("TESSERA_KERNEL"));
         assert_eq!(by_name("portable").unwrap().name(), "portable");
+    }
+
+    /// Every kernel widens f16 and bf16 bit for bit like the portable body,
+    /// at every length (vector blocks and tails) and on special values.
+    #[cfg(feature = "std")]
+    #[test]
+    fn every_kernel_widens_halves_exactly() {
+        use super::{body, by_name, MicroKernel, KERNELS};
+        let bits: std::vec::Vec<u16> = (0..67u32)
+            .map(|i| match i % 11 {
+                0 => 0x7c00,                               // f16 +inf
+                1 => 0x7e01,                               // NaN in both formats
+                2 => 0x0001,                               // smallest subnormal
+                3 => 0x8000,                               // -0
+                _ => (i.wrapping_mul(40_503) >> 3) as u16, // assorted
+            })
+            .collect();
+        fn check<K: MicroKernel>(k: K, bits: &[u16]) {
+            for n in 0..bits.len() {
+                let (mut a, mut b) = (std::vec![1.5f32; n], std::vec![1.5f32; n]);
+                body::widen_f16(&bits[..n], &mut a);
+                k.widen_f16(&bits[..n], &mut b);
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same(&a, &b), "{} f16 n={n}", K::NAME);
+                body::widen_bf16(&bits[..n], &mut a);
+                k.widen_bf16(&bits[..n], &mut b);
+                assert!(same(&a, &b), "{} bf16 n={n}", K::NAME);
+            }
+        }
+        for name in KERNELS {
+            match by_name(name) {
+                Ok(det) => crate::with_kernel!(det, k => check(k, &bits)),
+                Err(e) => std::eprintln!("kernel {name}: skipped ({e})"),
+            }
+        }
     }
 
     /// The architecture kernels' exp and softmax agree with the portable body.

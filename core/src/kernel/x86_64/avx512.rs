@@ -109,6 +109,45 @@ impl MicroKernel for Avx512 {
         // SAFETY: `self` proves AVX2 and FMA as well (checked in `detect`).
         unsafe { super::avx2::transpose_avx2(src, rows, cols, lds, dst, ldd) }
     }
+
+    #[inline]
+    fn widen_f16(self, src: &[u16], dst: &mut [f32]) {
+        // SAFETY: `self` proves AVX-512F.
+        unsafe { widen_avx512::<false>(src, dst) }
+    }
+
+    #[inline]
+    fn widen_bf16(self, src: &[u16], dst: &mut [f32]) {
+        // SAFETY: `self` proves AVX-512F.
+        unsafe { widen_avx512::<true>(src, dst) }
+    }
+}
+
+/// f16 (`BF16 = false`: `vcvtph2ps`) or bf16 (`BF16 = true`: zero-extend
+/// and shift) bits to f32, 16 at a time; a tail under 16 goes through the
+/// portable body.
+#[target_feature(enable = "avx512f")]
+fn widen_avx512<const BF16: bool>(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let n16 = n / 16 * 16;
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    for i in (0..n16).step_by(16) {
+        // SAFETY: i + 16 <= n16 <= both lengths; unaligned loads and stores.
+        unsafe {
+            let h = _mm256_loadu_si256(sp.add(i).cast());
+            let f = if BF16 {
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            } else {
+                _mm512_cvtph_ps(h)
+            };
+            _mm512_storeu_ps(dp.add(i), f);
+        }
+    }
+    if BF16 {
+        body::widen_bf16(&src[n16..n], &mut dst[n16..n]);
+    } else {
+        body::widen_f16(&src[n16..n], &mut dst[n16..n]);
+    }
 }
 
 /// `e^x` for 16 lanes with `x <= 0`, to ~2 ulp; lanes below -87 (and `-inf`)
