@@ -45,6 +45,18 @@ use ops::{load_q, load_v, Packed, Spans, TilePos};
 /// divides it.
 pub const DV_ALIGN: usize = 16;
 
+/// `Ok` when `got` packed-panel elements hold the `need` asked for.
+fn panels_fit(need: usize, got: usize) -> Result<(), Error> {
+    if got < need {
+        return Err(Error::TooShort {
+            tensor: Tensor::PackedKv,
+            need,
+            got,
+        });
+    }
+    Ok(())
+}
+
 const fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to).saturating_mul(to)
 }
@@ -230,14 +242,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
     ) -> Result<(), Error> {
         let s = &att.spec;
         let block = Self::packed_tile_len(s.head_dim, s.v_head_dim);
-        let need = tiles.len().saturating_mul(block);
-        if dst.len() < need {
-            return Err(Error::TooShort {
-                tensor: Tensor::PackedKv,
-                need,
-                got: dst.len(),
-            });
-        }
+        panels_fit(tiles.len().saturating_mul(block), dst.len())?;
         if b >= s.batch || hk >= s.kv_heads || tiles.end > s.kv_len.div_ceil(BK) {
             return Err(Error::TileOutOfRange);
         }
@@ -269,14 +274,10 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         stats: &mut Stats,
     ) -> Result<TileOut<'s>, Error> {
         let s = &att.spec;
-        let need = Self::packed_kv_len(s.kv_len, s.head_dim, s.v_head_dim);
-        if panels.len() < need {
-            return Err(Error::TooShort {
-                tensor: Tensor::PackedKv,
-                need,
-                got: panels.len(),
-            });
-        }
+        panels_fit(
+            Self::packed_kv_len(s.kv_len, s.head_dim, s.v_head_dim),
+            panels.len(),
+        )?;
         let on_tile = |j: usize| j % BK == 0 || j == s.kv_len;
         if !on_tile(kv.start) || !on_tile(kv.end) {
             return Err(Error::TileOutOfRange);
