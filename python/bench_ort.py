@@ -6,8 +6,10 @@ The same inputs (B=1, H=12, D=64, float32) go through:
   mha      com.microsoft.MultiHeadAttention (ORT's CPU flash path)
   decomp   MatMul(Q, K^T) -> Mul(scale) -> [Add(mask)] -> Softmax -> MatMul(V)
 
-Modes: dense (non-causal), causal, window (causal, left window 128), and
-decode (one query over S keys: split-KV in tessera).
+Modes: dense (non-causal), causal, window (causal, left window 128),
+swindow (non-causal, 128 on each side) and decode (one query over S keys:
+split-KV in tessera). TESSERA_KERNEL in the environment reaches the child
+processes, so `TESSERA_KERNEL=avx2` benchmarks that kernel.
 Built-ins get causality from their own attribute where they have one (onnx:
 is_causal, mha: unidirectional) and from a dense S x S mask otherwise; the
 window is always a dense mask for them (bool for onnx, additive float for
@@ -39,12 +41,16 @@ LIB = os.environ.get("TESSERA_ORT_LIB", os.path.join(ROOT, "target", "release", 
 B, H, D = 1, 12, 64
 WINDOW = 128
 IMPLS = ["tessera", "onnx", "mha", "decomp"]
-MODES = ["dense", "causal", "window", "decode"]
+MODES = ["dense", "causal", "window", "swindow", "decode"]
+#: Modes whose mask is a window (a dense mask for the built-ins).
+WINDOWS = ("window", "swindow")
 
 
 def window_allowed(s: int, mode: str) -> np.ndarray:
     i = np.arange(s)[:, None]
     j = np.arange(s)[None, :]
+    if mode == "swindow":
+        return np.abs(i - j) <= WINDOW
     ok = j <= i
     if mode == "window":
         ok &= j >= i - WINDOW
@@ -61,11 +67,11 @@ def make_feeds(impl: str, s: int, mode: str) -> dict:
     feeds = {"Q": q, "K": k, "V": v}
     if impl == "mha":
         feeds = {n: np.ascontiguousarray(x.transpose(0, 2, 1, 3).reshape(B, x.shape[2], H * D)) for n, x in feeds.items()}
-        if mode == "window":
+        if mode in WINDOWS:
             feeds["bias"] = np.where(window_allowed(s, mode), 0.0, -np.inf).astype(np.float32).reshape(1, 1, s, s)
-    elif impl == "onnx" and mode == "window":
+    elif impl == "onnx" and mode in WINDOWS:
         feeds["M"] = window_allowed(s, mode)
-    elif impl == "decomp" and mode in ("causal", "window"):
+    elif impl == "decomp" and mode in ("causal", *WINDOWS):
         feeds["M"] = np.where(window_allowed(s, mode), 0.0, -np.inf).astype(np.float32)
     return feeds
 
@@ -82,15 +88,15 @@ def build(impl: str, s: int, mode: str) -> bytes:
     nodes = []
     if impl == "tessera":
         attrs = {"is_causal": int(mode in ("causal", "window"))}
-        if mode == "window":
+        if mode in WINDOWS:
             attrs["left_window_size"] = WINDOW
-            attrs["right_window_size"] = 0
+            attrs["right_window_size"] = WINDOW if mode == "swindow" else 0
         nodes.append(helper.make_node("Attention", ["Q", "K", "V"], ["Y"], domain="ai.tessera", **attrs))
         opsets.append(helper.make_opsetid("ai.tessera", 1))
     elif impl == "onnx":
         node_in = ["Q", "K", "V"]
         attrs = {"is_causal": int(mode == "causal")}
-        if mode == "window":
+        if mode in WINDOWS:
             ins.append(vi("M", TP.BOOL, None))
             node_in.append("M")
         nodes.append(helper.make_node("Attention", node_in, ["Y"], **attrs))
@@ -99,7 +105,7 @@ def build(impl: str, s: int, mode: str) -> bytes:
         attrs = {"num_heads": H}
         if mode == "causal":
             attrs["unidirectional"] = 1
-        if mode == "window":
+        if mode in WINDOWS:
             ins.append(vi("bias", f, None))
             node_in += ["", "", "bias"]
         nodes.append(helper.make_node("MultiHeadAttention", node_in, ["Y"], domain="com.microsoft", **attrs))
@@ -112,7 +118,7 @@ def build(impl: str, s: int, mode: str) -> bytes:
             helper.make_node("Mul", ["S0", "scale"], ["S1"]),
         ]
         last = "S1"
-        if mode in ("causal", "window"):
+        if mode in ("causal", *WINDOWS):
             ins.append(vi("M", f, None))
             nodes.append(helper.make_node("Add", ["S1", "M"], ["S2"]))
             last = "S2"
@@ -195,7 +201,7 @@ def main() -> int:
                 if s > args.builtin_max and impl in ("onnx", "decomp"):
                     res[impl] = {"error": "skipped (S x S scores; 13 GB at 16K)"}
                     continue
-                if s > args.mask_max and mode == "window" and impl != "tessera":
+                if s > args.mask_max and mode in WINDOWS and impl != "tessera":
                     res[impl] = {"error": "skipped (S x S window mask)"}
                     continue
                 path = os.path.join(tmp, f"{impl}-{s}-{mode}.onnx")

@@ -27,16 +27,10 @@ fn main() {
 
     type F<K> = Flash<K, 48, 64>;
     let mut scratch = vec![0.0; F::<kernel::Portable>::scratch_len(d, d)];
-    let det = kernel::detect();
+    let det = kernel::detect().unwrap_or_else(|e| panic!("{e}"));
     let t = Instant::now();
-    let stats = match det {
-        #[cfg(target_arch = "x86_64")]
-        kernel::Detected::Avx2Fma(k) => F::new(k).run(&att, &mut y, Some(&mut lse), &mut scratch),
-        #[cfg(target_arch = "aarch64")]
-        kernel::Detected::Neon(k) => F::new(k).run(&att, &mut y, Some(&mut lse), &mut scratch),
-        kernel::Detected::Portable(k) => F::new(k).run(&att, &mut y, Some(&mut lse), &mut scratch),
-    }
-    .expect("run");
+    let stats = tessera_core::with_kernel!(det, k => F::new(k).run(&att, &mut y, Some(&mut lse), &mut scratch))
+        .expect("run");
     let dt = t.elapsed();
 
     let mut y64 = vec![0.0; y.len()];

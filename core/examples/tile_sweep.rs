@@ -1,4 +1,4 @@
-//! Tile-size sweep for the detected kernel: dense attention, one thread,
+//! Tile-size sweep for every kernel this CPU has: dense attention, one thread,
 //! best-of-5 GFLOP/s from the thread's CPU time. `cargo run --release -p tessera-core
 //! --features std --example tile_sweep [S] [D]`.
 use std::time::Duration;
@@ -49,16 +49,27 @@ fn main() {
         a.first().copied().unwrap_or(2048),
         a.get(1).copied().unwrap_or(64),
     );
-    println!("dense S={s} D={d}, kernel {}", kernel::detect().name());
-    #[cfg(target_arch = "x86_64")]
-    if let Some(k) = kernel::Avx2Fma::detect() {
-        run::<_, 24, 32>(k, s, d);
-        run::<_, 48, 32>(k, s, d);
-        run::<_, 96, 32>(k, s, d);
-        run::<_, 24, 64>(k, s, d);
-        run::<_, 48, 64>(k, s, d);
-        run::<_, 64, 64>(k, s, d);
-        run::<_, 96, 64>(k, s, d);
-        run::<_, 48, 128>(k, s, d);
+    println!("dense S={s} D={d}");
+    let only = std::env::var("TESSERA_KERNEL").unwrap_or_default();
+    for name in kernel::KERNELS
+        .iter()
+        .filter(|n| only.is_empty() || **n == only)
+    {
+        match kernel::by_name(name) {
+            Ok(det) => tessera_core::with_kernel!(det, k => sweep(k, s, d)),
+            Err(e) => println!("kernel {name}: skipped ({e})"),
+        }
     }
+}
+
+fn sweep<K: kernel::MicroKernel>(k: K, s: usize, d: usize) {
+    println!("kernel {}", K::NAME);
+    run::<_, 32, 64>(k, s, d);
+    run::<_, 48, 64>(k, s, d);
+    run::<_, 64, 64>(k, s, d);
+    run::<_, 96, 64>(k, s, d);
+    run::<_, 64, 128>(k, s, d);
+    run::<_, 96, 128>(k, s, d);
+    run::<_, 128, 128>(k, s, d);
+    run::<_, 64, 256>(k, s, d);
 }

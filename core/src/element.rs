@@ -1,6 +1,9 @@
 //! Element types the kernel reads and writes. Arithmetic is always f32.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
+
+use crate::kernel::MicroKernel;
 
 /// A storage format for Q, K, V and Y. Every value is widened to f32 on load
 /// and narrowed (round-to-nearest-even) on store; accumulation is f32.
@@ -16,6 +19,13 @@ pub trait Element: Copy + Send + Sync + 'static {
     #[inline(always)]
     fn as_f32(_s: &[Self]) -> Option<&[f32]> {
         None
+    }
+    /// `dst[i] = src[i].to_f32()` over `min(len)` elements, with the
+    /// conversion instructions of `kernel` where the format has them (F16C
+    /// or AVX-512 for f16 and bf16).
+    #[inline(always)]
+    fn widen<K: MicroKernel>(_kernel: K, src: &[Self], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s.to_f32());
     }
 }
 
@@ -33,6 +43,11 @@ impl Element for f32 {
     fn as_f32(s: &[Self]) -> Option<&[f32]> {
         Some(s)
     }
+    #[inline(always)]
+    fn widen<K: MicroKernel>(_kernel: K, src: &[Self], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+    }
 }
 
 impl Element for f16 {
@@ -45,6 +60,10 @@ impl Element for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
+    #[inline(always)]
+    fn widen<K: MicroKernel>(kernel: K, src: &[Self], dst: &mut [f32]) {
+        kernel.widen_f16(src.reinterpret_cast(), dst)
+    }
 }
 
 impl Element for bf16 {
@@ -56,5 +75,9 @@ impl Element for bf16 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn widen<K: MicroKernel>(kernel: K, src: &[Self], dst: &mut [f32]) {
+        kernel.widen_bf16(src.reinterpret_cast(), dst)
     }
 }

@@ -58,6 +58,8 @@ pub enum Tensor {
     QuantizeDestination,
     /// The destination of an FP8 dequantization.
     DequantizeDestination,
+    /// The packed Kᵀ and V panels of one (batch, KV head).
+    PackedKv,
 }
 
 impl Tensor {
@@ -89,6 +91,7 @@ impl Tensor {
             Tensor::QuantizeSource => "quantize source",
             Tensor::QuantizeDestination => "quantize destination",
             Tensor::DequantizeDestination => "dequantize destination",
+            Tensor::PackedKv => "packed K/V panels",
         }
     }
 }

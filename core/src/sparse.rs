@@ -22,7 +22,9 @@
 
 use crate::element::Element;
 use crate::error::{Error, Size, Tensor};
-use crate::flash::{apply_softcap, normalise, online_softmax_row, Attention, TileBufs, DV_ALIGN};
+use crate::flash::{
+    apply_softcap, normalise, online_softmax_row, Attention, KvBufs, TileBufs, DV_ALIGN,
+};
 use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, RowSpan};
 use crate::spec::AttentionSpec;
@@ -295,7 +297,7 @@ impl<K: MicroKernel, const BK: usize> GatherAttention<K, BK> {
         let row_id = (b * spec.kv_heads + hk) * spec.q_len + i;
         Self::mark_row(list, row_id, spec.kv_len, seen)?;
         let (gp, d, dvp) = (at.gp, at.d, at.dvp);
-        let mut buf = TileBufs::cut(scratch, gp, BK, d, dvp, true);
+        let mut buf = TileBufs::cut(scratch, gp, BK, d, dvp, KvBufs::Gather);
         load_group_q(p, &at, buf.q);
         let mask = p.att.mask();
         let span = mask.row_span(

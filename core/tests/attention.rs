@@ -1,6 +1,9 @@
 //! Property tests: every kernel and tile size against the f64 reference, on
 //! random shapes, random data and random compositions of every mask rule.
 
+#[macro_use]
+mod kernels;
+
 mod common;
 
 use common::{assert_close, expected, Rng};
@@ -193,6 +196,50 @@ fn run<K: kernel::MicroKernel, const BQ: usize, const BK: usize, T: Element, O: 
     (y, lse, stats)
 }
 
+/// The packed-KV entry: pack each (batch, KV head) once into NaN-poisoned
+/// panels, then every query tile of its query heads reads them; outputs
+/// poisoned too.
+fn run_packed<K: kernel::MicroKernel, const BQ: usize, const BK: usize, T: Element>(
+    kernel: K,
+    att: &Attention<'_, T>,
+) -> (Vec<f32>, Vec<f32>, Stats) {
+    type F<K, const BQ: usize, const BK: usize> = Flash<K, BQ, BK>;
+    let s = att.spec();
+    let f = F::<K, BQ, BK>::new(kernel);
+    let mut y = vec![f32::NAN; s.required_len(tessera_core::Tensor::Y).unwrap()];
+    let mut lse = vec![f32::NAN; s.batch * s.q_heads * s.q_len];
+    let mut panels =
+        vec![f32::NAN; F::<K, BQ, BK>::packed_kv_len(s.kv_len, s.head_dim, s.v_head_dim)];
+    let mut scratch = vec![f32::NAN; F::<K, BQ, BK>::packed_scratch_len(s.head_dim, s.v_head_dim)];
+    let mut stats = Stats::default();
+    let group = s.q_heads / s.kv_heads;
+    for b in 0..s.batch {
+        for hk in 0..s.kv_heads {
+            panels.fill(f32::NAN);
+            // Two halves of the key tiles, as two workers would pack them.
+            let tiles = s.kv_len.div_ceil(BK);
+            let (lo, hi) = panels.split_at_mut(
+                tiles / 2 * F::<K, BQ, BK>::packed_tile_len(s.head_dim, s.v_head_dim),
+            );
+            f.pack_kv(att, b, hk, 0..tiles / 2, lo).unwrap();
+            f.pack_kv(att, b, hk, tiles / 2..tiles, hi).unwrap();
+            for h in hk * group..(hk + 1) * group {
+                for t in 0..F::<K, BQ, BK>::q_tiles(s.q_len) {
+                    let o = f
+                        .tile_packed(att, b, h, t, 0..s.kv_len, &panels, &mut scratch, &mut stats)
+                        .unwrap();
+                    for r in 0..o.rows {
+                        let i = o.q_start + r;
+                        y[s.out.offset(b, h, i)..][..s.v_head_dim].copy_from_slice(o.row(r));
+                        lse[(b * s.q_heads + h) * s.q_len + i] = o.lse(r);
+                    }
+                }
+            }
+        }
+    }
+    (y, lse, stats)
+}
+
 /// Every kernel and a few tile shapes on one problem.
 fn check_all<T: Element>(c: &Case, tol: f64) {
     let p = Problem::<T>::new(c);
@@ -203,14 +250,13 @@ fn check_all<T: Element>(c: &Case, tol: f64) {
         |(y, lse, _): (Vec<f32>, Vec<f32>, Stats)| assert_close(&p.spec, &exp, &y, &lse, 1.0, tol);
     check(run::<_, 4, 8, T, f32>(kernel::Portable, &att));
     check(run::<_, 16, 32, T, f32>(kernel::Portable, &att));
-    #[cfg(target_arch = "x86_64")]
-    if let Some(k) = kernel::Avx2Fma::detect() {
+    each_kernel!(k => {
         check(run::<_, 8, 16, T, f32>(k, &att));
         check(run::<_, 64, 64, T, f32>(k, &att));
         check(run::<_, 48, 32, T, f32>(k, &att));
-    }
-    #[cfg(target_arch = "aarch64")]
-    check(run::<_, 8, 16, T, f32>(kernel::Neon::new(), &att));
+        check(run_packed::<_, 64, 64, T>(k, &att));
+        check(run_packed::<_, 8, 32, T>(k, &att));
+    });
 }
 
 proptest! {

@@ -189,3 +189,79 @@ fn bad_outputs_and_scratch_are_refused() {
         .tile_selected(&att16, 0, 0, 0, &[0, 1], &mut scratch, &mut st)
         .is_ok());
 }
+
+#[test]
+fn packed_entry_refuses_short_panels_and_unaligned_keys() {
+    let buf = vec![0.5f32; 512];
+    let spec = AttentionSpec::bhsd(1, 2, 1, 8, 20, 4, 4);
+    let att = Attention::new(&spec, &MaskSpec::NONE, &buf, &buf, &buf).unwrap();
+    let f = F::new(Portable);
+    let need = F::packed_kv_len(20, 4, 4);
+    assert_eq!(
+        need,
+        32 * (4 + 16),
+        "two key tiles of 16: Kᵀ 4 rows, V padded to 16"
+    );
+    let mut panels = vec![0.0; need];
+    let mut scratch = vec![0.0; F::packed_scratch_len(4, 4)];
+    let mut st = Default::default();
+    assert!(matches!(
+        f.pack_kv(&att, 0, 0, 0..2, &mut panels[..need - 1]),
+        Err(Error::TooShort {
+            tensor: Tensor::PackedKv,
+            ..
+        })
+    ));
+    assert_eq!(
+        f.pack_kv(&att, 0, 1, 0..2, &mut panels).unwrap_err(),
+        Error::TileOutOfRange
+    );
+    assert_eq!(
+        f.pack_kv(&att, 0, 0, 1..3, &mut panels).unwrap_err(),
+        Error::TileOutOfRange
+    );
+    f.pack_kv(&att, 0, 0, 0..2, &mut panels).unwrap();
+    assert!(f
+        .tile_packed(&att, 0, 1, 0, 16..20, &panels, &mut scratch, &mut st)
+        .is_ok());
+    for kv in [4..20, 0..8] {
+        assert_eq!(
+            f.tile_packed(&att, 0, 0, 0, kv, &panels, &mut scratch, &mut st)
+                .unwrap_err(),
+            Error::TileOutOfRange
+        );
+    }
+    assert!(matches!(
+        f.tile_packed(
+            &att,
+            0,
+            0,
+            0,
+            0..20,
+            &panels[..need - 1],
+            &mut scratch,
+            &mut st
+        ),
+        Err(Error::TooShort {
+            tensor: Tensor::PackedKv,
+            ..
+        })
+    ));
+    let short = F::packed_scratch_len(4, 4) - 1;
+    assert!(matches!(
+        f.tile_packed(
+            &att,
+            0,
+            0,
+            0,
+            0..20,
+            &panels,
+            &mut scratch[..short],
+            &mut st
+        ),
+        Err(Error::TooShort {
+            tensor: Tensor::Scratch,
+            ..
+        })
+    ));
+}

@@ -1,6 +1,9 @@
 //! The lightning indexer against an f64 reference on the dequantised
 //! operands, over random shapes, formats, scale groups and masks.
 
+#[macro_use]
+mod kernels;
+
 use proptest::prelude::*;
 use tessera_core::fp8::{quantize, Fp8, Scales, E4M3, E5M2};
 use tessera_core::kernel::{MicroKernel, Portable};
@@ -270,12 +273,9 @@ proptest! {
         run_case::<f32, _>(&c, Portable, quant_f32)?;
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_e4m3_matches_reference(c in case()) {
-        if let Some(k) = tessera_core::kernel::Avx2Fma::detect() {
-            run_case::<E4M3, _>(&c, k, quant_fp8::<E4M3>)?;
-        }
+    fn every_kernel_e4m3_matches_reference(c in case()) {
+        each_kernel!(k => run_case::<E4M3, _>(&c, k, quant_fp8::<E4M3>)?);
     }
 }
 

@@ -1,6 +1,9 @@
 //! Gather attention over index lists against the f64 reference with a dense
 //! bool mask built from the same lists (and the structural mask).
 
+#[macro_use]
+mod kernels;
+
 use proptest::prelude::*;
 use tessera_core::kernel::{MicroKernel, Portable};
 use tessera_core::sparse::{GatherAttention, IndexList, SparseAttention};
@@ -192,12 +195,9 @@ proptest! {
         run_case(&c, Portable)?;
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_matches_masked_dense(c in case()) {
-        if let Some(k) = tessera_core::kernel::Avx2Fma::detect() {
-            run_case(&c, k)?;
-        }
+    fn every_kernel_matches_masked_dense(c in case()) {
+        each_kernel!(k => run_case(&c, k)?);
     }
 }
 

@@ -3,6 +3,9 @@
 //! `top_k` covers the visible keys, and equality with dense attention masked
 //! to the selected tiles otherwise.
 
+#[macro_use]
+mod kernels;
+
 use proptest::prelude::*;
 use tessera_core::blocksel::{
     summarize, summary_len, BlockSelector, BlockSummaries, BoundFormat, Keep, TileBudget,
@@ -411,12 +414,9 @@ proptest! {
         run_case::<_, E5M2>(&c, Portable)?;
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_selector(c in case()) {
-        if let Some(k) = tessera_core::kernel::Avx2Fma::detect() {
-            run_case::<_, f32>(&c, k)?;
-        }
+    fn every_kernel_selector(c in case()) {
+        each_kernel!(k => run_case::<_, f32>(&c, k)?);
     }
 }
 

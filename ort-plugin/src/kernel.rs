@@ -1,15 +1,15 @@
 //! The CPU micro-kernel, chosen in one place: [`with_kernel!`] runs a body
-//! with the best kernel `tessera_core::kernel::detect` finds on this CPU.
+//! with the kernel `tessera_core::kernel::detect` picks: the best this CPU
+//! has, or the one `TESSERA_KERNEL` names. A name the CPU cannot run (or
+//! no kernel's name) fails the op with a message naming `TESSERA_KERNEL`.
 
-/// Run `$body` with `$k` bound to the best micro-kernel of this CPU.
+/// Run `$body` (which returns the plugin's `Result`) with `$k` bound to the
+/// micro-kernel of this CPU.
 macro_rules! with_kernel {
     ($k:ident => $body:expr) => {
         match tessera_core::kernel::detect() {
-            #[cfg(target_arch = "x86_64")]
-            tessera_core::kernel::Detected::Avx2Fma($k) => $body,
-            #[cfg(target_arch = "aarch64")]
-            tessera_core::kernel::Detected::Neon($k) => $body,
-            tessera_core::kernel::Detected::Portable($k) => $body,
+            Ok(det) => tessera_core::with_kernel!(det, $k => $body),
+            Err(e) => Err($crate::error::Error::fail(e.to_string())),
         }
     };
 }

@@ -129,3 +129,29 @@ def test_threads_share_one_session(lib):
     assert len(results) == 80
     for r in results:
         assert np.array_equal(r, single)
+
+
+def test_tessera_kernel_forces_one_or_fails_clearly(lib, monkeypatch):
+    """TESSERA_KERNEL picks the micro-kernel; every kernel gives the same
+    numbers, and a name the CPU cannot run (or no kernel's name) fails the
+    op with a message naming the variable, never a silent fallback."""
+    rng = np.random.default_rng(11)
+    feeds = {"Q": rand(rng, 1, 2, 150, 64), "K": rand(rng, 1, 2, 300, 64), "V": rand(rng, 1, 2, 300, 64)}
+    want = reference(feeds["Q"], feeds["K"], feeds["V"])
+    model = attention_model([("Q", F), ("K", F), ("V", F)], {})
+    ran = []
+    for name in ["portable", "avx2", "avx512", "neon"]:
+        monkeypatch.setenv("TESSERA_KERNEL", name)
+        try:
+            (y,) = session(lib, model, threads=2).run(None, feeds)
+        except Exception as e:  # noqa: BLE001
+            assert "TESSERA_KERNEL" in str(e), str(e)
+            print(f"kernel {name}: skipped ({e})")
+            continue
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=2e-5, err_msg=name)
+        ran.append(name)
+    assert "portable" in ran
+    monkeypatch.setenv("TESSERA_KERNEL", "avx1024")
+    with pytest.raises(Exception) as err:
+        session(lib, model).run(None, feeds)
+    assert "TESSERA_KERNEL" in str(err.value) and "avx1024" in str(err.value), str(err.value)

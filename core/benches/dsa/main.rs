@@ -117,7 +117,7 @@ fn micro<K: MicroKernel>(kern: K, c: &mut Criterion) {
 }
 
 fn main() {
-    let kern = kernel::detect();
+    let kern = kernel::detect().unwrap_or_else(|e| panic!("{e}"));
     let quick = std::env::var("TESSERA_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let mut c = Criterion::default()
         .sample_size(10)
@@ -131,13 +131,7 @@ fn main() {
     } else {
         &[8192, 32768, 131072]
     };
-    match kern {
-        #[cfg(target_arch = "x86_64")]
-        kernel::Detected::Avx2Fma(k) => run(k, &mut c, &mut md, sizes),
-        #[cfg(target_arch = "aarch64")]
-        kernel::Detected::Neon(k) => run(k, &mut c, &mut md, sizes),
-        kernel::Detected::Portable(k) => run(k, &mut c, &mut md, sizes),
-    }
+    tessera_core::with_kernel!(kern, k => run(k, &mut c, &mut md, sizes));
     c.final_summary();
     if md.lines().count() <= 1 {
         return; // criterion part only

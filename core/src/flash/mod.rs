@@ -21,7 +21,10 @@
 //! Time is `4·D` flops (with `Dv = D`) per visited (query, key) pair plus
 //! `O((BQ + BK)·D)` loads per visited tile pair; tiles outside the rows'
 //! visible spans are never touched, so a window of `w` costs `O(S·w)`.
-//! Memory is the caller's scratch, [`Flash::scratch_len`] f32s; the stack
+//! Memory is the caller's scratch, [`Flash::scratch_len`] f32s (with Kᵀ
+//! and V packed once per (batch, KV head) by [`Flash::pack_kv`]:
+//! [`Flash::packed_kv_len`] per head plus [`Flash::packed_scratch_len`] per
+//! worker, and no per-tile packing); the stack
 //! holds only scalars (row spans are recomputed per tile, `O(BQ)` integer
 //! work against `O(BQ·BK·D)` flops).
 
@@ -35,12 +38,24 @@ use crate::kernel::MicroKernel;
 use crate::mask::{MaskSpec, TileClass};
 use crate::spec::AttentionSpec;
 use crate::stats::Stats;
-pub(crate) use ops::{apply_softcap, normalise, online_softmax_row, TileBufs};
-use ops::{load_q, load_v, Spans, TilePos};
+pub(crate) use ops::{apply_softcap, normalise, online_softmax_row, KvBufs, TileBufs};
+use ops::{load_q, load_v, Packed, Spans, TilePos};
 
 /// `Dv` is padded to a multiple of this in scratch, so every kernel's `NR`
 /// divides it.
 pub const DV_ALIGN: usize = 16;
+
+/// `Ok` when `got` packed-panel elements hold the `need` asked for.
+fn panels_fit(need: usize, got: usize) -> Result<(), Error> {
+    if got < need {
+        return Err(Error::TooShort {
+            tensor: Tensor::PackedKv,
+            need,
+            got,
+        });
+    }
+    Ok(())
+}
 
 const fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to).saturating_mul(to)
@@ -180,6 +195,97 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
             .saturating_add(2 * BQ)
     }
 
+    /// f32 elements of the packed Kᵀ and V panels of one (batch, KV head)
+    /// for [`pack_kv`](Self::pack_kv): `⌈Skv/BK⌉·BK·(D + Dvp)`, with
+    /// `Dvp = Dv` rounded up to [`DV_ALIGN`]. Key tile `t` is one block of
+    /// `BK·(D + Dvp)` at `t·BK·(D + Dvp)`: its `D×BK` Kᵀ, then its `BK×Dvp`
+    /// V, ragged edges zero-padded. Saturates instead of overflowing.
+    pub const fn packed_kv_len(kv_len: usize, head_dim: usize, v_head_dim: usize) -> usize {
+        kv_len
+            .div_ceil(BK)
+            .saturating_mul(Self::packed_tile_len(head_dim, v_head_dim))
+    }
+
+    /// f32 elements of one key tile's block in the packed panels,
+    /// `BK·(D + Dvp)`.
+    pub const fn packed_tile_len(head_dim: usize, v_head_dim: usize) -> usize {
+        BK.saturating_mul(head_dim.saturating_add(round_up(v_head_dim, DV_ALIGN)))
+    }
+
+    /// f32 elements of scratch one [`tile_packed`](Self::tile_packed) call
+    /// (or one worker) needs: [`scratch_len`](Self::scratch_len) without the
+    /// Kᵀ and V tiles, `BQ·D + BQ·BK + BQ·Dvp + 2·BQ`. Saturates instead of
+    /// overflowing.
+    pub const fn packed_scratch_len(head_dim: usize, v_head_dim: usize) -> usize {
+        let dvp = round_up(v_head_dim, DV_ALIGN);
+        BQ.saturating_mul(head_dim)
+            .saturating_add(BQ * BK)
+            .saturating_add(BQ.saturating_mul(dvp))
+            .saturating_add(2 * BQ)
+    }
+
+    /// Pack key tiles `tiles` of (batch `b`, KV head `hk`) once, in f32,
+    /// into `dst`, which holds those tiles' blocks
+    /// (`tiles.len()·`[`packed_tile_len`](Self::packed_tile_len)); the whole
+    /// head is `0..⌈Skv/BK⌉` into [`packed_kv_len`](Self::packed_kv_len).
+    /// Disjoint tile ranges may be packed in parallel. Every query tile of
+    /// the KV head's query heads then reads the panels with
+    /// [`tile_packed`](Self::tile_packed) instead of packing each key tile
+    /// again. Time `O(|tiles|·BK·(D + Dv))`.
+    pub fn pack_kv<T: Element>(
+        &self,
+        att: &Attention<'_, T>,
+        b: usize,
+        hk: usize,
+        tiles: Range<usize>,
+        dst: &mut [f32],
+    ) -> Result<(), Error> {
+        let s = &att.spec;
+        let block = Self::packed_tile_len(s.head_dim, s.v_head_dim);
+        panels_fit(tiles.len().saturating_mul(block), dst.len())?;
+        if b >= s.batch || hk >= s.kv_heads || tiles.end > s.kv_len.div_ceil(BK) {
+            return Err(Error::TileOutOfRange);
+        }
+        let at = TilePos::new::<BQ>(s, b, hk * s.group(), 0);
+        for (t, blk) in tiles.zip(dst.chunks_exact_mut(block)) {
+            let (kt, vt) = blk.split_at_mut(at.d * BK);
+            let (j0, j1) = (t * BK, ((t + 1) * BK).min(s.kv_len));
+            self.load_kt(att, &at, j0, j1 - j0, kt);
+            load_v::<K, T, BK>(self.kernel, att, &at, j0, j1 - j0, vt);
+        }
+        Ok(())
+    }
+
+    /// Like [`tile`](Self::tile), with the keys and values read from the
+    /// `panels` that [`pack_kv`](Self::pack_kv) filled for this batch and
+    /// query head's KV head; `scratch` is
+    /// [`packed_scratch_len`](Self::packed_scratch_len) long. Both ends of
+    /// `kv` must be on a key tile boundary (a multiple of `BK`) or at `Skv`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tile_packed<'s, T: Element>(
+        &self,
+        att: &Attention<'_, T>,
+        b: usize,
+        h: usize,
+        q_tile: usize,
+        kv: Range<usize>,
+        panels: &[f32],
+        scratch: &'s mut [f32],
+        stats: &mut Stats,
+    ) -> Result<TileOut<'s>, Error> {
+        let s = &att.spec;
+        panels_fit(
+            Self::packed_kv_len(s.kv_len, s.head_dim, s.v_head_dim),
+            panels.len(),
+        )?;
+        let on_tile = |j: usize| j % BK == 0 || j == s.kv_len;
+        if !on_tile(kv.start) || !on_tile(kv.end) {
+            return Err(Error::TileOutOfRange);
+        }
+        let packed = Packed { panels };
+        self.tile_impl(att, b, h, q_tile, kv, None, Some(packed), scratch, stats)
+    }
+
     /// Number of query tiles per (batch, head).
     pub const fn q_tiles(q_len: usize) -> usize {
         q_len.div_ceil(BQ)
@@ -231,7 +337,7 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         scratch: &'s mut [f32],
         stats: &mut Stats,
     ) -> Result<TileOut<'s>, Error> {
-        self.tile_impl(att, b, h, q_tile, kv, None, scratch, stats)
+        self.tile_impl(att, b, h, q_tile, kv, None, None, scratch, stats)
     }
 
     /// Like [`tile`](Self::tile), but visit only the key tiles listed in
@@ -255,13 +361,14 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         if !ascending || kv_tiles.last().is_some_and(|&t| t >= kv.end.div_ceil(BK)) {
             return Err(Error::TileOutOfRange);
         }
-        self.tile_impl(att, b, h, q_tile, kv, Some(kv_tiles), scratch, stats)
+        self.tile_impl(att, b, h, q_tile, kv, Some(kv_tiles), None, scratch, stats)
     }
 
     /// One query tile, as the algorithm reads: load the pre-scaled Q tile,
     /// then for every visited key tile load Kᵀ and V, `S = Q·Kᵀ`, softcap
     /// and mask `S`, the online-softmax update of `m`, `l` and `O`, and
-    /// `O += P·V`; at the end `Y = O / l` and `lse = m + ln l`.
+    /// `O += P·V`; at the end `Y = O / l` and `lse = m + ln l`. With
+    /// `packed`, Kᵀ and V come from the panels instead.
     #[allow(clippy::too_many_arguments)]
     fn tile_impl<'s, T: Element>(
         &self,
@@ -271,15 +378,26 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         q_tile: usize,
         kv: Range<usize>,
         selected: Option<&[usize]>,
+        packed: Option<Packed<'_>>,
         scratch: &'s mut [f32],
         stats: &mut Stats,
     ) -> Result<TileOut<'s>, Error> {
-        let i0 = Self::locate(&att.spec, b, h, q_tile, &kv, scratch.len())?;
+        let (d, dv) = (att.spec.head_dim, att.spec.v_head_dim);
+        let need = match packed {
+            Some(_) => Self::packed_scratch_len(d, dv),
+            None => Self::scratch_len(d, dv),
+        };
+        let i0 = Self::locate(&att.spec, b, h, q_tile, &kv, need, scratch.len())?;
         let at = TilePos::new::<BQ>(&att.spec, b, h, i0);
-        let mut buf = TileBufs::cut(scratch, BQ, BK, at.d, at.dvp, false);
+        let kv_bufs = match packed {
+            Some(_) => KvBufs::Packed,
+            None => KvBufs::PerTile,
+        };
+        let mut buf = TileBufs::cut(scratch, BQ, BK, at.d, at.dvp, kv_bufs);
+        let (kt_buf, vt_buf) = (core::mem::take(&mut buf.kt), core::mem::take(&mut buf.vt));
         let spans = Spans::new(&att.mask, &att.spec, &at);
 
-        load_q(att, &at, buf.q);
+        load_q(self.kernel, att, &at, buf.q);
         let mut visited = 0usize;
         for t in Self::kv_order(selected, &spans, &kv) {
             let (j0, j1) = ((t * BK).max(kv.start), ((t + 1) * BK).min(kv.end));
@@ -289,11 +407,17 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
             }
             visited += 1;
             stats.count(class == TileClass::Full);
-            self.load_kt(att, &at, j0, j1 - j0, buf.kt);
-            load_v::<T, BK>(att, &at, j0, j1 - j0, buf.vt);
-            self.scores(at.d, buf.q, buf.kt, buf.s);
+            let (kt, vt): (&[f32], &[f32]) = match packed {
+                Some(p) => p.tile::<BK>(t, at.d, at.dvp),
+                None => {
+                    self.load_kt(att, &at, j0, j1 - j0, kt_buf);
+                    load_v::<K, T, BK>(self.kernel, att, &at, j0, j1 - j0, vt_buf);
+                    (kt_buf, vt_buf)
+                }
+            };
+            self.scores(at.d, buf.q, kt, buf.s);
             self.softmax_tile(att, &at, &spans, class, j0..j1, &mut buf);
-            self.accumulate_pv(at.dvp, buf.s, buf.vt, buf.o);
+            self.accumulate_pv(at.dvp, buf.s, vt, buf.o);
         }
         let kv_tiles = kv.end.div_ceil(BK) - kv.start / BK;
         stats.skip(kv_tiles.saturating_sub(visited));

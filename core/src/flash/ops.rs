@@ -14,8 +14,8 @@ use crate::mask::{MaskSpec, RowSpan, TileClass};
 use crate::spec::AttentionSpec;
 
 impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
-    /// Check the scratch length and the tile's coordinates; returns the
-    /// tile's first query row.
+    /// Check the scratch length (`need`) and the tile's coordinates; returns
+    /// the tile's first query row.
     #[inline(always)]
     pub(super) fn locate(
         spec: &AttentionSpec,
@@ -23,10 +23,9 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         h: usize,
         q_tile: usize,
         kv: &Range<usize>,
+        need: usize,
         scratch_len: usize,
     ) -> Result<usize, Error> {
-        let (d, dv) = (spec.head_dim, spec.v_head_dim);
-        let need = Self::scratch_len(d, dv);
         if scratch_len < need {
             return Err(Error::TooShort {
                 tensor: Tensor::Scratch,
@@ -84,10 +83,16 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
                     .transpose(&k32[k_base..], cols, d, spec.k.seq, kt, BK);
             }
             _ => {
+                // Widen 16 values at a time with the kernel's conversions
+                // (F16C / AVX-512 on x86), then scatter them into Kᵀ.
+                let mut run = [0.0f32; 16];
                 for c in 0..cols {
                     let src = &att.k[k_base + c * spec.k.seq..][..d];
-                    for (dd, &x) in src.iter().enumerate() {
-                        kt[dd * BK + c] = x.to_f32();
+                    for (i, part) in src.chunks(16).enumerate() {
+                        T::widen(self.kernel, part, &mut run);
+                        for (dd, &x) in run[..part.len()].iter().enumerate() {
+                            kt[(i * 16 + dd) * BK + c] = x;
+                        }
                     }
                 }
             }
@@ -190,16 +195,47 @@ impl TilePos {
     }
 }
 
+/// The Kᵀ and V panels of one (batch, KV head), packed by
+/// [`Flash::pack_kv`]: per key tile, its Kᵀ then its V.
+#[derive(Clone, Copy)]
+pub(super) struct Packed<'p> {
+    pub(super) panels: &'p [f32],
+}
+
+impl<'p> Packed<'p> {
+    /// Key tile `t`'s Kᵀ (`d×BK`) and V (`BK×dvp`).
+    #[inline(always)]
+    pub(super) fn tile<const BK: usize>(
+        self,
+        t: usize,
+        d: usize,
+        dvp: usize,
+    ) -> (&'p [f32], &'p [f32]) {
+        self.panels[t * BK * (d + dvp)..][..BK * (d + dvp)].split_at(d * BK)
+    }
+}
+
+/// Which key and value buffers a [`TileBufs`] holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KvBufs {
+    /// Kᵀ and V of one key tile, packed per tile.
+    PerTile,
+    /// Kᵀ, V and the gathered K rows before packing.
+    Gather,
+    /// None: the tile reads panels packed once per head.
+    Packed,
+}
+
 /// The scratch of one online-softmax pass over `rows` query rows (a flash
 /// query tile, or a gather group), cut into its buffers.
 pub(crate) struct TileBufs<'s> {
     /// `rows×D`: the pre-scaled queries.
     pub(crate) q: &'s mut [f32],
-    /// `D×BK`: Kᵀ.
+    /// `D×BK`: Kᵀ (empty with [`KvBufs::Packed`]).
     pub(crate) kt: &'s mut [f32],
     /// `BK×D`: gathered K rows before packing (empty unless gathering).
     pub(crate) k_rows: &'s mut [f32],
-    /// `BK×Dvp`: V.
+    /// `BK×Dvp`: V (empty with [`KvBufs::Packed`]).
     pub(crate) vt: &'s mut [f32],
     /// `rows×BK`: the scores S, then the probabilities P.
     pub(crate) s: &'s mut [f32],
@@ -222,12 +258,13 @@ impl<'s> TileBufs<'s> {
         bk: usize,
         d: usize,
         dvp: usize,
-        gather: bool,
+        kv: KvBufs,
     ) -> Self {
+        let own = if kv == KvBufs::Packed { 0 } else { bk };
         let (q, rest) = scratch.split_at_mut(rows * d);
-        let (kt, rest) = rest.split_at_mut(d * bk);
-        let (k_rows, rest) = rest.split_at_mut(if gather { bk * d } else { 0 });
-        let (vt, rest) = rest.split_at_mut(bk * dvp);
+        let (kt, rest) = rest.split_at_mut(d * own);
+        let (k_rows, rest) = rest.split_at_mut(if kv == KvBufs::Gather { bk * d } else { 0 });
+        let (vt, rest) = rest.split_at_mut(own * dvp);
         let (s, rest) = rest.split_at_mut(rows * bk);
         let (o, rest) = rest.split_at_mut(rows * dvp);
         let (m, rest) = rest.split_at_mut(rows);
@@ -315,14 +352,18 @@ impl<'m, 'a> Spans<'m, 'a> {
 
 /// The Q tile in f32, pre-scaled by `scale`; padding rows are zero.
 #[inline(always)]
-pub(super) fn load_q<T: Element>(att: &Attention<'_, T>, at: &TilePos, q: &mut [f32]) {
+pub(super) fn load_q<K: MicroKernel, T: Element>(
+    kernel: K,
+    att: &Attention<'_, T>,
+    at: &TilePos,
+    q: &mut [f32],
+) {
     let spec = &att.spec;
     for (r, dst) in q.chunks_exact_mut(at.d).enumerate() {
         if r < at.rows {
             let src = &att.q[spec.q.offset(at.b, at.h, at.i0 + r)..][..at.d];
-            for (x, &y) in dst.iter_mut().zip(src) {
-                *x = y.to_f32() * spec.scale;
-            }
+            T::widen(kernel, src, dst);
+            kernel.scale_row(dst, spec.scale);
         } else {
             dst.fill(0.0);
         }
@@ -332,7 +373,8 @@ pub(super) fn load_q<T: Element>(att: &Attention<'_, T>, at: &TilePos, q: &mut [
 /// The V tile of keys `j0..j0 + cols` in f32 (`BK×Dvp`); padding keys and
 /// columns are zero.
 #[inline(always)]
-pub(super) fn load_v<T: Element, const BK: usize>(
+pub(super) fn load_v<K: MicroKernel, T: Element, const BK: usize>(
+    kernel: K,
     att: &Attention<'_, T>,
     at: &TilePos,
     j0: usize,
@@ -344,9 +386,7 @@ pub(super) fn load_v<T: Element, const BK: usize>(
         let dst = &mut vt[c * dvp..][..dvp];
         if c < cols {
             let src = &att.v[spec.v.offset(at.b, at.hk, j0 + c)..][..dv];
-            for (x, &y) in dst.iter_mut().zip(src) {
-                *x = y.to_f32();
-            }
+            T::widen(kernel, src, &mut dst[..dv]);
             dst[dv..].fill(0.0);
         } else {
             dst.fill(0.0);

@@ -14,9 +14,11 @@
 //! cases.
 //!
 //! Kernels: [`Portable`] (autovectorises; the only one on Cortex-M and
-//! RISC-V), [`Avx2Fma`] on x86-64 and [`Neon`] on aarch64. A `no_std` caller
-//! names its kernel; with the `std` feature, [`detect`] picks the best one at
-//! run time.
+//! RISC-V), [`Avx512`] and [`Avx2Fma`] on x86-64 and [`Neon`] on aarch64. A
+//! `no_std` caller names its kernel; with the `std` feature, [`detect`]
+//! picks the best one at run time, or the one `TESSERA_KERNEL` names
+//! (`portable`, `avx2`, `avx512`, `neon`; a name the CPU cannot run is an
+//! error).
 
 mod generic;
 pub use generic::Portable;
@@ -27,6 +29,8 @@ pub use scalar::Scalar;
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use self::x86_64::avx2::Avx2Fma;
+#[cfg(target_arch = "x86_64")]
+pub use self::x86_64::avx512::Avx512;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -104,12 +108,40 @@ pub trait MicroKernel: Copy + Send + Sync + core::fmt::Debug {
     ) {
         body::transpose(src, rows, cols, lds, dst, ldd)
     }
+
+    /// `dst[i] = f32(src[i])` for IEEE binary16 bits, over `min(len)`
+    /// elements. x86 kernels convert with F16C or AVX-512.
+    fn widen_f16(self, src: &[u16], dst: &mut [f32]) {
+        body::widen_f16(src, dst)
+    }
+
+    /// `dst[i] = f32(src[i])` for bfloat16 bits (a 16-bit shift), over
+    /// `min(len)` elements.
+    fn widen_bf16(self, src: &[u16], dst: &mut [f32]) {
+        body::widen_bf16(src, dst)
+    }
 }
 
-/// The best kernel for this CPU, chosen once at run time.
+/// The kernel names [`by_name`] and `TESSERA_KERNEL` accept on this
+/// architecture, best last.
+#[cfg(target_arch = "x86_64")]
+pub const KERNELS: &[&str] = &["portable", "avx2", "avx512"];
+/// The kernel names [`by_name`] and `TESSERA_KERNEL` accept on this
+/// architecture, best last.
+#[cfg(target_arch = "aarch64")]
+pub const KERNELS: &[&str] = &["portable", "neon"];
+/// The kernel names [`by_name`] and `TESSERA_KERNEL` accept on this
+/// architecture, best last.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const KERNELS: &[&str] = &["portable"];
+
+/// A kernel chosen at run time (`std` only).
 #[cfg(feature = "std")]
 #[derive(Clone, Copy, Debug)]
 pub enum Detected {
+    /// x86-64 with AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    Avx512(Avx512),
     /// x86-64 with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma(Avx2Fma),
@@ -120,18 +152,79 @@ pub enum Detected {
     Portable(Portable),
 }
 
-/// Detect the best kernel for this CPU (`std` only).
+/// Why `TESSERA_KERNEL` (or [`by_name`]) could not give a kernel.
 #[cfg(feature = "std")]
-pub fn detect() -> Detected {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(k) = Avx2Fma::detect() {
-        return Detected::Avx2Fma(k);
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelError {
+    /// The name is none of [`KERNELS`].
+    Unknown(std::string::String),
+    /// The kernel exists, but this CPU lacks its instructions.
+    Unsupported(&'static str),
+}
+
+#[cfg(feature = "std")]
+impl core::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            KernelError::Unknown(name) => write!(
+                f,
+                "TESSERA_KERNEL={name:?} names no kernel; use one of {}",
+                KERNELS.join(", ")
+            ),
+            KernelError::Unsupported(name) => write!(
+                f,
+                "TESSERA_KERNEL={name}: this CPU lacks the instructions of the {name} kernel"
+            ),
+        }
     }
-    #[cfg(target_arch = "aarch64")]
-    if let Some(k) = Neon::detect() {
-        return Detected::Neon(k);
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for KernelError {}
+
+/// The kernel called `name` (one of [`KERNELS`]; the kernels' `NAME`s are
+/// accepted too), if this CPU can run it (`std` only).
+#[cfg(feature = "std")]
+pub fn by_name(name: &str) -> Result<Detected, KernelError> {
+    let unsupported = |n: &'static str| KernelError::Unsupported(n);
+    match name {
+        "portable" => Ok(Detected::Portable(Portable)),
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => Avx512::detect()
+            .map(Detected::Avx512)
+            .ok_or(unsupported("avx512")),
+        #[cfg(target_arch = "x86_64")]
+        "avx2" | "avx2-fma" => Avx2Fma::detect()
+            .map(Detected::Avx2Fma)
+            .ok_or(unsupported("avx2")),
+        #[cfg(target_arch = "aarch64")]
+        "neon" => Neon::detect()
+            .map(Detected::Neon)
+            .ok_or(unsupported("neon")),
+        other => Err(KernelError::Unknown(other.into())),
     }
-    Detected::Portable(Portable)
+}
+
+/// The best kernel this CPU runs, ignoring `TESSERA_KERNEL` (`std` only):
+/// Avx512, then Avx2Fma, then Portable (Neon, then Portable, on aarch64).
+#[cfg(feature = "std")]
+pub fn best() -> Detected {
+    KERNELS
+        .iter()
+        .rev()
+        .find_map(|n| by_name(n).ok())
+        .unwrap_or(Detected::Portable(Portable))
+}
+
+/// The kernel to run (`std` only): the one `TESSERA_KERNEL` names when that
+/// variable is set and not empty, else [`best`]. A name this CPU cannot run,
+/// or no kernel's name, is an error, never a silent fallback.
+#[cfg(feature = "std")]
+pub fn detect() -> Result<Detected, KernelError> {
+    match std::env::var("TESSERA_KERNEL") {
+        Ok(name) if !name.trim().is_empty() => by_name(name.trim()),
+        _ => Ok(best()),
+    }
 }
 
 #[cfg(feature = "std")]
@@ -140,12 +233,33 @@ impl Detected {
     pub fn name(&self) -> &'static str {
         match self {
             #[cfg(target_arch = "x86_64")]
+            Detected::Avx512(_) => Avx512::NAME,
+            #[cfg(target_arch = "x86_64")]
             Detected::Avx2Fma(_) => Avx2Fma::NAME,
             #[cfg(target_arch = "aarch64")]
             Detected::Neon(_) => Neon::NAME,
             Detected::Portable(_) => Portable::NAME,
         }
     }
+}
+
+/// `with_kernel!(detected, k => body)`: run `body` with `k` bound to the
+/// concrete kernel inside a [`Detected`] (`body` is instantiated once per
+/// kernel type).
+#[cfg(feature = "std")]
+#[macro_export]
+macro_rules! with_kernel {
+    ($det:expr, $k:ident => $body:expr) => {
+        match $det {
+            #[cfg(target_arch = "x86_64")]
+            $crate::kernel::Detected::Avx512($k) => $body,
+            #[cfg(target_arch = "x86_64")]
+            $crate::kernel::Detected::Avx2Fma($k) => $body,
+            #[cfg(target_arch = "aarch64")]
+            $crate::kernel::Detected::Neon($k) => $body,
+            $crate::kernel::Detected::Portable($k) => $body,
+        }
+    };
 }
 
 /// Shared bodies. Each architecture kernel instantiates these inside its own
@@ -230,6 +344,20 @@ pub(crate) mod body {
     }
 
     #[inline(always)]
+    pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = half::f16::from_bits(s).to_f32();
+        }
+    }
+
+    #[inline(always)]
+    pub fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s) << 16);
+        }
+    }
+
+    #[inline(always)]
     pub fn scale_row(o: &mut [f32], alpha: f32) {
         o.iter_mut().for_each(|x| *x *= alpha);
     }
@@ -276,16 +404,111 @@ mod tests {
         assert_eq!(exp_neg(0.0), 1.0);
     }
 
+    /// A name is a kernel this CPU runs, a clear error, or unknown; never a
+    /// silent fallback.
+    #[cfg(feature = "std")]
+    #[test]
+    fn by_name_reports_what_it_cannot_give() {
+        use super::{by_name, KernelError, KERNELS};
+        for name in KERNELS {
+            match by_name(name) {
+                Ok(k) => assert!(k.name().starts_with(name)),
+                Err(e) => assert_eq!(e, KernelError::Unsupported(name)),
+            }
+        }
+        let e = by_name("avx1024").unwrap_err();
+        assert_eq!(e, KernelError::Unknown("avx1024".into()));
+        assert!(std::format!("{e}").contains("TESSERA_KERNEL"));
+        assert_eq!(by_name("portable").unwrap().name(), "portable");
+    }
+
+    /// Every kernel widens f16 and bf16 bit for bit like the portable body,
+    /// at every length (vector blocks and tails) and on special values.
+    #[cfg(feature = "std")]
+    #[test]
+    fn every_kernel_widens_halves_exactly() {
+        use super::{body, by_name, MicroKernel, KERNELS};
+        let bits: std::vec::Vec<u16> = (0..67u32)
+            .map(|i| match i % 11 {
+                0 => 0x7c00,                               // f16 +inf
+                1 => 0x7e01,                               // NaN in both formats
+                2 => 0x0001,                               // smallest subnormal
+                3 => 0x8000,                               // -0
+                _ => (i.wrapping_mul(40_503) >> 3) as u16, // assorted
+            })
+            .collect();
+        fn check<K: MicroKernel>(k: K, bits: &[u16]) {
+            for n in 0..bits.len() {
+                let (mut a, mut b) = (std::vec![1.5f32; n], std::vec![1.5f32; n]);
+                body::widen_f16(&bits[..n], &mut a);
+                k.widen_f16(&bits[..n], &mut b);
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same(&a, &b), "{} f16 n={n}", K::NAME);
+                body::widen_bf16(&bits[..n], &mut a);
+                k.widen_bf16(&bits[..n], &mut b);
+                assert!(same(&a, &b), "{} bf16 n={n}", K::NAME);
+            }
+        }
+        for name in KERNELS {
+            match by_name(name) {
+                Ok(det) => crate::with_kernel!(det, k => check(k, &bits)),
+                Err(e) => std::eprintln!("kernel {name}: skipped ({e})"),
+            }
+        }
+    }
+
     /// The architecture kernels' exp and softmax agree with the portable body.
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     #[test]
     fn avx2_softmax_matches_portable() {
-        use super::{MicroKernel, Portable};
-        let Some(k) = super::Avx2Fma::detect() else {
+        match super::Avx2Fma::detect() {
+            Some(k) => softmax_matches_portable(k),
+            None => std::eprintln!("kernel avx2: skipped (CPU lacks avx2/fma)"),
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[test]
+    fn avx512_softmax_matches_portable() {
+        match super::Avx512::detect() {
+            Some(k) => softmax_matches_portable(k),
+            None => std::eprintln!("kernel avx512: skipped (CPU lacks avx512f)"),
+        }
+    }
+
+    /// The AVX-512 exp agrees with the portable one lane by lane.
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[test]
+    fn avx512_exp_matches_portable() {
+        use core::arch::x86_64::*;
+        if super::Avx512::detect().is_none() {
+            std::eprintln!("kernel avx512: skipped (CPU lacks avx512f)");
             return;
-        };
+        }
+        let mut x = -90.0f32;
+        while x <= 0.0 {
+            let xs: [f32; 16] = core::array::from_fn(|i| (x - i as f32 * 0.000_7).min(0.0));
+            let mut got = [0.0f32; 16];
+            // SAFETY: AVX-512F was detected above; both arrays hold 16 f32s.
+            unsafe {
+                let v = super::x86_64::avx512::exp_neg_avx512(_mm512_loadu_ps(xs.as_ptr()));
+                _mm512_storeu_ps(got.as_mut_ptr(), v);
+            }
+            for (&xi, &g) in xs.iter().zip(&got) {
+                let want = exp_neg(xi);
+                assert!((g - want).abs() <= 4e-7 * want, "x={xi} {g} vs {want}");
+            }
+            x += 0.013;
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    fn softmax_matches_portable<K: super::MicroKernel>(k: K) {
+        use super::{MicroKernel, Portable};
+        // 72 = 4·16 + 8: the AVX-512 kernel's masked half block too.
         for m_old in [f32::NEG_INFINITY, -3.0, 0.5, 40.0] {
-            let row: std::vec::Vec<f32> = (0..64)
+            let row: std::vec::Vec<f32> = (0..72)
                 .map(|i| {
                     if i % 7 == 3 {
                         f32::NEG_INFINITY

@@ -8,28 +8,34 @@ use core::arch::x86_64::*;
 use crate::kernel::{body, MicroKernel, RowUpdate};
 
 /// AVX2 + FMA micro-kernel. A value of this type proves that the CPU has
-/// AVX2 and FMA: construct it with [`Avx2Fma::detect`] (std), [`Avx2Fma::new`]
+/// AVX2, FMA and F16C (for f16 inputs): construct it with [`Avx2Fma::detect`] (std), [`Avx2Fma::new`]
 /// (when the build enables the features statically) or
 /// [`Avx2Fma::new_unchecked`].
 #[derive(Clone, Copy, Debug)]
 pub struct Avx2Fma(());
 
 impl Avx2Fma {
-    /// Some when the CPU has AVX2 and FMA.
+    /// Some when the CPU has AVX2, FMA and F16C.
     #[cfg(feature = "std")]
     pub fn detect() -> Option<Self> {
-        (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
-            .then_some(Self(()))
+        (std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c"))
+        .then_some(Self(()))
     }
 
-    /// Available when the build targets AVX2 + FMA statically.
-    #[cfg(all(target_feature = "avx2", target_feature = "fma"))]
+    /// Available when the build targets AVX2, FMA and F16C statically.
+    #[cfg(all(
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
     pub const fn new() -> Self {
         Self(())
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX2, FMA and F16C (every AVX2 CPU has F16C).
     pub const unsafe fn new_unchecked() -> Self {
         Self(())
     }
@@ -105,6 +111,45 @@ impl MicroKernel for Avx2Fma {
     ) {
         // SAFETY: `self` proves AVX2+FMA.
         unsafe { transpose_avx2(src, rows, cols, lds, dst, ldd) }
+    }
+
+    #[inline]
+    fn widen_f16(self, src: &[u16], dst: &mut [f32]) {
+        // SAFETY: `self` proves AVX2, FMA and F16C.
+        unsafe { widen_avx2::<false>(src, dst) }
+    }
+
+    #[inline]
+    fn widen_bf16(self, src: &[u16], dst: &mut [f32]) {
+        // SAFETY: `self` proves AVX2, FMA and F16C.
+        unsafe { widen_avx2::<true>(src, dst) }
+    }
+}
+
+/// f16 (`BF16 = false`: F16C `vcvtph2ps`) or bf16 (`BF16 = true`:
+/// zero-extend and shift) bits to f32, 8 at a time; a tail under 8 goes
+/// through the portable body.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn widen_avx2<const BF16: bool>(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let n8 = n / 8 * 8;
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= n8 <= both lengths; unaligned loads and stores.
+        unsafe {
+            let h = _mm_loadu_si128(sp.add(i).cast());
+            let f = if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            } else {
+                _mm256_cvtph_ps(h)
+            };
+            _mm256_storeu_ps(dp.add(i), f);
+        }
+    }
+    if BF16 {
+        body::widen_bf16(&src[n8..n], &mut dst[n8..n]);
+    } else {
+        body::widen_f16(&src[n8..n], &mut dst[n8..n]);
     }
 }
 
@@ -187,7 +232,14 @@ fn softmax_row_avx2(s: &mut [f32], m_old: f32) -> RowUpdate {
 
 /// 8×8 blocks through registers, the ragged rest element by element.
 #[target_feature(enable = "avx2,fma")]
-fn transpose_avx2(src: &[f32], rows: usize, cols: usize, lds: usize, dst: &mut [f32], ldd: usize) {
+pub(super) fn transpose_avx2(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+) {
     if rows == 0 || cols == 0 {
         return;
     }
