@@ -29,7 +29,9 @@ fn main() {
             "FLASH : ORIGIN = 0x10000000, LENGTH = 4M\n RAM : ORIGIN = 0x38000000, LENGTH = 4M",
         ),
         // virt with -bios none: RAM at 0x8000_0000 (128 MiB by default).
-        "riscv32imac-unknown-none-elf" => ("riscv.ld", "RAM : ORIGIN = 0x80000000, LENGTH = 32M"),
+        "riscv32imac-unknown-none-elf" | "riscv32imafc-unknown-none-elf" => {
+            ("riscv.ld", "RAM : ORIGIN = 0x80000000, LENGTH = 32M")
+        }
         _ => ("", ""),
     };
     if !script.is_empty() {
@@ -41,6 +43,12 @@ fn main() {
         println!("cargo:rerun-if-changed=link/{script}");
     }
     println!("cargo:rustc-env=TARGET_NAME={target}");
+    // Every target but RV32IMAC has an FPU (stable Rust has no
+    // `target_feature = "f"` on RISC-V).
+    println!("cargo:rustc-check-cfg=cfg(hard_float)");
+    if target != "riscv32imac-unknown-none-elf" {
+        println!("cargo:rustc-cfg=hard_float");
+    }
     println!("cargo:rerun-if-changed=build.rs");
     fs::write(out.join("cases.rs"), cases()).unwrap();
 }
@@ -145,6 +153,12 @@ fn case_list(data: &MaskData) -> Vec<CaseDef<'_>> {
             sp(1, 2, 2, 13, 21, 8, 8),
             none,
             "MaskSpec::NONE",
+        ),
+        (
+            Extra::new("D=7, Dv=5 (k % 4 = 3 in the register block)"),
+            sp(1, 2, 2, 9, 13, 7, 5),
+            none.causal(4),
+            "MaskSpec::NONE.causal(4)",
         ),
         (
             Extra::new("causal, rows 0..3 fully masked"),

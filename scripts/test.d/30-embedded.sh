@@ -1,5 +1,5 @@
 # Embedded: tessera-core under QEMU on Cortex-M4F (mps2-an386), Cortex-M33
-# (mps2-an505) and RV32IMAC (virt): conformance tests against host-generated
+# (mps2-an505), RV32IMAC and RV32IMAFC (virt): conformance tests against host-generated
 # f64 expectations, the fault handler, the C API (host tests and a C
 # firmware built with arm-none-eabi-gcc), and the measured targets on the
 # M4F: exact instructions per MAC (TCG plugin, -icount shift=0), linear
@@ -7,7 +7,7 @@
 source "$(dirname "$0")/../lib.sh"
 cd "$TESSERA_ROOT"
 
-targets=(thumbv7em-none-eabihf thumbv8m.main-none-eabihf riscv32imac-unknown-none-elf)
+targets=(thumbv7em-none-eabihf thumbv8m.main-none-eabihf riscv32imac-unknown-none-elf riscv32imafc-unknown-none-elf)
 need_apt qemu-system-arm qemu-system-misc gcc-arm-none-eabi gcc
 need_target "${targets[@]}"
 need_component "$(rustup show active-toolchain | cut -d" " -f1)" rustfmt clippy
@@ -29,7 +29,8 @@ stage "build firmware images for ${targets[*]}"
 target_args=()
 for t in "${targets[@]}"; do target_args+=(--target "$t"); done
 cargo build --release --manifest-path $fw/Cargo.toml "${target_args[@]}" --bin conformance --bin fault
-cargo build --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf --bin measure --bin attention-only
+cargo build --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf --target riscv32imafc-unknown-none-elf \
+    --bin measure --bin attention-only
 cargo clippy --quiet --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf -- -D warnings ||
     fail "clippy core/firmware"
 
@@ -100,6 +101,21 @@ if [ "$text" -le 16384 ]; then
     pass "attention-only text $text B <= 16 KiB"
 else
     fail "attention-only text $text B > 16 KiB"
+fi
+
+stage "measurements on RV32IMAFC: Scalar's fmadd.s block, target <= 3 instr/MAC dense"
+t=riscv32imafc-unknown-none-elf
+table=$CARGO_TARGET_DIR/measure-$t.md
+if $fw/scripts/measure.sh $t >"$table"; then
+    pass "measure on $t"
+else
+    fail "measure on $t"
+fi
+ipm=$(awk -F'|' '$2 ~ /dense/ && $3 ~ /scalar/ && $4 ~ /32×32/ {gsub(/ /, "", $10); print $10}' "$table")
+if awk -v x="$ipm" 'BEGIN { exit !(x > 0 && x <= 3.0) }'; then
+    pass "dense S=256 D=32 on RV32IMAFC: $ipm instr/MAC <= 3"
+else
+    fail "dense S=256 D=32 on RV32IMAFC: '$ipm' instr/MAC, target 3"
 fi
 
 echo "embedded: $passed passed, $failed failed"
