@@ -16,7 +16,25 @@ use tessera_core::{f16, reference, AttentionSpec, MaskSpec, Tensor};
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target = env::var("TARGET").unwrap();
-    let (script, memory) = match target.as_str() {
+    // The Cortex-M55 shares the M33's triple; `-C target-cpu=cortex-m55`
+    // tells them apart (scripts/test.d/30-embedded.sh builds it into its own
+    // target directory).
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    let m55 =
+        env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("target-cpu=cortex-m55"));
+    let board = if m55 {
+        "thumbv8.1m-cortex-m55"
+    } else {
+        target.as_str()
+    };
+    let (script, memory) = match board {
+        // mps3-an547 (Cortex-M55, SSE-300): code in the 512 KiB ITCM at 0
+        // (where QEMU's boot vector table is), data in DDR at 0x6000_0000
+        // (the measure image needs 2 MiB).
+        "thumbv8.1m-cortex-m55" => (
+            "cortex-m.ld",
+            "FLASH : ORIGIN = 0x00000000, LENGTH = 512K\n RAM : ORIGIN = 0x60000000, LENGTH = 16M",
+        ),
         // mps2-an386 (Cortex-M4): 4 MiB FLASH at 0, 4 MiB SRAM at 0x2000_0000.
         "thumbv7em-none-eabihf" => (
             "cortex-m.ld",
@@ -42,7 +60,11 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-Tlink.x");
         println!("cargo:rerun-if-changed=link/{script}");
     }
-    println!("cargo:rustc-env=TARGET_NAME={target}");
+    if m55 {
+        println!("cargo:rustc-env=TARGET_NAME={target} (cortex-m55)");
+    } else {
+        println!("cargo:rustc-env=TARGET_NAME={target}");
+    }
     // Every target but RV32IMAC has an FPU (stable Rust has no
     // `target_feature = "f"` on RISC-V).
     println!("cargo:rustc-check-cfg=cfg(hard_float)");

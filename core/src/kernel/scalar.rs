@@ -156,7 +156,10 @@ unsafe fn block<const ACCUMULATE: bool>(
             "sub {c}, {c}, {ldc}",
             "sub {c}, {c}, {ldc}",
             ".else",
-            "vsub.f32 s16, s16, s16",
+            // Not `vsub s16, s16, s16`: that is NaN when s16 holds a NaN or
+            // an infinity left by earlier code.
+            "movs {n}, #0",
+            "vmov s16, {n}",
             "vmov.f32 s17, s16", "vmov.f32 s18, s16", "vmov.f32 s19, s16",
             "vmov.f32 s20, s16", "vmov.f32 s21, s16", "vmov.f32 s22, s16", "vmov.f32 s23, s16",
             "vmov.f32 s24, s16", "vmov.f32 s25, s16", "vmov.f32 s26, s16", "vmov.f32 s27, s16",
