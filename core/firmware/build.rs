@@ -60,7 +60,10 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-Tlink.x");
         println!("cargo:rerun-if-changed=link/{script}");
     }
+    // The M55 build has tessera-core's Helium kernel.
+    println!("cargo:rustc-check-cfg=cfg(m55)");
     if m55 {
+        println!("cargo:rustc-cfg=m55");
         println!("cargo:rustc-env=TARGET_NAME={target} (cortex-m55)");
     } else {
         println!("cargo:rustc-env=TARGET_NAME={target}");

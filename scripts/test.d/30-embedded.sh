@@ -77,6 +77,23 @@ else
     fail "a fault on the Cortex-M55: status $status, $(cat "$m55_dir/fault.log")"
 fi
 
+RUSTFLAGS="$m55_flags" CARGO_TARGET_DIR=$m55_dir cargo clippy --quiet --release --manifest-path $fw/Cargo.toml \
+    --target thumbv8m.main-none-eabihf -- -D warnings || fail "clippy core/firmware (Cortex-M55, Helium)"
+$fw/scripts/build-plugin.sh "$CARGO_TARGET_DIR/libinsn_count.so"
+table=$m55_dir/measure-m55.md
+if CARGO_TARGET_DIR=$m55_dir TESSERA_INSN_PLUGIN=$CARGO_TARGET_DIR/libinsn_count.so \
+    $fw/scripts/measure.sh thumbv8m.main-none-eabihf >"$table"; then
+    pass "measure on the Cortex-M55"
+else
+    fail "measure on the Cortex-M55"
+fi
+ipm=$(awk -F'|' '$2 ~ /dense/ && $3 ~ /helium/ && $4 ~ /32×32/ {gsub(/ /, "", $10); print $10}' "$table")
+if awk -v x="$ipm" 'BEGIN { exit !(x > 0 && x <= 1.0) }'; then
+    pass "dense S=256 D=32 on the Cortex-M55 (Helium): $ipm instr/MAC <= 1.0"
+else
+    fail "dense S=256 D=32 on the Cortex-M55 (Helium): '$ipm' instr/MAC, target 1.0"
+fi
+
 stage "C API: host tests"
 if cargo test --quiet --manifest-path core/capi/Cargo.toml; then
     pass "capi host tests"

@@ -22,6 +22,10 @@ mod generic;
 pub use generic::Portable;
 mod scalar;
 pub use scalar::Scalar;
+#[cfg(tessera_mve)]
+mod helium;
+#[cfg(tessera_mve)]
+pub use helium::Helium;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;

@@ -126,6 +126,16 @@ extern "C" fn tessera_main() -> i32 {
         ok &= measure::<_, 32, 32>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 64, 32>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 16, 32>(Portable, "dense", 256, None, b);
+        #[cfg(m55)]
+        {
+            use tessera_core::kernel::Helium;
+            ok &= measure::<_, 16, 32>(Helium, "dense", 256, None, b);
+            ok &= measure::<_, 32, 32>(Helium, "dense", 256, None, b);
+            ok &= measure::<_, 64, 32>(Helium, "dense", 256, None, b);
+            ok &= measure::<_, 32, 32>(Helium, "causal", 256, Some(-1), b);
+            ok &= measure::<_, 32, 32>(Helium, "window64", 1024, Some(63), b);
+            ok &= measure::<_, 32, 32>(Helium, "window64", 4096, Some(63), b);
+        }
         ok &= measure::<_, 32, 32>(Scalar, "causal", 256, Some(-1), b);
         ok &= measure::<_, 32, 32>(Scalar, "window64", 1024, Some(63), b);
         ok &= measure::<_, 32, 32>(Scalar, "window64", 4096, Some(63), b);
