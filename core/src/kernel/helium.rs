@@ -17,6 +17,8 @@
 //!   body's range reduction and polynomial (fused multiply-adds, so the last
 //!   bit can differ), 23 instructions per four scores.
 //! - [`scale_row`](MicroKernel::scale_row): `vmul.f32 q, q, r`.
+//! - [`transpose`](MicroKernel::transpose) (packing Kᵀ): four key rows at a
+//!   time, a gather load per column and one contiguous store.
 //!
 //! `vfma` rounds once per multiply-add; results agree with the portable
 //! kernel to the conformance tolerance, not bit for bit.
@@ -128,6 +130,70 @@ impl MicroKernel for Helium {
             }
         }
         body::scale_row(tail, alpha);
+    }
+
+    /// Four source rows at a time: a gather load (`vldrw.u32 q, [q, #4]!`)
+    /// takes column `c` of the four rows, one contiguous store writes it.
+    fn transpose(
+        self,
+        src: &[f32],
+        rows: usize,
+        cols: usize,
+        lds: usize,
+        dst: &mut [f32],
+        ldd: usize,
+    ) {
+        let fits = rows == 0
+            || cols == 0
+            || ((rows - 1)
+                .checked_mul(lds)
+                .and_then(|x| x.checked_add(cols))
+                .is_some_and(|x| x <= src.len())
+                && (cols - 1)
+                    .checked_mul(ldd)
+                    .and_then(|x| x.checked_add(rows))
+                    .is_some_and(|x| x <= dst.len()));
+        if !fits || cols == 0 {
+            // The body panics on short slices, as the contract says.
+            return body::transpose(src, rows, cols, lds, dst, ldd);
+        }
+        const F: usize = core::mem::size_of::<f32>();
+        let groups = rows / 4;
+        for g in 0..groups {
+            let r = 4 * g;
+            // Lane i: the address of src[(r + i)·lds] minus 4, as the gather
+            // pre-increments by 4 before each load.
+            let base = src.as_ptr() as usize + r * lds * F;
+            let addr: [usize; 4] = core::array::from_fn(|i| base + i * lds * F - F);
+            // SAFETY: for c < cols the loads read src[(r + i)·lds + c], i < 4,
+            // and the stores write dst[c·ldd + r .. + 4]: in bounds by `fits`
+            // (r + 3 < rows). `addr` is only read.
+            unsafe {
+                core::arch::asm!(
+                    "vldrw.u32 q1, [{addr}]",
+                    "dls lr, {n}",
+                    "1:",
+                    "vldrw.u32 q0, [q1, #4]!",
+                    "vstrw.32 q0, [{d}]",
+                    "add {d}, {ldd}",
+                    "le lr, 1b",
+                    addr = in(reg) addr.as_ptr(),
+                    n = in(reg) cols,
+                    d = inout(reg) dst.as_mut_ptr().wrapping_add(r) => _,
+                    ldd = in(reg) ldd * F,
+                    out("lr") _,
+                    out("s0") _, out("s1") _, out("s2") _, out("s3") _,
+                    out("s4") _, out("s5") _, out("s6") _, out("s7") _,
+                    options(nostack),
+                );
+            }
+        }
+        for r in 4 * groups..rows {
+            let row = &src[r * lds..][..cols];
+            for (c, &x) in row.iter().enumerate() {
+                dst[c * ldd + r] = x;
+            }
+        }
     }
 }
 
