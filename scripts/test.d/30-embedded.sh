@@ -81,7 +81,7 @@ RUSTFLAGS="$m55_flags" CARGO_TARGET_DIR=$m55_dir cargo clippy --quiet --release 
     --target thumbv8m.main-none-eabihf -- -D warnings || fail "clippy core/firmware (Cortex-M55, Helium)"
 $fw/scripts/build-plugin.sh "$CARGO_TARGET_DIR/libinsn_count.so"
 table=$m55_dir/measure-m55.md
-if CARGO_TARGET_DIR=$m55_dir TESSERA_INSN_PLUGIN=$CARGO_TARGET_DIR/libinsn_count.so \
+if TESSERA_INSN_PLUGIN=$TESSERA_ROOT/target/firmware/libinsn_count.so CARGO_TARGET_DIR=$m55_dir \
     $fw/scripts/measure.sh thumbv8m.main-none-eabihf >"$table"; then
     pass "measure on the Cortex-M55"
 else
