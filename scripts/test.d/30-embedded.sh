@@ -34,22 +34,29 @@ cargo build --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eab
 cargo clippy --quiet --release --manifest-path $fw/Cargo.toml --target thumbv7em-none-eabihf -- -D warnings ||
     fail "clippy core/firmware"
 
-for t in "${targets[@]}"; do
-    log "conformance on $t"
-    if $fw/scripts/qemu-run.sh "$CARGO_TARGET_DIR/$t/release/conformance"; then
-        pass "conformance on $t"
+# conformance_and_fault DIR NAME: the conformance image in DIR passes, and the
+# fault image exits with status 3 and says HardFault.
+conformance_and_fault() {
+    local dir=$1 name=$2 status
+    log "conformance on $name"
+    if $fw/scripts/qemu-run.sh "$dir/conformance"; then
+        pass "conformance on $name"
     else
-        fail "conformance on $t (status $?)"
+        fail "conformance on $name (status $?)"
     fi
     set +e
-    $fw/scripts/qemu-run.sh "$CARGO_TARGET_DIR/$t/release/fault" >"$CARGO_TARGET_DIR/fault-$t.log"
+    $fw/scripts/qemu-run.sh "$dir/fault" >"$dir/fault.log"
     status=$?
     set -e
-    if [ $status = 3 ] && grep -q HardFault "$CARGO_TARGET_DIR/fault-$t.log"; then
-        pass "a fault on $t exits with status 3"
+    if [ $status = 3 ] && grep -q HardFault "$dir/fault.log"; then
+        pass "a fault on $name exits with status 3"
     else
-        fail "a fault on $t: status $status, $(cat "$CARGO_TARGET_DIR/fault-$t.log")"
+        fail "a fault on $name: status $status, $(cat "$dir/fault.log")"
     fi
+}
+
+for t in "${targets[@]}"; do
+    conformance_and_fault "$CARGO_TARGET_DIR/$t/release" "$t"
 done
 
 stage "Cortex-M55 with Helium (mps3-an547): thumbv8m.main built for cortex-m55"
@@ -62,20 +69,7 @@ m55_flags="-C target-cpu=cortex-m55 -C no-vectorize-loops"
 m55_dir=$TESSERA_ROOT/target/firmware-m55
 RUSTFLAGS="$m55_flags" CARGO_TARGET_DIR=$m55_dir cargo build --release --manifest-path $fw/Cargo.toml \
     --target thumbv8m.main-none-eabihf --bin conformance --bin fault --bin measure --bin attention-only
-if $fw/scripts/qemu-run.sh "$m55_dir/thumbv8m.main-none-eabihf/release/conformance"; then
-    pass "conformance on the Cortex-M55"
-else
-    fail "conformance on the Cortex-M55 (status $?)"
-fi
-set +e
-$fw/scripts/qemu-run.sh "$m55_dir/thumbv8m.main-none-eabihf/release/fault" >"$m55_dir/fault.log"
-status=$?
-set -e
-if [ $status = 3 ] && grep -q HardFault "$m55_dir/fault.log"; then
-    pass "a fault on the Cortex-M55 exits with status 3"
-else
-    fail "a fault on the Cortex-M55: status $status, $(cat "$m55_dir/fault.log")"
-fi
+conformance_and_fault "$m55_dir/thumbv8m.main-none-eabihf/release" "the Cortex-M55"
 
 RUSTFLAGS="$m55_flags" CARGO_TARGET_DIR=$m55_dir cargo clippy --quiet --release --manifest-path $fw/Cargo.toml \
     --target thumbv8m.main-none-eabihf -- -D warnings || fail "clippy core/firmware (Cortex-M55, Helium)"

@@ -233,6 +233,36 @@ pub(crate) mod body {
         }
     }
 
+    /// The gemm loop of the register-block kernels: `block(a, b, c)` with
+    /// the first element of `A`'s rows, `B`'s columns and `C` of every
+    /// `mr × nr` block of `C ← A·B`.
+    ///
+    /// # Safety
+    /// As for [`MicroKernel::gemm`](super::MicroKernel::gemm): `m % mr == 0`,
+    /// `n % nr == 0`, and every block's rows of `a`, columns of `b` and
+    /// elements of `c` are in bounds of their slices.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub unsafe fn for_each_block(
+        (m, n): (usize, usize),
+        (mr, nr): (usize, usize),
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        mut block: impl FnMut(*const f32, *const f32, *mut f32),
+    ) {
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        for i in (0..m).step_by(mr) {
+            for j in (0..n).step_by(nr) {
+                // SAFETY: i + mr <= m and j + nr <= n (whole blocks, the
+                // caller's contract), so the offsets stay in their slices.
+                unsafe { block(a.add(i * lda), b.add(j), c.add(i * ldc + j)) }
+            }
+        }
+    }
+
     #[inline(always)]
     pub fn scale_row(o: &mut [f32], alpha: f32) {
         o.iter_mut().for_each(|x| *x *= alpha);

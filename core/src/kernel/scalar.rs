@@ -81,21 +81,17 @@ impl MicroKernel for Scalar {
         ldc: usize,
         accumulate: bool,
     ) {
-        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        for i in (0..m).step_by(MR) {
-            for j in (0..n).step_by(NR) {
-                // SAFETY: i + MR <= m and j + NR <= n (whole blocks, the
-                // caller's contract), so the block's rows of a, columns of b
-                // and elements of c are in bounds; c does not overlap a or b.
-                unsafe {
-                    let (a, b, c) = (a.add(i * lda), b.add(j), c.add(i * ldc + j));
-                    if accumulate {
-                        block::<true>(k, a, lda, b, ldb, c, ldc)
-                    } else {
-                        block::<false>(k, a, lda, b, ldb, c, ldc)
-                    }
+        // SAFETY: the caller's contract (MicroKernel::gemm) is
+        // for_each_block's; each block call gets a block of it, and c does
+        // not overlap a or b.
+        unsafe {
+            body::for_each_block((m, n), (MR, NR), a, lda, b, c, ldc, |a, b, c| {
+                if accumulate {
+                    block::<true>(k, a, lda, b, ldb, c, ldc)
+                } else {
+                    block::<false>(k, a, lda, b, ldb, c, ldc)
                 }
-            }
+            })
         }
     }
 
