@@ -13,10 +13,11 @@
 //! (scores of padding keys are `-inf`), so architecture code has no edge
 //! cases.
 //!
-//! Kernels: [`Portable`] (autovectorises; the only one on Cortex-M and
-//! RISC-V), [`Avx2Fma`] on x86-64 and [`Neon`] on aarch64. A `no_std` caller
-//! names its kernel; with the `std` feature, [`detect`] picks the best one at
-//! run time.
+//! Kernels: [`Portable`] (autovectorises), [`Scalar`] for scalar-FPU cores
+//! (Cortex-M4F/M33 and RV32F, with `asm!` blocks), `Helium` on Armv8.1-M
+//! with MVE (built only for such a CPU, `cfg(tessera_mve)`), [`Avx2Fma`] on
+//! x86-64 and [`Neon`] on aarch64. A `no_std` caller names its kernel; with
+//! the `std` feature, [`detect`] picks the best one at run time.
 
 mod generic;
 pub use generic::Portable;
