@@ -16,7 +16,25 @@ use tessera_core::{f16, reference, AttentionSpec, MaskSpec, Tensor};
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target = env::var("TARGET").unwrap();
-    let (script, memory) = match target.as_str() {
+    // The Cortex-M55 shares the M33's triple; `-C target-cpu=cortex-m55`
+    // tells them apart (scripts/test.d/30-embedded.sh builds it into its own
+    // target directory).
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    let m55 =
+        env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("target-cpu=cortex-m55"));
+    let board = if m55 {
+        "thumbv8.1m-cortex-m55"
+    } else {
+        target.as_str()
+    };
+    let (script, memory) = match board {
+        // mps3-an547 (Cortex-M55, SSE-300): code in the 512 KiB ITCM at 0
+        // (where QEMU's boot vector table is), data in DDR at 0x6000_0000
+        // (the measure image needs 2 MiB).
+        "thumbv8.1m-cortex-m55" => (
+            "cortex-m.ld",
+            "FLASH : ORIGIN = 0x00000000, LENGTH = 512K\n RAM : ORIGIN = 0x60000000, LENGTH = 16M",
+        ),
         // mps2-an386 (Cortex-M4): 4 MiB FLASH at 0, 4 MiB SRAM at 0x2000_0000.
         "thumbv7em-none-eabihf" => (
             "cortex-m.ld",
@@ -29,7 +47,9 @@ fn main() {
             "FLASH : ORIGIN = 0x10000000, LENGTH = 4M\n RAM : ORIGIN = 0x38000000, LENGTH = 4M",
         ),
         // virt with -bios none: RAM at 0x8000_0000 (128 MiB by default).
-        "riscv32imac-unknown-none-elf" => ("riscv.ld", "RAM : ORIGIN = 0x80000000, LENGTH = 32M"),
+        "riscv32imac-unknown-none-elf" | "riscv32imafc-unknown-none-elf" => {
+            ("riscv.ld", "RAM : ORIGIN = 0x80000000, LENGTH = 32M")
+        }
         _ => ("", ""),
     };
     if !script.is_empty() {
@@ -40,7 +60,20 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-Tlink.x");
         println!("cargo:rerun-if-changed=link/{script}");
     }
-    println!("cargo:rustc-env=TARGET_NAME={target}");
+    // The M55 build has tessera-core's Helium kernel.
+    println!("cargo:rustc-check-cfg=cfg(m55)");
+    if m55 {
+        println!("cargo:rustc-cfg=m55");
+        println!("cargo:rustc-env=TARGET_NAME={target} (cortex-m55)");
+    } else {
+        println!("cargo:rustc-env=TARGET_NAME={target}");
+    }
+    // Every target but RV32IMAC has an FPU (stable Rust has no
+    // `target_feature = "f"` on RISC-V).
+    println!("cargo:rustc-check-cfg=cfg(hard_float)");
+    if target != "riscv32imac-unknown-none-elf" {
+        println!("cargo:rustc-cfg=hard_float");
+    }
     println!("cargo:rerun-if-changed=build.rs");
     fs::write(out.join("cases.rs"), cases()).unwrap();
 }
@@ -145,6 +178,12 @@ fn case_list(data: &MaskData) -> Vec<CaseDef<'_>> {
             sp(1, 2, 2, 13, 21, 8, 8),
             none,
             "MaskSpec::NONE",
+        ),
+        (
+            Extra::new("D=7, Dv=5 (k % 4 = 3 in the register block)"),
+            sp(1, 2, 2, 9, 13, 7, 5),
+            none.causal(4),
+            "MaskSpec::NONE.causal(4)",
         ),
         (
             Extra::new("causal, rows 0..3 fully masked"),

@@ -17,6 +17,8 @@ plugin=${TESSERA_INSN_PLUGIN:-$root/target/firmware/libinsn_count.so}
 case "$target" in
 thumb*) nm=arm-none-eabi-nm size=arm-none-eabi-size ;;
 *) nm=$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/bin/llvm-nm
+   # rustup's llvm-tools if installed, else the system LLVM.
+   [ -x "$nm" ] || nm=$(command -v llvm-nm)
    size=${nm%-nm}-size ;;
 esac
 addr() { "$nm" "$dir/measure" | awk -v s="$1" '$3==s{print $1}'; }

@@ -6,7 +6,8 @@
 //! | --- | --- | --- |
 //! | `thumbv7em-none-eabihf` | `qemu-system-arm -machine mps2-an386 -cpu cortex-m4` | FLASH 0x0000_0000, RAM 0x2000_0000 |
 //! | `thumbv8m.main-none-eabihf` | `qemu-system-arm -machine mps2-an505 -cpu cortex-m33` | FLASH 0x1000_0000, RAM 0x3800_0000 |
-//! | `riscv32imac-unknown-none-elf` | `qemu-system-riscv32 -machine virt -bios none` | RAM 0x8000_0000 |
+//! | the same with `-C target-cpu=cortex-m55` | `qemu-system-arm -machine mps3-an547 -cpu cortex-m55` | ITCM 0x0000_0000, DDR 0x6000_0000 |
+//! | `riscv32imac-unknown-none-elf`, `riscv32imafc-unknown-none-elf` | `qemu-system-riscv32 -machine virt -bios none` | RAM 0x8000_0000 |
 //!
 //! A binary defines `#[no_mangle] extern "C" fn tessera_main() -> i32`; its
 //! return value becomes QEMU's exit status through semihosting.

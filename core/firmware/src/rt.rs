@@ -1,7 +1,7 @@
 //! Start-up and faults, in assembly where Rust may not run yet.
 //!
 //! Reset: zero `.bss`, copy `.data` (Arm: from FLASH to RAM), enable the FPU
-//! (Arm: CPACR CP10/CP11), then `tessera_start`, which calls the binary's
+//! (Arm: CPACR CP10/CP11; RISC-V: `mstatus.FS`), then `tessera_start`, which calls the binary's
 //! `tessera_main` and exits through semihosting with its status. Any fault
 //! (Arm: every exception vector; RISC-V: `mtvec`) prints where it happened
 //! and exits with status 3, so a fault never hangs CI.
@@ -94,6 +94,11 @@ core::arch::global_asm!(
     "    la sp, __stack_top",
     "    la t0, tessera_trap",
     "    csrw mtvec, t0",
+    // mstatus.FS = Initial: with the F extension every FP instruction traps
+    // as illegal until this is set; without it the field is read-only zero
+    // and the write does nothing.
+    "    li t0, 0x2000",
+    "    csrs mstatus, t0",
     "    la t0, __sbss",
     "    la t1, __ebss",
     "1:  bgeu t0, t1, 2f",

@@ -52,17 +52,15 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         selected: Option<&'l [usize]>,
         spans: &Spans<'_, '_>,
         kv: &Range<usize>,
-    ) -> impl Iterator<Item = usize> + 'l {
+    ) -> KvOrder<'l> {
         let (global, local) = spans.key_tiles::<BK>(kv);
         let local_rest = local.start.max(global.end)..local.end;
         let local_head = local.start..local.end.min(global.start);
-        let bounded = global.chain(local_rest).chain(local_head);
-        let (mut sel, mut all) = (None, None);
-        match selected {
-            Some(list) => sel = Some(list.iter().copied()),
-            None => all = Some(bounded),
+        KvOrder {
+            selected: selected.map(<[usize]>::iter),
+            parts: [global, local_rest, local_head],
+            part: 0,
         }
-        sel.into_iter().flatten().chain(all.into_iter().flatten())
     }
 
     /// Kᵀ of keys `j0..j0 + cols` in f32 (`D×BK`); padding keys are zero.
@@ -152,6 +150,33 @@ impl<K: MicroKernel, const BQ: usize, const BK: usize> Flash<K, BQ, BK> {
         // SAFETY: BQ % MR == 0 and dvp % NR == 0 (DV_ALIGN % NR == 0);
         // p is BQ×BK, vt is BK×dvp and o is BQ×dvp, all cut by TileBufs::cut.
         unsafe { self.kernel.gemm(BQ, dvp, BK, p, BK, vt, dvp, o, dvp, true) };
+    }
+}
+
+/// [`Flash::kv_order`]'s iterator: a selected list, or three ranges in turn.
+/// Small on purpose (a `Chain` of `Flatten`s kept three copies of the ranges
+/// in the tile loop's frame).
+pub(super) struct KvOrder<'l> {
+    selected: Option<core::slice::Iter<'l, usize>>,
+    parts: [Range<usize>; 3],
+    part: usize,
+}
+
+impl Iterator for KvOrder<'_> {
+    type Item = usize;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        if let Some(list) = &mut self.selected {
+            return list.next().copied();
+        }
+        while let Some(range) = self.parts.get_mut(self.part) {
+            if let Some(t) = range.next() {
+                return Some(t);
+            }
+            self.part += 1;
+        }
+        None
     }
 }
 

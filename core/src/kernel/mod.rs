@@ -13,17 +13,22 @@
 //! (scores of padding keys are `-inf`), so architecture code has no edge
 //! cases.
 //!
-//! Kernels: [`Portable`] (autovectorises; the only one on Cortex-M and
-//! RISC-V), [`Avx512`] and [`Avx2Fma`] on x86-64 and [`Neon`] on aarch64. A
-//! `no_std` caller names its kernel; with the `std` feature, [`detect`]
-//! picks the best one at run time, or the one `TESSERA_KERNEL` names
-//! (`portable`, `avx2`, `avx512`, `neon`; a name the CPU cannot run is an
-//! error).
+//! Kernels: [`Portable`] (autovectorises), [`Scalar`] for scalar-FPU cores
+//! (Cortex-M4F/M33 and RV32F, with `asm!` blocks), `Helium` on Armv8.1-M
+//! with MVE (built only for such a CPU, `cfg(tessera_mve)`), [`Avx512`] and
+//! [`Avx2Fma`] on x86-64 and [`Neon`] on aarch64. A `no_std` caller names its
+//! kernel; with the `std` feature, [`detect`] picks the best one at run time,
+//! or the one `TESSERA_KERNEL` names (`portable`, `avx2`, `avx512`, `neon`; a
+//! name the CPU cannot run is an error).
 
 mod generic;
 pub use generic::Portable;
 mod scalar;
 pub use scalar::Scalar;
+#[cfg(tessera_mve)]
+mod helium;
+#[cfg(tessera_mve)]
+pub use helium::Helium;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -340,6 +345,36 @@ pub(crate) mod body {
             max: m_new,
             alpha,
             sum,
+        }
+    }
+
+    /// The gemm loop of the register-block kernels: `block(a, b, c)` with
+    /// the first element of `A`'s rows, `B`'s columns and `C` of every
+    /// `mr × nr` block of `C ← A·B`.
+    ///
+    /// # Safety
+    /// As for [`MicroKernel::gemm`](super::MicroKernel::gemm): `m % mr == 0`,
+    /// `n % nr == 0`, and every block's rows of `a`, columns of `b` and
+    /// elements of `c` are in bounds of their slices.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub unsafe fn for_each_block(
+        (m, n): (usize, usize),
+        (mr, nr): (usize, usize),
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        mut block: impl FnMut(*const f32, *const f32, *mut f32),
+    ) {
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        for i in (0..m).step_by(mr) {
+            for j in (0..n).step_by(nr) {
+                // SAFETY: i + mr <= m and j + nr <= n (whole blocks, the
+                // caller's contract), so the offsets stay in their slices.
+                unsafe { block(a.add(i * lda), b.add(j), c.add(i * ldc + j)) }
+            }
         }
     }
 

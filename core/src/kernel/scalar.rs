@@ -12,7 +12,9 @@
 //!
 //! Elsewhere the same block is plain Rust with raw-pointer loads. Bounds are
 //! the caller's contract ([`MicroKernel::gemm`]'s `# Safety`), so no check
-//! sits in the inner loop. On a core without an FPU (RV32IMAC) it runs
+//! sits in the inner loop, except on RV32F, which has its own `fmadd.s` loop
+//! (`cfg(tessera_rv32f)`, set by `build.rs`: stable Rust has no
+//! `target_feature = "f"`). On a core without an FPU (RV32IMAC) it runs
 //! through the soft-float routines.
 
 use super::{body, MicroKernel, RowUpdate};
@@ -79,21 +81,17 @@ impl MicroKernel for Scalar {
         ldc: usize,
         accumulate: bool,
     ) {
-        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        for i in (0..m).step_by(MR) {
-            for j in (0..n).step_by(NR) {
-                // SAFETY: i + MR <= m and j + NR <= n (whole blocks, the
-                // caller's contract), so the block's rows of a, columns of b
-                // and elements of c are in bounds; c does not overlap a or b.
-                unsafe {
-                    let (a, b, c) = (a.add(i * lda), b.add(j), c.add(i * ldc + j));
-                    if accumulate {
-                        block::<true>(k, a, lda, b, ldb, c, ldc)
-                    } else {
-                        block::<false>(k, a, lda, b, ldb, c, ldc)
-                    }
+        // SAFETY: the caller's contract (MicroKernel::gemm) is
+        // for_each_block's; each block call gets a block of it, and c does
+        // not overlap a or b.
+        unsafe {
+            body::for_each_block((m, n), (MR, NR), a, lda, b, c, ldc, |a, b, c| {
+                if accumulate {
+                    block::<true>(k, a, lda, b, ldb, c, ldc)
+                } else {
+                    block::<false>(k, a, lda, b, ldb, c, ldc)
                 }
-            }
+            })
         }
     }
 
@@ -154,7 +152,10 @@ unsafe fn block<const ACCUMULATE: bool>(
             "sub {c}, {c}, {ldc}",
             "sub {c}, {c}, {ldc}",
             ".else",
-            "vsub.f32 s16, s16, s16",
+            // Not `vsub s16, s16, s16`: that is NaN when s16 holds a NaN or
+            // an infinity left by earlier code.
+            "movs {n}, #0",
+            "vmov s16, {n}",
             "vmov.f32 s17, s16", "vmov.f32 s18, s16", "vmov.f32 s19, s16",
             "vmov.f32 s20, s16", "vmov.f32 s21, s16", "vmov.f32 s22, s16", "vmov.f32 s23, s16",
             "vmov.f32 s24, s16", "vmov.f32 s25, s16", "vmov.f32 s26, s16", "vmov.f32 s27, s16",
@@ -224,11 +225,136 @@ unsafe fn block<const ACCUMULATE: bool>(
     }
 }
 
-/// One `4 × 4` block in plain Rust (targets without the Arm FPU loop).
+/// One `4 × 4` block on RV32F: the Arm loop in RISC-V, with `fmadd.s`
+/// (fused: one rounding per multiply-add, so results may differ from the
+/// portable body in the last bit). Four steps of `k` per iteration: 32 `flw`,
+/// 64 `fmadd.s` and 10 integer instructions per 64 multiply-adds. Only two
+/// callee-saved registers (`fs0`, `fs1`, the `B` values) are used, so the
+/// call saves and restores just those: the accumulators and the `A` values
+/// sit in the 20 caller-saved `f` registers.
 ///
 /// # Safety
 /// As for the Arm version above.
-#[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
+#[cfg(tessera_rv32f)]
+#[inline(never)]
+unsafe fn block<const ACCUMULATE: bool>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    const F: usize = core::mem::size_of::<f32>();
+    // SAFETY: the loads touch exactly a[r*lda + p] and b[p*ldb + q] for
+    // r, q < 4, p < k, and the stores c[r*ldc + q]: the caller's contract.
+    // Every f register written is declared clobbered (the compiler saves the
+    // callee-saved ones); the stack is not touched.
+    unsafe {
+        core::arch::asm!(
+            ".if {acc}",
+            "mv {n}, {c}",
+            "flw f0, 0({n})", "flw f1, 4({n})", "flw f2, 8({n})", "flw f3, 12({n})",
+            "add {n}, {n}, {ldc}",
+            "flw f4, 0({n})", "flw f5, 4({n})", "flw f6, 8({n})", "flw f7, 12({n})",
+            "add {n}, {n}, {ldc}",
+            "flw f10, 0({n})", "flw f11, 4({n})", "flw f12, 8({n})", "flw f13, 12({n})",
+            "add {n}, {n}, {ldc}",
+            "flw f14, 0({n})", "flw f15, 4({n})", "flw f16, 8({n})", "flw f17, 12({n})",
+            ".else",
+            "fmv.w.x f0, zero", "fmv.w.x f1, zero", "fmv.w.x f2, zero", "fmv.w.x f3, zero",
+            "fmv.w.x f4, zero", "fmv.w.x f5, zero", "fmv.w.x f6, zero", "fmv.w.x f7, zero",
+            "fmv.w.x f10, zero", "fmv.w.x f11, zero", "fmv.w.x f12, zero", "fmv.w.x f13, zero",
+            "fmv.w.x f14, zero", "fmv.w.x f15, zero", "fmv.w.x f16, zero", "fmv.w.x f17, zero",
+            ".endif",
+            "add {b1}, {b}, {ldb}",
+            "add {ldb}, {ldb}, {ldb}",
+            // Four steps of k per iteration, then two, then one.
+            "srli {n}, {k}, 2",
+            "beqz {n}, 5f",
+            "2:",
+            "flw f28, 0({a0})", "flw f29, 0({a1})", "flw f30, 0({a2})", "flw f31, 0({a3})",
+            "flw f8, 0({b})", "fmadd.s f0, f28, f8, f0", "fmadd.s f4, f29, f8, f4", "fmadd.s f10, f30, f8, f10", "fmadd.s f14, f31, f8, f14",
+            "flw f9, 4({b})", "fmadd.s f1, f28, f9, f1", "fmadd.s f5, f29, f9, f5", "fmadd.s f11, f30, f9, f11", "fmadd.s f15, f31, f9, f15",
+            "flw f8, 8({b})", "fmadd.s f2, f28, f8, f2", "fmadd.s f6, f29, f8, f6", "fmadd.s f12, f30, f8, f12", "fmadd.s f16, f31, f8, f16",
+            "flw f9, 12({b})", "fmadd.s f3, f28, f9, f3", "fmadd.s f7, f29, f9, f7", "fmadd.s f13, f30, f9, f13", "fmadd.s f17, f31, f9, f17",
+            "flw f28, 4({a0})", "flw f29, 4({a1})", "flw f30, 4({a2})", "flw f31, 4({a3})",
+            "flw f8, 0({b1})", "fmadd.s f0, f28, f8, f0", "fmadd.s f4, f29, f8, f4", "fmadd.s f10, f30, f8, f10", "fmadd.s f14, f31, f8, f14",
+            "flw f9, 4({b1})", "fmadd.s f1, f28, f9, f1", "fmadd.s f5, f29, f9, f5", "fmadd.s f11, f30, f9, f11", "fmadd.s f15, f31, f9, f15",
+            "flw f8, 8({b1})", "fmadd.s f2, f28, f8, f2", "fmadd.s f6, f29, f8, f6", "fmadd.s f12, f30, f8, f12", "fmadd.s f16, f31, f8, f16",
+            "flw f9, 12({b1})", "fmadd.s f3, f28, f9, f3", "fmadd.s f7, f29, f9, f7", "fmadd.s f13, f30, f9, f13", "fmadd.s f17, f31, f9, f17",
+            "add {b}, {b}, {ldb}", "add {b1}, {b1}, {ldb}",
+            "flw f28, 8({a0})", "flw f29, 8({a1})", "flw f30, 8({a2})", "flw f31, 8({a3})",
+            "flw f8, 0({b})", "fmadd.s f0, f28, f8, f0", "fmadd.s f4, f29, f8, f4", "fmadd.s f10, f30, f8, f10", "fmadd.s f14, f31, f8, f14",
+            "flw f9, 4({b})", "fmadd.s f1, f28, f9, f1", "fmadd.s f5, f29, f9, f5", "fmadd.s f11, f30, f9, f11", "fmadd.s f15, f31, f9, f15",
+            "flw f8, 8({b})", "fmadd.s f2, f28, f8, f2", "fmadd.s f6, f29, f8, f6", "fmadd.s f12, f30, f8, f12", "fmadd.s f16, f31, f8, f16",
+            "flw f9, 12({b})", "fmadd.s f3, f28, f9, f3", "fmadd.s f7, f29, f9, f7", "fmadd.s f13, f30, f9, f13", "fmadd.s f17, f31, f9, f17",
+            "flw f28, 12({a0})", "flw f29, 12({a1})", "flw f30, 12({a2})", "flw f31, 12({a3})",
+            "flw f8, 0({b1})", "fmadd.s f0, f28, f8, f0", "fmadd.s f4, f29, f8, f4", "fmadd.s f10, f30, f8, f10", "fmadd.s f14, f31, f8, f14",
+            "flw f9, 4({b1})", "fmadd.s f1, f28, f9, f1", "fmadd.s f5, f29, f9, f5", "fmadd.s f11, f30, f9, f11", "fmadd.s f15, f31, f9, f15",
+            "flw f8, 8({b1})", "fmadd.s f2, f28, f8, f2", "fmadd.s f6, f29, f8, f6", "fmadd.s f12, f30, f8, f12", "fmadd.s f16, f31, f8, f16",
+            "flw f9, 12({b1})", "fmadd.s f3, f28, f9, f3", "fmadd.s f7, f29, f9, f7", "fmadd.s f13, f30, f9, f13", "fmadd.s f17, f31, f9, f17",
+            "add {b}, {b}, {ldb}", "add {b1}, {b1}, {ldb}",
+            "addi {a0}, {a0}, 16", "addi {a1}, {a1}, 16", "addi {a2}, {a2}, 16", "addi {a3}, {a3}, 16",
+            "addi {n}, {n}, -1",
+            "bnez {n}, 2b",
+            "5:",
+            "andi {n}, {k}, 2",
+            "beqz {n}, 3f",
+            "flw f28, 0({a0})", "flw f29, 0({a1})", "flw f30, 0({a2})", "flw f31, 0({a3})",
+            "flw f8, 0({b})", "fmadd.s f0, f28, f8, f0", "fmadd.s f4, f29, f8, f4", "fmadd.s f10, f30, f8, f10", "fmadd.s f14, f31, f8, f14",
+            "flw f9, 4({b})", "fmadd.s f1, f28, f9, f1", "fmadd.s f5, f29, f9, f5", "fmadd.s f11, f30, f9, f11", "fmadd.s f15, f31, f9, f15",
+            "flw f8, 8({b})", "fmadd.s f2, f28, f8, f2", "fmadd.s f6, f29, f8, f6", "fmadd.s f12, f30, f8, f12", "fmadd.s f16, f31, f8, f16",
+            "flw f9, 12({b})", "fmadd.s f3, f28, f9, f3", "fmadd.s f7, f29, f9, f7", "fmadd.s f13, f30, f9, f13", "fmadd.s f17, f31, f9, f17",
+            "flw f28, 4({a0})", "flw f29, 4({a1})", "flw f30, 4({a2})", "flw f31, 4({a3})",
+            "flw f8, 0({b1})", "fmadd.s f0, f28, f8, f0", "fmadd.s f4, f29, f8, f4", "fmadd.s f10, f30, f8, f10", "fmadd.s f14, f31, f8, f14",
+            "flw f9, 4({b1})", "fmadd.s f1, f28, f9, f1", "fmadd.s f5, f29, f9, f5", "fmadd.s f11, f30, f9, f11", "fmadd.s f15, f31, f9, f15",
+            "flw f8, 8({b1})", "fmadd.s f2, f28, f8, f2", "fmadd.s f6, f29, f8, f6", "fmadd.s f12, f30, f8, f12", "fmadd.s f16, f31, f8, f16",
+            "flw f9, 12({b1})", "fmadd.s f3, f28, f9, f3", "fmadd.s f7, f29, f9, f7", "fmadd.s f13, f30, f9, f13", "fmadd.s f17, f31, f9, f17",
+            "add {b}, {b}, {ldb}",
+            "addi {a0}, {a0}, 8", "addi {a1}, {a1}, 8", "addi {a2}, {a2}, 8", "addi {a3}, {a3}, 8",
+            "3:",
+            "andi {n}, {k}, 1",
+            "beqz {n}, 4f",
+            "flw f28, 0({a0})", "flw f29, 0({a1})", "flw f30, 0({a2})", "flw f31, 0({a3})",
+            "flw f8, 0({b})", "fmadd.s f0, f28, f8, f0", "fmadd.s f4, f29, f8, f4", "fmadd.s f10, f30, f8, f10", "fmadd.s f14, f31, f8, f14",
+            "flw f9, 4({b})", "fmadd.s f1, f28, f9, f1", "fmadd.s f5, f29, f9, f5", "fmadd.s f11, f30, f9, f11", "fmadd.s f15, f31, f9, f15",
+            "flw f8, 8({b})", "fmadd.s f2, f28, f8, f2", "fmadd.s f6, f29, f8, f6", "fmadd.s f12, f30, f8, f12", "fmadd.s f16, f31, f8, f16",
+            "flw f9, 12({b})", "fmadd.s f3, f28, f9, f3", "fmadd.s f7, f29, f9, f7", "fmadd.s f13, f30, f9, f13", "fmadd.s f17, f31, f9, f17",
+            "4:",
+            "fsw f0, 0({c})", "fsw f1, 4({c})", "fsw f2, 8({c})", "fsw f3, 12({c})",
+            "add {c}, {c}, {ldc}",
+            "fsw f4, 0({c})", "fsw f5, 4({c})", "fsw f6, 8({c})", "fsw f7, 12({c})",
+            "add {c}, {c}, {ldc}",
+            "fsw f10, 0({c})", "fsw f11, 4({c})", "fsw f12, 8({c})", "fsw f13, 12({c})",
+            "add {c}, {c}, {ldc}",
+            "fsw f14, 0({c})", "fsw f15, 4({c})", "fsw f16, 8({c})", "fsw f17, 12({c})",
+            acc = const ACCUMULATE as u8,
+            a0 = inout(reg) a => _,
+            a1 = inout(reg) a.wrapping_add(lda) => _,
+            a2 = inout(reg) a.wrapping_add(2 * lda) => _,
+            a3 = inout(reg) a.wrapping_add(3 * lda) => _,
+            b = inout(reg) b => _,
+            b1 = out(reg) _,
+            ldb = inout(reg) ldb * F => _,
+            c = inout(reg) c => _,
+            ldc = in(reg) ldc * F,
+            k = in(reg) k,
+            n = out(reg) _,
+            out("f0") _, out("f1") _, out("f2") _, out("f3") _, out("f4") _, out("f5") _, out("f6") _, out("f7") _,
+            out("f8") _, out("f9") _, out("f10") _, out("f11") _, out("f12") _, out("f13") _, out("f14") _, out("f15") _,
+            out("f16") _, out("f17") _, out("f28") _, out("f29") _, out("f30") _, out("f31") _,
+            options(nostack),
+        );
+    }
+}
+
+/// One `4 × 4` block in plain Rust (targets without an assembly loop).
+///
+/// # Safety
+/// As for the Arm version above.
+#[cfg(not(any(all(target_arch = "arm", target_abi = "eabihf"), tessera_rv32f)))]
 #[inline(always)]
 unsafe fn block<const ACCUMULATE: bool>(
     k: usize,

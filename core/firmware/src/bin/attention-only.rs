@@ -7,13 +7,16 @@
 
 use core::ptr::{addr_of, addr_of_mut};
 
-use tessera_core::kernel::Scalar;
+#[cfg(m55)]
+use tessera_core::kernel::Helium as Kernel;
+#[cfg(not(m55))]
+use tessera_core::kernel::Scalar as Kernel;
 use tessera_core::{Attention, AttentionSpec, DenseMask, Flash, MaskSpec, MaskStrides};
 use tessera_firmware::data::Rng;
 
 const S: usize = 64;
 const D: usize = 32;
-type F = Flash<Scalar, 32, 32>;
+type F = Flash<Kernel, 32, 32>;
 
 struct Buffers {
     q: [f32; S * D],
@@ -78,7 +81,7 @@ extern "C" fn tessera_main() -> i32 {
     let Ok(att) = Attention::new(&spec, &mask, &b.q, &b.k, &b.v) else {
         return 2;
     };
-    match F::new(Scalar).run(&att, &mut b.y, Some(&mut b.lse), &mut b.scratch) {
+    match F::new(Kernel).run(&att, &mut b.y, Some(&mut b.lse), &mut b.scratch) {
         Ok(_) if b.y.iter().all(|x| x.is_finite()) => 0,
         _ => 1,
     }

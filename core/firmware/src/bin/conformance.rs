@@ -23,7 +23,8 @@ const fn max(a: usize, b: usize) -> usize {
 const SCRATCH: usize = max(
     max(
         Flash::<Scalar, 12, 16>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM),
-        Flash::<Scalar, 24, 32>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM),
+        // 32x32: the Helium runs on the M55.
+        Flash::<Scalar, 32, 32>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM),
     ),
     Flash::<Portable, 8, 16>::scratch_len(MAX_HEAD_DIM, MAX_V_HEAD_DIM),
 );
@@ -234,6 +235,14 @@ fn run_case<T: Element>(
             passed,
             failed,
         );
+        #[cfg(m55)]
+        report(
+            n,
+            "helium 12x16 split+merge",
+            run_split::<_, 12, 16, T>(tessera_core::kernel::Helium, case, cut, q, k, v, buf),
+            passed,
+            failed,
+        );
     } else {
         report(
             n,
@@ -256,6 +265,24 @@ fn run_case<T: Element>(
             passed,
             failed,
         );
+        #[cfg(m55)]
+        {
+            use tessera_core::kernel::Helium;
+            report(
+                n,
+                "helium 12x16",
+                run_whole::<_, 12, 16, T>(Helium, case, q, k, v, buf),
+                passed,
+                failed,
+            );
+            report(
+                n,
+                "helium 32x32",
+                run_whole::<_, 32, 32, T>(Helium, case, q, k, v, buf),
+                passed,
+                failed,
+            );
+        }
     }
 }
 

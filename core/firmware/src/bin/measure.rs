@@ -9,7 +9,7 @@
 
 use core::ptr::addr_of_mut;
 
-#[cfg(target_arch = "arm")]
+#[cfg(hard_float)]
 use tessera_core::kernel::Portable;
 use tessera_core::kernel::{MicroKernel, Scalar};
 use tessera_core::{Attention, AttentionSpec, Flash, MaskSpec};
@@ -117,7 +117,7 @@ extern "C" fn tessera_main() -> i32 {
     let mut ok = true;
     // Soft-float RV32IMAC runs ~60x more instructions per MAC: only the
     // headline cases there.
-    #[cfg(target_arch = "arm")]
+    #[cfg(hard_float)]
     {
         ok &= measure::<_, 8, 32>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 16, 16>(Scalar, "dense", 256, None, b);
@@ -126,13 +126,23 @@ extern "C" fn tessera_main() -> i32 {
         ok &= measure::<_, 32, 32>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 64, 32>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 16, 32>(Portable, "dense", 256, None, b);
+        #[cfg(m55)]
+        {
+            use tessera_core::kernel::Helium;
+            ok &= measure::<_, 16, 32>(Helium, "dense", 256, None, b);
+            ok &= measure::<_, 32, 32>(Helium, "dense", 256, None, b);
+            ok &= measure::<_, 64, 32>(Helium, "dense", 256, None, b);
+            ok &= measure::<_, 32, 32>(Helium, "causal", 256, Some(-1), b);
+            ok &= measure::<_, 32, 32>(Helium, "window64", 1024, Some(63), b);
+            ok &= measure::<_, 32, 32>(Helium, "window64", 4096, Some(63), b);
+        }
         ok &= measure::<_, 32, 32>(Scalar, "causal", 256, Some(-1), b);
         ok &= measure::<_, 32, 32>(Scalar, "window64", 1024, Some(63), b);
         ok &= measure::<_, 32, 32>(Scalar, "window64", 4096, Some(63), b);
         ok &= measure::<_, 16, 16>(Scalar, "window64", 1024, Some(63), b);
         ok &= measure::<_, 16, 16>(Scalar, "window64", 4096, Some(63), b);
     }
-    #[cfg(not(target_arch = "arm"))]
+    #[cfg(not(hard_float))]
     {
         ok &= measure::<_, 32, 32>(Scalar, "dense", 256, None, b);
         ok &= measure::<_, 32, 32>(Scalar, "window64", 1024, Some(63), b);
