@@ -21,4 +21,5 @@ pub mod names;
 pub mod proto;
 pub mod rewrite;
 pub mod sites;
+pub mod validate;
 pub mod verify;
