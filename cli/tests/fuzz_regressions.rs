@@ -1,0 +1,97 @@
+//! Each crash the fuzzers found (fuzz/, RELIABILITY.md), kept as a test of
+//! the library call that crashed; the inputs themselves are replayed by
+//! scripts/test.d/60-fuzz.sh from fuzz/regressions/.
+
+use std::collections::HashMap;
+
+use tessera_cli::eval::Evaluator;
+use tessera_cli::graph::{Constant, GraphIndex};
+use tessera_cli::proto::{GraphProto, NodeProto, TensorProto};
+use tessera_cli::sites::find_sites;
+
+fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(format!("{op}_{output}")),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+/// mask_eval: dims (2^62, 4) overflowed the element count (a panic with
+/// overflow checks, a wrong count without).
+#[test]
+fn a_constant_whose_dims_overflow_is_not_read() {
+    let t = TensorProto {
+        dims: vec![1 << 62, 4],
+        data_type: Some(7),
+        ..Default::default()
+    };
+    assert!(Constant::from_tensor_up_to(&t, 1 << 20).is_none());
+}
+
+/// mask_eval: a cycle made the evaluator recurse until the stack overflowed
+/// (an abort, not an error).
+#[test]
+fn a_cycle_is_an_evaluation_error_not_a_stack_overflow() {
+    let g = GraphProto {
+        node: vec![node("Add", &["t1", "x"], "t0"), node("Neg", &["t0"], "t1")],
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    let mut ev = Evaluator::new(&ix, HashMap::new());
+    let e = ev.eval("t0").unwrap_err();
+    assert!(e.contains("cycle"), "{e}");
+}
+
+/// mask_eval: a chain deeper than the stack allows is refused by depth.
+#[test]
+fn a_very_deep_chain_is_an_evaluation_error() {
+    let mut nodes = vec![node("Neg", &["x"], "t0")];
+    for i in 1..50_000 {
+        nodes.push(node("Neg", &[&format!("t{}", i - 1)], &format!("t{i}")));
+    }
+    let g = GraphProto {
+        node: nodes,
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    let mut ev = Evaluator::new(&ix, HashMap::new());
+    let e = ev.eval("t49999").unwrap_err();
+    assert!(e.contains("deep"), "{e}");
+}
+
+/// mask_eval: a shape-preserving op without inputs: the shape rules indexed
+/// its first input.
+#[test]
+fn an_op_missing_an_input_is_an_error() {
+    let g = GraphProto {
+        node: vec![
+            node("Shape", &["x"], "s"),
+            node("Identity", &[], "a"),
+            node("Shape", &["a"], "sa"),
+        ],
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    let mut ev = Evaluator::new(&ix, HashMap::new());
+    assert!(ev.eval("sa").is_err());
+}
+
+/// mask_eval (out of memory): a cycle of pass-throughs after a Softmax made
+/// the site finder loop forever, growing its node list.
+#[test]
+fn a_cycle_after_a_softmax_ends_the_site_search() {
+    let g = GraphProto {
+        node: vec![
+            node("Softmax", &["x"], "p"),
+            node("Identity", &["q"], "r"),
+            node("Cast", &["p"], "q"),
+            node("Identity", &["r"], "p"),
+        ],
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    assert!(find_sites(&ix).is_empty());
+}
