@@ -95,3 +95,31 @@ fn a_cycle_after_a_softmax_ends_the_site_search() {
     let ix = GraphIndex::new(&g);
     assert!(find_sites(&ix).is_empty());
 }
+
+/// mask_eval: `Squeeze` of an axis whose size is not 1 made a tensor whose
+/// shape and data disagreed (a debug assertion; wrong reads without).
+#[test]
+fn squeezing_an_axis_that_is_not_1_is_an_error() {
+    let mut sq = node("Squeeze", &["c"], "s");
+    sq.attribute.push(tessera_cli::proto::AttributeProto {
+        name: Some("axes".into()),
+        r#type: Some(7),
+        ints: vec![0],
+        ..Default::default()
+    });
+    let g = GraphProto {
+        initializer: vec![TensorProto {
+            name: Some("c".into()),
+            dims: vec![3],
+            data_type: Some(7),
+            int64_data: vec![1, 2, 3],
+            ..Default::default()
+        }],
+        node: vec![sq],
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    let mut ev = Evaluator::new(&ix, HashMap::new());
+    let e = ev.eval("s").unwrap_err();
+    assert!(e.contains("not of size 1"), "{e}");
+}

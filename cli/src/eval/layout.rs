@@ -29,6 +29,11 @@ pub(super) fn squeezed(
     let keep: Vec<usize> = match axes {
         Some(axes) => {
             let norm: Vec<usize> = axes.iter().map(|&a| norm_axis(a, shape.len())).collect();
+            // Only size-1 axes go; anything else would change the element
+            // count under the same data (found by fuzzing).
+            if let Some(&a) = norm.iter().find(|&&a| shape.get(a) != Some(&1)) {
+                return Err(format!("Squeeze axis {a} is not of size 1 in {shape:?}"));
+            }
             (0..shape.len()).filter(|i| !norm.contains(i)).collect()
         }
         None => (0..shape.len()).filter(|&i| shape[i] != 1).collect(),
