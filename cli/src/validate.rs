@@ -158,10 +158,10 @@ fn acyclic(model: &str, graph: &GraphProto) -> Result<()> {
     };
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); graph.node.len()];
     let mut waiting: Vec<usize> = vec![0; graph.node.len()];
-    for i in 0..graph.node.len() {
+    for (i, w) in waiting.iter_mut().enumerate() {
         for p in preds(i) {
             users[p].push(i);
-            waiting[i] += 1;
+            *w += 1;
         }
     }
     let mut ready: Vec<usize> = (0..graph.node.len()).filter(|&i| waiting[i] == 0).collect();

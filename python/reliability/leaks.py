@@ -20,12 +20,18 @@ def rss_bytes():
 
 def churn(n):
     for name, (model, feeds) in cases().items():
-        for _ in range(n):
+        before = None
+        for i in range(n):
             s = session(model)
             s.run(None, feeds)
             del s
+            if i == n // 10:
+                gc.collect()
+                before = rss_bytes()
         gc.collect()
-        print(f"{name:28s} {n} sessions created, run and dropped", flush=True)
+        after = rss_bytes()
+        print(f"{name:28s} {n} sessions created, run and dropped; RSS after 10%: "
+              f"{before / 2**20:.1f} MiB, at the end: {after / 2**20:.1f} MiB", flush=True)
 
 
 def rss(n):
