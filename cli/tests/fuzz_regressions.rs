@@ -123,3 +123,30 @@ fn squeezing_an_axis_that_is_not_1_is_an_error() {
     let e = ev.eval("s").unwrap_err();
     assert!(e.contains("not of size 1"), "{e}");
 }
+
+/// mask_eval: `Flatten` with an axis past the rank sliced out of bounds.
+#[test]
+fn flatten_with_an_axis_past_the_rank_is_an_error() {
+    let mut fl = node("Flatten", &["c"], "f");
+    fl.attribute.push(tessera_cli::proto::AttributeProto {
+        name: Some("axis".into()),
+        r#type: Some(2),
+        i: Some(5),
+        ..Default::default()
+    });
+    let g = GraphProto {
+        initializer: vec![TensorProto {
+            name: Some("c".into()),
+            dims: vec![3],
+            data_type: Some(7),
+            int64_data: vec![1, 2, 3],
+            ..Default::default()
+        }],
+        node: vec![fl],
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    let mut ev = Evaluator::new(&ix, HashMap::new());
+    let e = ev.eval("f").unwrap_err();
+    assert!(e.contains("out of range"), "{e}");
+}

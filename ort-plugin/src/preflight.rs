@@ -206,3 +206,68 @@ fn merge(node: &Node<'_>) -> Result<Vec<Vec<i64>>> {
     product(merge_in::Y_A.as_str(), &[shape.rows(), shape.v_head_dim])?;
     Ok(vec![ya.to_vec(), la.to_vec()])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node<'a>(inputs: &[Option<&'a [i64]>]) -> Node<'a> {
+        let mut n = Node::default();
+        for (i, x) in inputs.iter().enumerate() {
+            n.inputs[i] = *x;
+        }
+        n
+    }
+
+    #[test]
+    fn every_op_plans_its_outputs() {
+        let (q, kv): (&[i64], &[i64]) = (&[1, 4, 8, 16], &[1, 2, 9, 16]);
+        let att = plan(Op::Attention, &node(&[Some(q), Some(kv), Some(kv)])).unwrap();
+        assert_eq!(att[0], vec![1, 4, 8, 16]);
+        let idx: &[i64] = &[1, 8, 3];
+        let mut n = node(&[Some(q), Some(kv), Some(kv), Some(idx)]);
+        n.indices_elem = Some(7);
+        assert_eq!(plan(Op::TopKIndex, &n).unwrap()[1], vec![1, 2, 8, 3]);
+        let mut n = node(&[Some(q), Some(kv), Some(kv)]);
+        n.top_k = Some(64);
+        assert!(plan(Op::TopKTrainingFree, &n).is_ok());
+        let (iq, ik, iw): (&[i64], &[i64], &[i64]) = (&[1, 5, 2, 8], &[1, 7, 8], &[1, 5, 2]);
+        let mut n = node(&[Some(iq), Some(ik), Some(iw)]);
+        n.top_k = Some(3);
+        assert_eq!(plan(Op::LightningIndexer, &n).unwrap(), vec![vec![1, 5, 3]]);
+        let (y, lse): (&[i64], &[i64]) = (&[1, 2, 3, 4], &[1, 2, 3]);
+        assert!(plan(
+            Op::MergeAttention,
+            &node(&[Some(y), Some(lse), Some(y), Some(lse)])
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn hostile_shapes_are_errors_that_name_the_input() {
+        let huge: &[i64] = &[1 << 62, 4, 8, 16];
+        let e = plan(Op::Attention, &node(&[Some(huge), Some(huge), Some(huge)])).unwrap_err();
+        assert!(
+            e.message.contains('Q') || e.message.contains('K'),
+            "{}",
+            e.message
+        );
+        let neg: &[i64] = &[1, -2, 3];
+        let e = plan(
+            Op::MergeAttention,
+            &node(&[Some(neg), Some(neg), Some(neg), Some(neg)]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("Y_a"), "{}", e.message);
+        let e = plan(
+            Op::TopKTrainingFree,
+            &node(&[
+                Some(&[1, 1, 1, 1]),
+                Some(&[1, 1, 1, 1]),
+                Some(&[1, 1, 1, 1]),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("top_k"), "{}", e.message);
+    }
+}

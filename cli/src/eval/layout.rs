@@ -67,9 +67,12 @@ pub(super) fn reshaped(x: &[usize], spec: &[i64], allowzero: bool) -> R<Vec<usiz
 }
 
 pub(super) fn concat(parts: &[Rc<Tensor>], a: usize) -> R<Tensor> {
-    let mut shape = parts[0].shape.clone();
+    let mut shape = parts.first().ok_or("no inputs")?.shape.clone();
     if a >= shape.len() {
         return Err("bad axis".into());
+    }
+    if parts.iter().any(|p| p.shape.len() != shape.len()) {
+        return Err("inputs of different ranks".into());
     }
     shape[a] = parts
         .iter()

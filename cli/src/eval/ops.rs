@@ -181,7 +181,14 @@ fn reshape(ev: &mut Evaluator, p: usize) -> R<Tensor> {
 fn flatten(ev: &mut Evaluator, p: usize) -> R<Tensor> {
     let x = ev.need(p, 0)?;
     let a = norm_axis(attr_i(ev.ix.node(p), AXIS).unwrap_or(1), x.shape.len());
-    let outer: usize = x.shape[..a].iter().product();
+    // An axis past the rank indexed out of bounds (found by fuzzing).
+    let Some(head) = x.shape.get(..a) else {
+        return Err(format!(
+            "axis {a} is out of range for rank {}",
+            x.shape.len()
+        ));
+    };
+    let outer: usize = head.iter().product();
     Ok(Tensor::new(
         vec![outer, x.data.len() / outer.max(1)],
         x.data.clone(),
