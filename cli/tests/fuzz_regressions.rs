@@ -150,3 +150,31 @@ fn flatten_with_an_axis_past_the_rank_is_an_error() {
     let e = ev.eval("f").unwrap_err();
     assert!(e.contains("out of range"), "{e}");
 }
+
+/// mask_eval: `Transpose` with `perm` entries out of range (-1) indexed
+/// past the shape.
+#[test]
+fn transpose_with_a_bad_perm_is_an_error() {
+    let mut tr = node("Transpose", &["c"], "t");
+    tr.attribute.push(tessera_cli::proto::AttributeProto {
+        name: Some("perm".into()),
+        r#type: Some(7),
+        ints: vec![-1],
+        ..Default::default()
+    });
+    let g = GraphProto {
+        initializer: vec![TensorProto {
+            name: Some("c".into()),
+            dims: vec![3],
+            data_type: Some(7),
+            int64_data: vec![1, 2, 3],
+            ..Default::default()
+        }],
+        node: vec![tr],
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    let mut ev = Evaluator::new(&ix, HashMap::new());
+    let e = ev.eval("t").unwrap_err();
+    assert!(e.contains("permutation"), "{e}");
+}

@@ -71,8 +71,13 @@ pub(super) fn concat(parts: &[Rc<Tensor>], a: usize) -> R<Tensor> {
     if a >= shape.len() {
         return Err("bad axis".into());
     }
-    if parts.iter().any(|p| p.shape.len() != shape.len()) {
-        return Err("inputs of different ranks".into());
+    // Every dim but the axis must match (else the copies below read past
+    // a part's data).
+    let same = |p: &Rc<Tensor>| {
+        p.shape.len() == shape.len() && (0..shape.len()).all(|i| i == a || p.shape[i] == shape[i])
+    };
+    if !parts.iter().all(same) {
+        return Err("inputs whose dims differ off the concat axis".into());
     }
     shape[a] = parts
         .iter()

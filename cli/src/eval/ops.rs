@@ -215,6 +215,26 @@ fn transpose_op(ev: &mut Evaluator, p: usize) -> R<Tensor> {
         Some(p) => p.iter().map(|&v| v as usize).collect(),
         None => (0..x.shape.len()).rev().collect(),
     };
+    // `perm` must be a permutation of the axes (found by fuzzing: -1 and
+    // out-of-range entries indexed past the shape).
+    let mut seen = vec![false; x.shape.len()];
+    for &a in &perm {
+        match seen.get_mut(a) {
+            Some(s) if !*s => *s = true,
+            _ => {
+                return Err(format!(
+                    "perm {perm:?} is not a permutation of {} axes",
+                    x.shape.len()
+                ))
+            }
+        }
+    }
+    if perm.len() != x.shape.len() {
+        return Err(format!(
+            "perm {perm:?} is not a permutation of {} axes",
+            x.shape.len()
+        ));
+    }
     Ok(transpose(&x, &perm))
 }
 
