@@ -201,10 +201,11 @@ fuzz_target!(|data: &[u8]| {
     // The caller sizes Y and the scratch; a spec that asks for more than 16 Mi outputs
     // (possible with zero input strides) is not ours to allocate.
     let scratch = Flash::<kernel::Portable, 48, 64>::scratch_len(spec.head_dim, spec.v_head_dim);
-    // Open finding (RELIABILITY.md, fuzz/open/attention): `new` accepts
-    // output strides that alias rows (0), so a tiny Y can stand for 2^62
-    // rows of work. Skip problems of more than 2^26 score entries.
-    let work = [b, hq, sq, spec.kv_len]
+    // Open finding (RELIABILITY.md, fuzz/open/attention): `new` accepts an
+    // empty problem (q_len 0) with batch × heads near 2^62, and `run` then
+    // spins through its batch and head loops for ever. Skip problems of
+    // more than 2^26 (batch, head, query, key) steps, empty axes counted as 1.
+    let work = [b, hq, sq.max(1), spec.kv_len.max(1)]
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d));
     if ylen > 1 << 24 || lselen > 1 << 24 || scratch > 1 << 24 || work.is_none_or(|w| w > 1 << 26) {
