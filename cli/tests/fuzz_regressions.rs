@@ -178,3 +178,21 @@ fn transpose_with_a_bad_perm_is_an_error() {
     let e = ev.eval("t").unwrap_err();
     assert!(e.contains("permutation"), "{e}");
 }
+
+/// mask_eval: `Size` of an initializer with dims (2^62, 4) overflowed.
+#[test]
+fn size_of_overflowing_dims_is_an_error() {
+    let g = GraphProto {
+        initializer: vec![TensorProto {
+            name: Some("c".into()),
+            dims: vec![1 << 62, 4],
+            data_type: Some(7),
+            ..Default::default()
+        }],
+        node: vec![node("Size", &["c"], "n")],
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    let mut ev = Evaluator::new(&ix, HashMap::new());
+    assert!(ev.eval("n").unwrap_err().contains("overflows"));
+}

@@ -111,11 +111,12 @@ fn shape(ev: &mut Evaluator, p: usize) -> R<Tensor> {
 
 fn size(ev: &mut Evaluator, p: usize) -> R<Tensor> {
     let s = ev.shape_of(p, 0)?;
-    Ok(Tensor::new(
-        vec![],
-        vec![s.iter().product::<usize>() as f64],
-        INT64,
-    ))
+    // Checked: hostile dims overflowed the product (found by fuzzing).
+    let n = s
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("the element count of {s:?} overflows"))?;
+    Ok(Tensor::new(vec![], vec![n as f64], INT64))
 }
 
 fn constant_of_shape(ev: &mut Evaluator, p: usize) -> R<Tensor> {

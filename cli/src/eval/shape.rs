@@ -146,7 +146,13 @@ impl Evaluator<'_, '_> {
             return Ok(t.shape.clone());
         }
         if let Some(init) = self.ix.graph.initializer.iter().find(|t| t.name() == name) {
-            return Ok(init.dims.iter().map(|&d| d as usize).collect());
+            return init
+                .dims
+                .iter()
+                .map(|&d| {
+                    usize::try_from(d).map_err(|_| format!("initializer '{name}' has dim {d}"))
+                })
+                .collect();
         }
         let Some(p) = self.ix.producer(name) else {
             return self.evaluated_shape(name);
