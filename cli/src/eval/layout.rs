@@ -181,16 +181,20 @@ pub(super) fn gather(x: &Tensor, idx: &Tensor, a: usize) -> R<Tensor> {
     if a >= x.shape.len() {
         return Err("bad axis".into());
     }
-    let outer: usize = x.shape[..a].iter().product();
-    let inner: usize = x.shape[a + 1..].iter().product();
+    // Checked: a zero-size tensor may carry huge dims (found by fuzzing).
+    let prod = |d: &[usize]| d.iter().try_fold(1usize, |n, &v| n.checked_mul(v));
+    let (Some(outer), Some(inner)) = (prod(&x.shape[..a]), prod(&x.shape[a + 1..])) else {
+        return Err("element count overflows".into());
+    };
     let d = x.shape[a] as i64;
     let mut shape = x.shape[..a].to_vec();
     shape.extend(&idx.shape);
     shape.extend(&x.shape[a + 1..]);
-    if shape.iter().product::<usize>() > MAX_ELEMENTS {
+    let count = prod(&shape).ok_or("element count overflows")?;
+    if count > MAX_ELEMENTS {
         return Err("too large".into());
     }
-    let mut data = Vec::with_capacity(shape.iter().product());
+    let mut data = Vec::with_capacity(count);
     for o in 0..outer {
         for &i in &idx.data {
             let i = i as i64;
