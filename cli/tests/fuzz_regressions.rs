@@ -19,6 +19,42 @@ fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
     }
 }
 
+/// Evaluate `output` of the one node `n` reading the int64 initializer
+/// `c` = [1, 2, 3].
+fn eval_on_c(n: NodeProto, output: &str) -> Result<(), String> {
+    let g = GraphProto {
+        initializer: vec![TensorProto {
+            name: Some("c".into()),
+            dims: vec![3],
+            data_type: Some(7),
+            int64_data: vec![1, 2, 3],
+            ..Default::default()
+        }],
+        node: vec![n],
+        ..Default::default()
+    };
+    let ix = GraphIndex::new(&g);
+    let mut ev = Evaluator::new(&ix, HashMap::new());
+    ev.eval(output).map(|_| ())
+}
+
+fn with_ints(
+    mut n: NodeProto,
+    name: &str,
+    r#type: i32,
+    ints: Vec<i64>,
+    i: Option<i64>,
+) -> NodeProto {
+    n.attribute.push(tessera_cli::proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(r#type),
+        ints,
+        i,
+        ..Default::default()
+    });
+    n
+}
+
 /// mask_eval: dims (2^62, 4) overflowed the element count (a panic with
 /// overflow checks, a wrong count without).
 #[test]
@@ -100,54 +136,16 @@ fn a_cycle_after_a_softmax_ends_the_site_search() {
 /// shape and data disagreed (a debug assertion; wrong reads without).
 #[test]
 fn squeezing_an_axis_that_is_not_1_is_an_error() {
-    let mut sq = node("Squeeze", &["c"], "s");
-    sq.attribute.push(tessera_cli::proto::AttributeProto {
-        name: Some("axes".into()),
-        r#type: Some(7),
-        ints: vec![0],
-        ..Default::default()
-    });
-    let g = GraphProto {
-        initializer: vec![TensorProto {
-            name: Some("c".into()),
-            dims: vec![3],
-            data_type: Some(7),
-            int64_data: vec![1, 2, 3],
-            ..Default::default()
-        }],
-        node: vec![sq],
-        ..Default::default()
-    };
-    let ix = GraphIndex::new(&g);
-    let mut ev = Evaluator::new(&ix, HashMap::new());
-    let e = ev.eval("s").unwrap_err();
+    let n = with_ints(node("Squeeze", &["c"], "s"), "axes", 7, vec![0], None);
+    let e = eval_on_c(n, "s").unwrap_err();
     assert!(e.contains("not of size 1"), "{e}");
 }
 
 /// mask_eval: `Flatten` with an axis past the rank sliced out of bounds.
 #[test]
 fn flatten_with_an_axis_past_the_rank_is_an_error() {
-    let mut fl = node("Flatten", &["c"], "f");
-    fl.attribute.push(tessera_cli::proto::AttributeProto {
-        name: Some("axis".into()),
-        r#type: Some(2),
-        i: Some(5),
-        ..Default::default()
-    });
-    let g = GraphProto {
-        initializer: vec![TensorProto {
-            name: Some("c".into()),
-            dims: vec![3],
-            data_type: Some(7),
-            int64_data: vec![1, 2, 3],
-            ..Default::default()
-        }],
-        node: vec![fl],
-        ..Default::default()
-    };
-    let ix = GraphIndex::new(&g);
-    let mut ev = Evaluator::new(&ix, HashMap::new());
-    let e = ev.eval("f").unwrap_err();
+    let n = with_ints(node("Flatten", &["c"], "f"), "axis", 2, vec![], Some(5));
+    let e = eval_on_c(n, "f").unwrap_err();
     assert!(e.contains("out of range"), "{e}");
 }
 
@@ -155,27 +153,8 @@ fn flatten_with_an_axis_past_the_rank_is_an_error() {
 /// past the shape.
 #[test]
 fn transpose_with_a_bad_perm_is_an_error() {
-    let mut tr = node("Transpose", &["c"], "t");
-    tr.attribute.push(tessera_cli::proto::AttributeProto {
-        name: Some("perm".into()),
-        r#type: Some(7),
-        ints: vec![-1],
-        ..Default::default()
-    });
-    let g = GraphProto {
-        initializer: vec![TensorProto {
-            name: Some("c".into()),
-            dims: vec![3],
-            data_type: Some(7),
-            int64_data: vec![1, 2, 3],
-            ..Default::default()
-        }],
-        node: vec![tr],
-        ..Default::default()
-    };
-    let ix = GraphIndex::new(&g);
-    let mut ev = Evaluator::new(&ix, HashMap::new());
-    let e = ev.eval("t").unwrap_err();
+    let n = with_ints(node("Transpose", &["c"], "t"), "perm", 7, vec![-1], None);
+    let e = eval_on_c(n, "t").unwrap_err();
     assert!(e.contains("permutation"), "{e}");
 }
 
