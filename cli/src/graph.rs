@@ -211,7 +211,8 @@ impl Constant {
 
     /// [`Constant::from_tensor`] with another element limit.
     pub fn from_tensor_up_to(t: &TensorProto, max: usize) -> Option<Self> {
-        let count: i64 = t.dims.iter().product();
+        // Checked: hostile dims (2^62 · 4) must not overflow (found by fuzzing).
+        let count = t.dims.iter().try_fold(1i64, |n, &d| n.checked_mul(d))?;
         if !(0..=max as i64).contains(&count) || t.data_location == Some(1) {
             return None;
         }

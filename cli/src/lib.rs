@@ -25,4 +25,5 @@ pub mod progress;
 pub mod proto;
 pub mod rewrite;
 pub mod sites;
+pub mod validate;
 pub mod verify;

@@ -74,12 +74,20 @@ fn folder_of(path: &Path) -> PathBuf {
 /// Errors name the file and say whether it is not ONNX at all, truncated,
 /// or refers to data outside its folder or past the end of a data file.
 pub fn load(path: &Path) -> Result<Model> {
+    let bytes =
+        fs::read(path).map_err(|e| Error(format!("{}: cannot read: {e}", path.display())))?;
+    decode(&bytes, path)
+}
+
+/// Decode `bytes` as the model file `path` (external data is resolved, and
+/// checked, against `path`'s folder). [`load`] without the read; the ONNX
+/// reader's fuzz target enters here.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Model> {
     let shown = path.display();
-    let bytes = fs::read(path).map_err(|e| Error(format!("{shown}: cannot read: {e}")))?;
     if bytes.is_empty() {
         bail!("{shown}: not an ONNX model: the file is empty");
     }
-    let proto = match ModelProto::decode(bytes.as_slice()) {
+    let proto = match ModelProto::decode(bytes) {
         Ok(p) => p,
         Err(e) => {
             let why = e.to_string();
@@ -103,6 +111,7 @@ pub fn load(path: &Path) -> Result<Model> {
         proto,
         path: path.to_path_buf(),
     };
+    crate::validate::graph(&shown.to_string(), model.graph())?;
     for (owner, t) in external_tensors(model.graph()) {
         check_external(&model.dir(), &shown.to_string(), &owner, t)?;
     }

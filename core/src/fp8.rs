@@ -305,7 +305,14 @@ pub fn quantize<F: Fp8>(
         .flat_map(|(s, d)| s.chunks(group).zip(d.chunks_mut(group)));
     for ((s, d), scale) in groups.zip(scales.iter_mut()) {
         let amax = s.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        *scale = if amax > 0.0 { amax / F::MAX } else { 1.0 };
+        // At least the smallest normal f32: a subnormal scale loses its
+        // precision, and one that underflows to 0 made 0 · ∞ = NaN codes
+        // (found by fuzzing).
+        *scale = if amax > 0.0 {
+            (amax / F::MAX).max(f32::MIN_POSITIVE)
+        } else {
+            1.0
+        };
         let inv = 1.0 / *scale;
         for (o, &x) in d.iter_mut().zip(s) {
             *o = F::from_f32(x * inv);

@@ -51,6 +51,7 @@ pub mod op;
 pub mod ops;
 mod parallel;
 pub mod plan;
+pub mod preflight;
 pub mod registry;
 mod shape;
 

@@ -29,6 +29,11 @@ pub(super) fn squeezed(
     let keep: Vec<usize> = match axes {
         Some(axes) => {
             let norm: Vec<usize> = axes.iter().map(|&a| norm_axis(a, shape.len())).collect();
+            // Only size-1 axes go; anything else would change the element
+            // count under the same data (found by fuzzing).
+            if let Some(&a) = norm.iter().find(|&&a| shape.get(a) != Some(&1)) {
+                return Err(format!("Squeeze axis {a} is not of size 1 in {shape:?}"));
+            }
             (0..shape.len()).filter(|i| !norm.contains(i)).collect()
         }
         None => (0..shape.len()).filter(|&i| shape[i] != 1).collect(),
@@ -62,9 +67,17 @@ pub(super) fn reshaped(x: &[usize], spec: &[i64], allowzero: bool) -> R<Vec<usiz
 }
 
 pub(super) fn concat(parts: &[Rc<Tensor>], a: usize) -> R<Tensor> {
-    let mut shape = parts[0].shape.clone();
+    let mut shape = parts.first().ok_or("no inputs")?.shape.clone();
     if a >= shape.len() {
         return Err("bad axis".into());
+    }
+    // Every dim but the axis must match (else the copies below read past
+    // a part's data).
+    let same = |p: &Rc<Tensor>| {
+        p.shape.len() == shape.len() && (0..shape.len()).all(|i| i == a || p.shape[i] == shape[i])
+    };
+    if !parts.iter().all(same) {
+        return Err("inputs whose dims differ off the concat axis".into());
     }
     shape[a] = parts
         .iter()
@@ -168,16 +181,20 @@ pub(super) fn gather(x: &Tensor, idx: &Tensor, a: usize) -> R<Tensor> {
     if a >= x.shape.len() {
         return Err("bad axis".into());
     }
-    let outer: usize = x.shape[..a].iter().product();
-    let inner: usize = x.shape[a + 1..].iter().product();
+    // Checked: a zero-size tensor may carry huge dims (found by fuzzing).
+    let prod = |d: &[usize]| d.iter().try_fold(1usize, |n, &v| n.checked_mul(v));
+    let (Some(outer), Some(inner)) = (prod(&x.shape[..a]), prod(&x.shape[a + 1..])) else {
+        return Err("element count overflows".into());
+    };
     let d = x.shape[a] as i64;
     let mut shape = x.shape[..a].to_vec();
     shape.extend(&idx.shape);
     shape.extend(&x.shape[a + 1..]);
-    if shape.iter().product::<usize>() > MAX_ELEMENTS {
+    let count = prod(&shape).ok_or("element count overflows")?;
+    if count > MAX_ELEMENTS {
         return Err("too large".into());
     }
-    let mut data = Vec::with_capacity(shape.iter().product());
+    let mut data = Vec::with_capacity(count);
     for o in 0..outer {
         for &i in &idx.data {
             let i = i as i64;

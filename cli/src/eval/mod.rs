@@ -34,6 +34,11 @@ use tensor::from_constant;
 /// Most nodes one evaluation runs.
 pub const MAX_NODES: usize = 20_000;
 
+/// Deepest chain of producers one evaluation follows (the evaluator
+/// recurses once per node; a deeper chain, or a cycle, is an error rather
+/// than a stack overflow, found by fuzzing).
+pub const MAX_DEPTH: usize = 1_000;
+
 /// Evaluation of one graph with fixed graph inputs.
 pub struct Evaluator<'a, 'g> {
     ix: &'a GraphIndex<'g>,
@@ -41,6 +46,8 @@ pub struct Evaluator<'a, 'g> {
     memo: HashMap<String, Rc<Tensor>>,
     shapes: HashMap<String, Vec<usize>>,
     nodes_run: usize,
+    /// Tensors being computed, innermost last (cycle and depth guard).
+    active: Vec<String>,
     /// Graph inputs the evaluation needed but was not given.
     pub missing: Vec<String>,
 }
@@ -68,6 +75,7 @@ impl<'a, 'g> Evaluator<'a, 'g> {
             memo: HashMap::new(),
             shapes: HashMap::new(),
             nodes_run: 0,
+            active: Vec::new(),
             missing: Vec::new(),
         }
     }
@@ -100,7 +108,18 @@ impl<'a, 'g> Evaluator<'a, 'g> {
         if !is_onnx(n) {
             return Err(format!("{}::{} '{}'", n.domain(), n.op_type(), n.name()));
         }
-        let outs = self.run(p).map_err(|e| {
+        if self.active.iter().any(|a| a == name) {
+            return Err(format!(
+                "'{name}' depends on itself (the graph has a cycle)"
+            ));
+        }
+        if self.active.len() >= MAX_DEPTH {
+            return Err(format!("more than {MAX_DEPTH} producers deep"));
+        }
+        self.active.push(name.to_string());
+        let outs = self.run(p);
+        self.active.pop();
+        let outs = outs.map_err(|e| {
             if e.starts_with(NESTED) {
                 e
             } else {

@@ -111,11 +111,12 @@ fn shape(ev: &mut Evaluator, p: usize) -> R<Tensor> {
 
 fn size(ev: &mut Evaluator, p: usize) -> R<Tensor> {
     let s = ev.shape_of(p, 0)?;
-    Ok(Tensor::new(
-        vec![],
-        vec![s.iter().product::<usize>() as f64],
-        INT64,
-    ))
+    // Checked: hostile dims overflowed the product (found by fuzzing).
+    let n = s
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("the element count of {s:?} overflows"))?;
+    Ok(Tensor::new(vec![], vec![n as f64], INT64))
 }
 
 fn constant_of_shape(ev: &mut Evaluator, p: usize) -> R<Tensor> {
@@ -181,7 +182,14 @@ fn reshape(ev: &mut Evaluator, p: usize) -> R<Tensor> {
 fn flatten(ev: &mut Evaluator, p: usize) -> R<Tensor> {
     let x = ev.need(p, 0)?;
     let a = norm_axis(attr_i(ev.ix.node(p), AXIS).unwrap_or(1), x.shape.len());
-    let outer: usize = x.shape[..a].iter().product();
+    // An axis past the rank indexed out of bounds (found by fuzzing).
+    let Some(head) = x.shape.get(..a) else {
+        return Err(format!(
+            "axis {a} is out of range for rank {}",
+            x.shape.len()
+        ));
+    };
+    let outer: usize = head.iter().product();
     Ok(Tensor::new(
         vec![outer, x.data.len() / outer.max(1)],
         x.data.clone(),
@@ -208,6 +216,26 @@ fn transpose_op(ev: &mut Evaluator, p: usize) -> R<Tensor> {
         Some(p) => p.iter().map(|&v| v as usize).collect(),
         None => (0..x.shape.len()).rev().collect(),
     };
+    // `perm` must be a permutation of the axes (found by fuzzing: -1 and
+    // out-of-range entries indexed past the shape).
+    let mut seen = vec![false; x.shape.len()];
+    for &a in &perm {
+        match seen.get_mut(a) {
+            Some(s) if !*s => *s = true,
+            _ => {
+                return Err(format!(
+                    "perm {perm:?} is not a permutation of {} axes",
+                    x.shape.len()
+                ))
+            }
+        }
+    }
+    if perm.len() != x.shape.len() {
+        return Err(format!(
+            "perm {perm:?} is not a permutation of {} axes",
+            x.shape.len()
+        ));
+    }
     Ok(transpose(&x, &perm))
 }
 

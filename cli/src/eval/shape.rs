@@ -105,8 +105,10 @@ fn rule_for(op: &str) -> Option<ShapeRule> {
 impl Evaluator<'_, '_> {
     /// Shape of input `k` of node `p`; see [`Evaluator::shape_only`].
     pub(super) fn shape_of(&mut self, p: usize, k: usize) -> R<Vec<usize>> {
-        let name = self.ix.node(p).input[k].clone();
-        self.shape_only(&name)
+        // A node with fewer inputs than its op needs is an error, not a
+        // panic (found by fuzzing).
+        let name = self.ix.node(p).input.get(k).cloned();
+        self.shape_only(&name.ok_or_else(|| format!("input {k} is missing"))?)
     }
 
     /// The shape of `name` without its values where that is cheap: through
@@ -121,7 +123,20 @@ impl Evaluator<'_, '_> {
         if self.nodes_run > MAX_NODES {
             return Err(format!("more than {MAX_NODES} nodes"));
         }
-        let s = self.shape_uncached(name)?;
+        // The same cycle and depth guard as `value` (shape rules recurse too).
+        let key = format!("shape of {name}");
+        if self.active.contains(&key) {
+            return Err(format!(
+                "the shape of '{name}' depends on itself (the graph has a cycle)"
+            ));
+        }
+        if self.active.len() >= super::MAX_DEPTH {
+            return Err(format!("more than {} producers deep", super::MAX_DEPTH));
+        }
+        self.active.push(key);
+        let s = self.shape_uncached(name);
+        self.active.pop();
+        let s = s?;
         self.shapes.insert(name.to_string(), s.clone());
         Ok(s)
     }
@@ -131,7 +146,13 @@ impl Evaluator<'_, '_> {
             return Ok(t.shape.clone());
         }
         if let Some(init) = self.ix.graph.initializer.iter().find(|t| t.name() == name) {
-            return Ok(init.dims.iter().map(|&d| d as usize).collect());
+            return init
+                .dims
+                .iter()
+                .map(|&d| {
+                    usize::try_from(d).map_err(|_| format!("initializer '{name}' has dim {d}"))
+                })
+                .collect();
         }
         let Some(p) = self.ix.producer(name) else {
             return self.evaluated_shape(name);
@@ -194,7 +215,7 @@ fn gather_from_initializer(ev: &mut Evaluator, p: usize) -> R<Option<Vec<usize>>
         .graph
         .initializer
         .iter()
-        .find(|t| t.name() == n.input[0])
+        .find(|t| n.input.first().is_some_and(|i| t.name() == i))
     else {
         return Ok(None);
     };

@@ -78,13 +78,18 @@ pub(super) fn match_decomposed(ix: &GraphIndex, softmax: usize, layer: usize) ->
 /// `MatMul(P, V)`. Returns the `MatMul`; pushes it and what it crossed.
 fn probs_to_pv(ix: &GraphIndex, mut p: String, nodes: &mut Vec<usize>) -> Option<usize> {
     let pv = loop {
+        // A cycle of pass-throughs would loop (and grow `nodes`) forever
+        // (found by fuzzing): no walk visits more nodes than the graph has.
+        if nodes.len() > ix.graph.node.len() {
+            return None;
+        }
         let cs = ix.consumers(&p);
         let &[c] = cs else {
             p = nan_guard(ix, &p, cs, nodes)?;
             continue;
         };
         let n = ix.node(c);
-        if n.op_type() == MATMUL && n.input[0] == p {
+        if n.op_type() == MATMUL && n.input.first() == Some(&p) {
             break c;
         }
         p = pass_through(n)?;

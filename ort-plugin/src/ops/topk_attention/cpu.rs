@@ -229,7 +229,7 @@ impl<T: Dtype> Outputs<'_, T> {
 
 /// Width of `selected_indices` in the training-free mode: every block the
 /// selector can choose for a tile, expanded to keys.
-fn block_width(top_k: usize, kv_len: usize, keep: Keep) -> usize {
+pub(crate) fn block_width(top_k: usize, kv_len: usize, keep: Keep) -> usize {
     let blocks = kv_len.div_ceil(BK);
     let forced = keep.global_tokens.min(kv_len).div_ceil(BK)
         + keep

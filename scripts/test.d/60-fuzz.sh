@@ -1,0 +1,35 @@
+# Fuzzing (cargo fuzz, libFuzzer, nightly): every target first replays its
+# regression inputs (fuzz/regressions/TARGET: each crash the fuzzers found,
+# kept after the fix), then fuzzes for FUZZ_SECONDS (default 25) from the
+# committed seed corpus (fuzz/corpus/TARGET/seed-*). New corpus entries go
+# to a temporary folder, not into the repository. The long campaigns and
+# their counts are in RELIABILITY.md. Budget: under 5 minutes once nightly
+# and cargo-fuzz are installed and fuzz/target is warm.
+source "$(dirname "$0")/../lib.sh"
+cd "$TESSERA_ROOT"
+need_component nightly-x86_64-unknown-linux-gnu
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+cd fuzz
+seconds=${FUZZ_SECONDS:-25}
+targets=(onnx_reader mask_eval plan attention fp8 topk)
+# -a: debug assertions and overflow checks on; AddressSanitizer (the default).
+cargo +nightly fuzz build -a
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+failed=0
+for t in "${targets[@]}"; do
+    if compgen -G "regressions/$t/*" >/dev/null; then
+        log "$t: replay regressions/$t"
+        cargo +nightly fuzz run -a "$t" regressions/"$t"/* -- -rss_limit_mb=2048 || { failed=1; continue; }
+    fi
+    log "$t: fuzz ${seconds}s from corpus/$t"
+    mkdir -p "$scratch/$t"
+    out=$(cargo +nightly fuzz run -a "$t" "$scratch/$t" "corpus/$t" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 2>&1) || {
+        echo "$out" | tail -n 40
+        failed=1
+        continue
+    }
+    echo "$t: $(echo "$out" | grep -o 'number_of_executed_units: [0-9]*' | cut -d' ' -f2) executions in ${seconds}s"
+done
+exit $failed
