@@ -1,6 +1,6 @@
 # Fuzzing (cargo fuzz, libFuzzer, nightly): every target first replays its
 # regression inputs (fuzz/regressions/TARGET: each crash the fuzzers found,
-# kept after the fix), then fuzzes for FUZZ_SECONDS (default 25) from the
+# kept after the fix), then fuzzes for FUZZ_SECONDS (default 15) from the
 # committed seed corpus (fuzz/corpus/TARGET/seed-*). New corpus entries go
 # to a temporary folder, not into the repository. The long campaigns and
 # their counts are in RELIABILITY.md. Budget: under 5 minutes once nightly
@@ -10,7 +10,7 @@ cd "$TESSERA_ROOT"
 need_component nightly-x86_64-unknown-linux-gnu
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cd fuzz
-seconds=${FUZZ_SECONDS:-25}
+seconds=${FUZZ_SECONDS:-15}
 targets=(onnx_reader mask_eval plan attention fp8 topk)
 # -a: debug assertions and overflow checks on; AddressSanitizer (the default).
 cargo +nightly fuzz build -a
