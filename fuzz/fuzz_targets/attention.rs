@@ -34,13 +34,9 @@ fn run<K: MicroKernel, const BQ: usize, const BK: usize>(
 }
 
 fn run_detected(att: &Attention<'_, f32>, ylen: usize, lselen: usize) -> (Vec<f32>, Vec<f32>) {
-    match kernel::detect() {
-        #[cfg(target_arch = "x86_64")]
-        kernel::Detected::Avx2Fma(k) => run::<_, 48, 64>(k, att, ylen, lselen),
-        #[cfg(target_arch = "aarch64")]
-        kernel::Detected::Neon(k) => run::<_, 48, 64>(k, att, ylen, lselen),
-        kernel::Detected::Portable(k) => run::<_, 48, 64>(k, att, ylen, lselen),
-    }
+    // The best kernel this CPU has (TESSERA_KERNEL may name another).
+    let det = kernel::detect().expect("TESSERA_KERNEL names a kernel this CPU has");
+    tessera_core::with_kernel!(det, k => run::<_, 48, 64>(k, att, ylen, lselen))
 }
 
 fn values(r: &mut Bytes, n: usize, special: bool) -> Vec<f32> {
