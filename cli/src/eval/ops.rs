@@ -6,8 +6,8 @@ use super::layout::{
     concat, gather, gather_elements, gather_nd, reshaped, slice, squeezed, transpose,
 };
 use super::tensor::{
-    binary, broadcast_shape, cast, from_constant, is_int, map_n, norm_axis, round_to, Tensor, BOOL,
-    FLOAT, INT64, MAX_ELEMENTS,
+    binary, broadcast_shape, cast, element_count, from_constant, is_int, map_n, norm_axis,
+    round_to, Tensor, BOOL, FLOAT, INT64, MAX_ELEMENTS,
 };
 use super::{Evaluator, R};
 use crate::graph::{attr, attr_i, attr_ints, Constant};
@@ -131,10 +131,7 @@ fn constant_of_shape(ev: &mut Evaluator, p: usize) -> R<Tensor> {
         ),
         None => (0.0, FLOAT),
     };
-    let count: usize = shape.iter().product();
-    if count > MAX_ELEMENTS {
-        return Err("too large".into());
-    }
+    let count = element_count(&shape)?;
     Ok(Tensor::new(shape, vec![v; count], dt))
 }
 
@@ -207,7 +204,9 @@ fn expand(ev: &mut Evaluator, p: usize) -> R<Tensor> {
 fn concat_op(ev: &mut Evaluator, p: usize) -> R<Tensor> {
     let parts = ev.all_inputs(p)?;
     let a = attr_i(ev.ix.node(p), AXIS).ok_or("no axis")?;
-    concat(&parts, norm_axis(a, parts[0].shape.len()))
+    // A Concat with no inputs is invalid ONNX (found by fuzzing).
+    let first = parts.first().ok_or("Concat needs at least one input")?;
+    concat(&parts, norm_axis(a, first.shape.len()))
 }
 
 fn transpose_op(ev: &mut Evaluator, p: usize) -> R<Tensor> {

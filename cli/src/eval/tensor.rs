@@ -11,6 +11,21 @@ use super::R;
 /// Largest tensor the interpreter builds.
 pub const MAX_ELEMENTS: usize = 1 << 23;
 
+/// The element count of `shape`, refused when it passes [`MAX_ELEMENTS`]:
+/// a zero dim makes it 0 whatever the others are, and no product can
+/// overflow (the count is checked dim by dim).
+pub(super) fn element_count(shape: &[usize]) -> R<usize> {
+    if shape.contains(&0) {
+        return Ok(0);
+    }
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| {
+            n.checked_mul(d).filter(|&c| c <= MAX_ELEMENTS)
+        })
+        .ok_or_else(|| format!("shape {shape:?} has more than {MAX_ELEMENTS} elements"))
+}
+
 pub(super) const BOOL: i32 = DataType::Bool as i32;
 pub(super) const INT64: i32 = DataType::Int64 as i32;
 pub(super) const FLOAT: i32 = DataType::Float as i32;
@@ -29,7 +44,13 @@ pub struct Tensor {
 impl Tensor {
     /// A tensor from its parts (`data.len()` must equal the shape's product).
     pub fn new(shape: Vec<usize>, data: Vec<f64>, dtype: i32) -> Self {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        // A zero dim empties the tensor whatever the other dims are, so the
+        // check multiplies without overflowing.
+        debug_assert_eq!(
+            element_count(&shape).unwrap_or(usize::MAX),
+            data.len(),
+            "shape {shape:?}"
+        );
         Self { shape, data, dtype }
     }
     pub(super) fn ints(&self) -> Vec<i64> {
