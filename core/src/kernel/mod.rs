@@ -378,6 +378,28 @@ pub(crate) mod body {
         }
     }
 
+    /// The [`MicroKernel::gemm`](super::MicroKernel::gemm) contract, checked
+    /// in debug builds by the kernels that read through raw pointers: whole
+    /// `mr × nr` blocks, and every row of `A`, `B` and `C` in its slice.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn debug_check_gemm(
+        (m, n, k): (usize, usize, usize),
+        (mr, nr): (usize, usize),
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &[f32],
+        ldc: usize,
+    ) {
+        debug_assert!(m % mr == 0 && n % nr == 0);
+        debug_assert!(m == 0 || n == 0 || k == 0 || a.len() >= (m - 1) * lda + k);
+        debug_assert!(m == 0 || n == 0 || k == 0 || b.len() >= (k - 1) * ldb + n);
+        debug_assert!(m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n);
+    }
+
     #[inline(always)]
     pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
         for (d, &s) in dst.iter_mut().zip(src) {

@@ -63,10 +63,7 @@ impl MicroKernel for Avx512 {
         ldc: usize,
         accumulate: bool,
     ) {
-        debug_assert!(m % MR == 0 && n % NR == 0);
-        debug_assert!(m == 0 || n == 0 || k == 0 || a.len() >= (m - 1) * lda + k);
-        debug_assert!(m == 0 || n == 0 || k == 0 || b.len() >= (k - 1) * ldb + n);
-        debug_assert!(m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n);
+        body::debug_check_gemm((m, n, k), (MR, NR), a, lda, b, ldb, c, ldc);
         // SAFETY: `self` proves AVX-512F; the caller upholds the bounds contract.
         unsafe {
             gemm_avx512(
